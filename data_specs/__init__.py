@@ -1,0 +1,1 @@
+"""Arrow schemas of every table that crosses a stage boundary, with validation."""

@@ -1,0 +1,90 @@
+"""Flow parameters as pydantic models: validated before a run, rendered as forms in the Prefect UI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from echox.errors import ConfigError
+
+# Options that change how a build runs but not what it produces; left out of the config hash.
+EXECUTION_FIELDS = {"out", "source", "workers", "ray_address", "overwrite", "threads_per_worker",
+                    "max_reject_fraction", "progress"}
+
+
+class Frozen(BaseModel):
+    """Base for every config: immutable and strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BuildCorpusConfig(Frozen):
+    """Parameters of the corpus build: QA text → speech → units → Arrow shards."""
+
+    source: str = Field(description="QA source: a JSONL file, a Parquet file or a datasets directory.")
+    out: str = Field(description="Output corpus directory (opens with datasets.load_from_disk).")
+    tts: Literal["piper", "espeak"] = Field("piper", description="TTS engine.")
+    voices: list[str] | None = Field(None, description="Voices to choose from per record (seeded); "
+                                     "default: the engine's configured list.")
+    units: Literal["mfcc", "wav2vec2"] = Field("mfcc", description="Frame features for the units.")
+    feature_checkpoint: str | None = Field(None, description="Local wav2vec2/HuBERT checkpoint "
+                                           "(fairseq2 or fairseq .pt) for --units wav2vec2.")
+    feature_layer: int = Field(11, ge=1, description="Encoder layer whose output is clustered (1-based).")
+    feature_arch: str = Field("base", description="fairseq2 wav2vec2 architecture of the checkpoint.")
+    num_units: int = Field(100, ge=2, le=65536, description="K of the k-means codebook (paper: 1000).")
+    kmeans_max_frames: int = Field(100_000, ge=1, description="Frames sampled for the k-means fit.")
+    kmeans_iters: int = Field(20, ge=1, description="Lloyd iterations of the k-means fit.")
+    codebook: str | None = Field(None, description="Reuse this codebook.npz instead of fitting one.")
+    shard_size: int = Field(64, ge=1, description="Records per shard (one coarse task each).")
+    workers: int = Field(2, ge=1, description="Parallel Ray workers (local Ray) for the shard tasks.")
+    threads_per_worker: int | None = Field(None, ge=1, description="Compute threads per worker "
+                                           "(default: cores // workers).")
+    ray_address: str | None = Field(None, description="Address of an existing Ray cluster ('auto', "
+                                    "'ray://host:10001', 'host:6379'); default: start Ray locally.")
+    max_chars: int = Field(600, ge=1, description="Longest spoken text accepted (characters).")
+    max_question_seconds: float = Field(30.0, gt=0, description="Longest question audio (the speech "
+                                        "encoder's window).")
+    max_answer_seconds: float = Field(30.0, gt=0, description="Longest answer audio.")
+    lang: str = Field("en", description="Language of the text normaliser.")
+    seed: int = Field(0, description="Seed for voice choice and the k-means fit.")
+    max_reject_fraction: float = Field(0.25, ge=0, le=1, description="Fail the run when more than this "
+                                       "fraction of records is rejected.")
+    overwrite: bool = Field(False, description="Replace an output directory holding a different build.")
+    progress: bool = Field(True, description="Print per-shard progress to the terminal.")
+
+    def content_hash_fields(self) -> dict:
+        """The fields that decide the build's content (for the config hash)."""
+        return self.model_dump(exclude=EXECUTION_FIELDS)
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    """One line per problem, naming the field."""
+    lines = [f"{where}: invalid configuration"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_yaml(path: Path) -> dict:
+    """Read a YAML mapping, with clear errors for a missing or malformed file."""
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def build(model: type[Frozen], data: dict, where: str) -> Frozen:
+    """Validate `data` into `model`, turning pydantic errors into a ConfigError naming each field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, where)) from e

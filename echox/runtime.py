@@ -1,0 +1,41 @@
+"""Process environment for Ray and Prefect: quiet, offline, state under the project's folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULTS = {
+    "RAY_AUTH_MODE": "disabled",  # Ray 2.60 turns token auth on by default
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",  # nothing is downloaded at run time
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+}
+
+
+def state_dir() -> Path:
+    """The project's state folder (Prefect home, caches); ECHOX_STATE_DIR overrides it."""
+    return Path(os.environ.get("ECHOX_STATE_DIR", Path.cwd() / ".state")).resolve()
+
+
+def configure(*, prefect_home: Path | None = None) -> None:
+    """Set environment defaults; call before importing prefect or ray. Existing values win."""
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    home = prefect_home or state_dir() / "prefect"
+    os.environ.setdefault("PREFECT_HOME", str(home))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+
+
+def ray_init_kwargs(num_cpus: int | None, *, object_store_mb: int = 512) -> dict:
+    """Arguments for a local ray.init: bounded CPUs and object store, no dashboard."""
+    kwargs: dict = {"include_dashboard": False, "object_store_memory": object_store_mb << 20,
+                    "log_to_driver": True, "configure_logging": False}
+    if num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    return kwargs

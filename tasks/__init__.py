@@ -1,0 +1,1 @@
+"""Per-stage logic: plain functions over batches, with thin Prefect wrappers at the bottom."""

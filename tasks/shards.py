@@ -1,0 +1,126 @@
+"""Shard files: atomic Arrow writes, sha256, manifests, and the `datasets` directory layout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from echox.errors import IntegrityError
+
+MANIFEST = "manifest.json"
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def json_sha256(obj: Any) -> str:
+    """Stable hash of a JSON-able object (sorted keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp) on a temp file beside `path`, fsync it, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically write pretty JSON."""
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str)))
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """Atomically write one JSON object per line."""
+    text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_arrow(path: Path, table: pa.Table, *, batch_rows: int = 64) -> dict:
+    """Atomically write `table` as an Arrow IPC stream (the `datasets` format); return its shard entry."""
+
+    def _write(tmp: Path) -> None:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            for batch in table.to_batches(max_chunksize=batch_rows):
+                writer.write_batch(batch)
+
+    atomic_write(path, _write)
+    return {"path": path.name, "num_rows": table.num_rows, "sha256": file_sha256(path)}
+
+
+def read_arrow(path: Path, *, sha256: str | None = None) -> pa.Table:
+    """Memory-map an Arrow stream file, first checking its sha256 when one is given."""
+    if sha256 is not None:
+        verify_file(path, sha256)
+    with pa.memory_map(str(path), "r") as source:
+        return pa.ipc.open_stream(source).read_all()
+
+
+def verify_file(path: Path, sha256: str) -> None:
+    """Raise IntegrityError when `path` is missing or its sha256 differs from the recorded one."""
+    if not path.exists():
+        raise IntegrityError(f"shard missing: {path}")
+    actual = file_sha256(path)
+    if actual != sha256:
+        raise IntegrityError(f"shard {path} is corrupt: sha256 {actual[:12]}… != recorded {sha256[:12]}…")
+
+
+def file_verifies(path: Path, sha256: str | None) -> bool:
+    """True when `path` exists and matches `sha256`."""
+    return sha256 is not None and path.exists() and file_sha256(path) == sha256
+
+
+def write_datasets_layout(out_dir: Path, shard_names: list[str], schema: pa.Schema, fingerprint: str) -> None:
+    """Write state.json and dataset_info.json so `datasets.load_from_disk(out_dir)` opens the shards."""
+    import datasets
+
+    features = datasets.Features.from_arrow_schema(schema)
+    write_json(out_dir / "dataset_info.json", {"citation": "", "description": "", "homepage": "",
+                                               "license": "", "features": features.to_dict()})
+    write_json(out_dir / "state.json", {
+        "_data_files": [{"filename": n} for n in shard_names],
+        "_fingerprint": fingerprint[:16],
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    })
+
+
+def load_manifest(out_dir: Path) -> dict | None:
+    """The manifest of a finished build, or None when there is none."""
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise IntegrityError(f"{path} is not valid JSON: {e}") from e
+
+
+def verify_manifest(out_dir: Path, manifest: dict) -> list[str]:
+    """Names of the manifest's shards that are missing or corrupt (empty when all verify)."""
+    return [s["path"] for s in manifest.get("shards", [])
+            if not file_verifies(out_dir / s["path"], s.get("sha256"))]

@@ -1,0 +1,60 @@
+"""Shared fixtures: quiet offline environment, a session Ray, a Prefect test server, QA factories."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_STATE = Path(tempfile.mkdtemp(prefix="echox-test-state-"))
+os.environ.setdefault("ECHOX_STATE_DIR", str(_STATE))
+os.environ.setdefault("PREFECT_HOME", str(_STATE / "prefect"))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from echox import runtime  # noqa: E402
+
+runtime.configure()
+
+ROOT = Path(__file__).resolve().parents[1]
+# The corpus contract checker from ../shared/tools (a copy is kept in tools/ for clean clones).
+_SHARED = ROOT.parent / "shared" / "tools" / "check_corpus.py"
+CHECK_CORPUS = _SHARED if _SHARED.exists() else ROOT / "tools" / "check_corpus.py"
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the whole session (2 CPUs, no dashboard)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(**runtime.ray_init_kwargs(2, object_store_mb=256))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """A temporary Prefect server (SQLite) for the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def qa(i: int, **kw: object) -> dict:
+    """A small valid QA record."""
+    return {"id": f"q{i}", "question": f"What is {i} plus {i}?", "answer": f"{i} plus {i} is {2 * i}.",
+            "aliases": [str(2 * i)], **kw}
+
+
+def write_jsonl(path: Path, rows: list[dict | str | bytes]) -> Path:
+    """Write records (dicts as JSON, str/bytes verbatim) one per line."""
+    with open(path, "wb") as f:
+        for r in rows:
+            line = r if isinstance(r, bytes) else (r if isinstance(r, str) else json.dumps(r)).encode()
+            f.write(line + b"\n")
+    return path
