@@ -62,11 +62,41 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_server(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("server", help="start a local Prefect server (UI + API) on 127.0.0.1")
+    p.add_argument("--port", type=int, default=4200)
+    p.set_defaults(handler=_run_server)
+
+
+def _run_server(args: argparse.Namespace) -> int:
+    from echox import server
+
+    state = runtime.state_dir()
+    url = server.api_url(port=args.port)
+    if server.is_healthy(url):
+        print(f"a Prefect server already answers at {url}; UI: {url[:-4]}")
+        return 0
+    log = state / "prefect-server.log"
+    proc = server.start(state, args.port, log=log)
+    try:
+        server.wait_healthy(url, proc)
+        print(f"Prefect UI:  {url[:-4]}\nPrefect API: {url}\nlog: {log}\n"
+              f"echox commands on this machine report to it automatically "
+              f"(elsewhere: export PREFECT_API_URL={url}). Ctrl-C stops it.", flush=True)
+        return proc.wait()
+    except (KeyboardInterrupt, RuntimeError) as e:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if isinstance(e, RuntimeError):
+            raise EchoxError(f"{e}; see {log}") from e
+        return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     ap = argparse.ArgumentParser(prog="echox", description="EchoX echo-training data pipeline and trainer")
     sub = ap.add_subparsers(dest="command", required=True)
-    for add in (_add_build_corpus, _add_demo):
+    for add in (_add_build_corpus, _add_demo, _add_server):
         add(sub)
     return ap
 
@@ -75,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `echox` console script."""
     args = parser().parse_args(argv)
     runtime.configure()
+    if args.command != "server":
+        runtime.use_local_server()
     try:
         return args.handler(args)
     except EchoxError as e:

@@ -32,6 +32,19 @@ def configure(*, prefect_home: Path | None = None) -> None:
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
 
+def use_local_server() -> str | None:
+    """Point Prefect at a running `echox server` when no API URL is set; return the URL used."""
+    from echox.server import api_url, is_healthy
+
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    url = api_url(port=int(os.environ.get("ECHOX_SERVER_PORT", "4200")))
+    if is_healthy(url, timeout=0.3):
+        os.environ["PREFECT_API_URL"] = url
+        return url
+    return None
+
+
 def ray_init_kwargs(num_cpus: int | None, *, object_store_mb: int = 512) -> dict:
     """Arguments for a local ray.init: bounded CPUs and object store, no dashboard."""
     kwargs: dict = {"include_dashboard": False, "object_store_memory": object_store_mb << 20,

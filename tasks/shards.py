@@ -46,6 +46,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Atomically write raw bytes."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Atomically write pretty JSON."""
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str)))

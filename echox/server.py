@@ -1,0 +1,58 @@
+"""A local Prefect server (UI + API) on 127.0.0.1 with its database under the project's state folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+DEFAULT_PORT = 4200
+
+
+def api_url(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> str:
+    """The API address of a local server."""
+    return f"http://{host}:{port}/api"
+
+
+def is_healthy(url: str, timeout: float = 0.5) -> bool:
+    """True when a Prefect API answers /health at `url`."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def server_env(state: Path) -> dict[str, str]:
+    """Environment of the server process: SQLite under `state` unless a database URL is set."""
+    env = dict(os.environ)
+    env.setdefault("PREFECT_HOME", str(state / "prefect"))
+    db = state / "prefect" / "server.db"
+    env.setdefault("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{db}")
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.setdefault("PREFECT_UI_API_URL", api_url(port=int(env.get("ECHOX_SERVER_PORT", DEFAULT_PORT))))
+    return env
+
+
+def start(state: Path, port: int = DEFAULT_PORT, *, log: Path | None = None) -> subprocess.Popen:
+    """Start `prefect server start` in the background; return the process (not yet healthy)."""
+    (state / "prefect").mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
+    return subprocess.Popen(cmd, env=server_env(state), stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0) -> None:
+    """Block until the API answers; raise RuntimeError if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if is_healthy(url):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited with code {proc.returncode}")
+        time.sleep(0.5)
+    raise RuntimeError(f"prefect server at {url} not healthy after {timeout:.0f} s")
