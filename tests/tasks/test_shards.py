@@ -1,0 +1,35 @@
+"""Shard files: atomic writes, checksums, and the datasets layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from echox.errors import IntegrityError
+from tasks.shards import read_arrow, verify_manifest, write_arrow, write_datasets_layout
+
+
+def test_arrow_roundtrip_is_verified_and_datasets_opens_it(tmp_path: Path) -> None:
+    import datasets
+
+    table = pa.table({"id": ["a", "b"], "audio": pa.array([[1, -2], [3]], pa.list_(pa.int16()))})
+    entry = write_arrow(tmp_path / "shard-00000.arrow", table)
+    assert entry["num_rows"] == 2 and not list(tmp_path.glob("*.tmp"))
+    assert read_arrow(tmp_path / entry["path"], sha256=entry["sha256"]).equals(table)
+    write_datasets_layout(tmp_path, [entry["path"]], table.schema, "f" * 64)
+    ds = datasets.load_from_disk(str(tmp_path))
+    assert ds["id"] == ["a", "b"] and ds.features["audio"].feature.dtype == "int16"
+
+
+def test_a_flipped_byte_is_detected_by_name(tmp_path: Path) -> None:
+    table = pa.table({"x": list(range(100))})
+    entry = write_arrow(tmp_path / "shard-00000.arrow", table)
+    path = tmp_path / entry["path"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"shard-00000\.arrow"):
+        read_arrow(path, sha256=entry["sha256"])
+    assert verify_manifest(tmp_path, {"shards": [entry]}) == ["shard-00000.arrow"]
