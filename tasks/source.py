@@ -28,7 +28,8 @@ class SourceRecord:
 
 def _check_str(rec: dict, name: str) -> str:
     value = rec[name]
-    if isinstance(value, bool) or not isinstance(value, str | int):
+    allowed = str | int if name == "id" else str  # integer ids are common; integer text is a mistake
+    if isinstance(value, bool) or not isinstance(value, allowed):
         raise RecordRejected(f"field {name!r} must be a string, got {type(value).__name__}")
     return str(value)
 
@@ -58,6 +59,23 @@ def parse_record(rec: Any, line: int) -> SourceRecord:
     return SourceRecord(line, rid, question, answer, _check_aliases(rec.get("aliases")), voice, extra)
 
 
+class _NotUtf8(RecordRejected):
+    """A line that cannot be decoded; carries the id when one could still be read."""
+
+    def __init__(self, reason: str, rid: str | None) -> None:
+        super().__init__(reason)
+        self.id = rid
+
+
+def _best_effort_id(raw: bytes) -> str | None:
+    """The id of an undecodable line, read with replacement characters, for the reject record."""
+    try:
+        obj = json.loads(raw.decode("utf-8", errors="replace"))
+    except json.JSONDecodeError:
+        return None
+    return str(obj["id"]) if isinstance(obj, dict) and obj.get("id") is not None else None
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield (line, decoded object or RecordRejected) for every non-blank line."""
     with open(path, "rb") as f:
@@ -67,7 +85,8 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield n, RecordRejected(f"line is not valid UTF-8 ({e.reason} at byte {e.start})")
+                yield n, _NotUtf8(f"line is not valid UTF-8 ({e.reason} at byte {e.start})",
+                                  _best_effort_id(raw))
                 continue
             try:
                 yield n, json.loads(text)
@@ -112,7 +131,7 @@ def read_source(path: Path) -> tuple[list[SourceRecord], list[Reject]]:
     rejects: list[Reject] = []
     first_seen: dict[str, int] = {}
     for line, obj in iter_source(path):
-        rid = obj.get("id") if isinstance(obj, dict) else None
+        rid = obj.get("id") if isinstance(obj, dict) else getattr(obj, "id", None)
         rid = None if rid is None else str(rid)
         try:
             if isinstance(obj, RecordRejected):
