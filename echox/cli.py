@@ -105,9 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `echox` console script."""
     args = parser().parse_args(argv)
     runtime.configure()
-    if args.command != "server":
-        runtime.use_local_server()
     try:
+        if args.command not in ("server",):
+            runtime.ensure_prefect_api()
         return args.handler(args)
     except EchoxError as e:
         print(f"echox {args.command}: error: {e}", file=sys.stderr)

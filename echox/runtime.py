@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from echox.errors import EchoxError
+
 DEFAULTS = {
     "RAY_AUTH_MODE": "disabled",  # Ray 2.60 turns token auth on by default
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -14,7 +16,6 @@ DEFAULTS = {
     "HF_HUB_OFFLINE": "1",  # nothing is downloaded at run time
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
 }
 
 
@@ -30,6 +31,30 @@ def configure(*, prefect_home: Path | None = None) -> None:
     home = prefect_home or state_dir() / "prefect"
     os.environ.setdefault("PREFECT_HOME", str(home))
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+
+
+def ensure_prefect_api() -> str:
+    """Make sure PREFECT_API_URL names a live server that Ray workers can reach too.
+
+    Prefect's own ephemeral server lives inside one process, so each Ray worker would start a
+    private one of its own (slow, and its task runs would not show with the flow). Instead: use
+    the configured URL, else a running `echox server`, else start a temporary server for this
+    process (stopped at exit). Call before Ray starts, so workers inherit the variable.
+    """
+    import atexit
+
+    from echox import server
+
+    url = use_local_server()
+    if url:
+        return url
+    try:
+        proc, url = server.start_temporary(state_dir())
+    except RuntimeError as e:
+        raise EchoxError(f"could not start a Prefect server: {e} (or set PREFECT_API_URL)") from e
+    atexit.register(server.stop, proc)
+    os.environ["PREFECT_API_URL"] = url
+    return url
 
 
 def use_local_server() -> str | None:

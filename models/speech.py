@@ -1,0 +1,237 @@
+"""Speech side: a Whisper encoder (random-init or a local checkpoint), its log-mel front end, and the
+Soundwave-style speech adapter that turns encoder frames into LLM-width embeddings.
+
+Encoder frames are 50 Hz; the adapter stacks pairs (25 Hz), runs one Transformer layer over time, predicts
+CTC tokens over the LLM vocabulary (blank = the audio placeholder), and *shrinks*: it keeps the frames
+whose CTC argmax differs from the previous frame's, and lets them attend back to all frames.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from echox.errors import CheckpointError
+from models.presets import ModelPreset
+
+SAMPLE_RATE = 16_000
+HOP = 160  # log-mel hop: 100 Hz mel frames, 50 Hz after the encoder's stride-2 conv
+
+
+# ----------------------------------------------------------------------------- encoder
+
+
+def encoder_config(preset: ModelPreset) -> Any:
+    """WhisperConfig of the preset's encoder: the local checkpoint's own, or the random-init sizes."""
+    from transformers import WhisperConfig
+
+    path = encoder_dir(preset)
+    if path is not None:
+        return WhisperConfig.from_pretrained(str(path))
+    return WhisperConfig(
+        num_mel_bins=preset.num_mel_bins,
+        d_model=preset.encoder_dim,
+        encoder_layers=preset.encoder_layers,
+        encoder_attention_heads=preset.encoder_heads,
+        encoder_ffn_dim=preset.encoder_ffn,
+        # Whisper requires mel input of exactly 2*max_source_positions frames: this sets the window.
+        max_source_positions=preset.max_audio_seconds * SAMPLE_RATE // HOP // 2,
+        decoder_layers=1,
+        decoder_attention_heads=preset.encoder_heads,
+        decoder_ffn_dim=preset.encoder_ffn,
+    )
+
+
+def encoder_dir(preset: ModelPreset) -> Path | None:
+    """The local Whisper directory to load, None for random init; CheckpointError if required but unset."""
+    if preset.encoder_path:
+        path = Path(preset.encoder_path).expanduser()
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"encoder_path {path} is not an HF Whisper directory (no config.json)")
+        return path
+    if preset.encoder_source == "path":
+        raise CheckpointError(f"preset {preset.name!r}: set encoder_path to a local whisper-large-v3 dir")
+    return None
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The safetensors files of an HF checkpoint directory (single or sharded)."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [path / s for s in shards]
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    raise CheckpointError(f"{path} holds no model.safetensors (convert .bin checkpoints to safetensors)")
+
+
+def read_weights(path: Path, prefixes: tuple[str, ...]) -> dict[str, Tensor]:
+    """Tensors whose names start with one of `prefixes` (prefix stripped), read lazily from safetensors."""
+    from safetensors import safe_open
+
+    out: dict[str, Tensor] = {}
+    for file in _weight_files(path):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                for prefix in prefixes:
+                    if key.startswith(prefix):
+                        out[key[len(prefix):]] = f.get_tensor(key)
+                        break
+    return out
+
+
+def build_encoder(preset: ModelPreset, *, load_weights: bool = True, seed: int = 0) -> nn.Module:
+    """The Whisper encoder: from `encoder_path` (if set and load_weights), else random-init with `seed`."""
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    config = encoder_config(preset)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = WhisperEncoder(config)
+    path = encoder_dir(preset)
+    if path is not None and load_weights:
+        state = read_weights(path, ("model.encoder.", "encoder."))
+        missing, unexpected = encoder.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{path}: encoder weights do not match (missing {missing[:3]}, extra {unexpected[:3]})"
+            )
+    if not preset.train_encoder:
+        encoder.requires_grad_(False).eval()
+    return encoder
+
+
+def build_feature_extractor(encoder: nn.Module) -> Any:
+    """WhisperFeatureExtractor matching the encoder (mel bins, window), built from parameters, no hub."""
+    from transformers import WhisperFeatureExtractor
+
+    cfg = encoder.config
+    seconds = cfg.max_source_positions * 2 * HOP // SAMPLE_RATE
+    return WhisperFeatureExtractor(
+        feature_size=cfg.num_mel_bins,
+        sampling_rate=SAMPLE_RATE,
+        hop_length=HOP,
+        chunk_length=seconds,
+        n_fft=400,
+    )
+
+
+def window_samples(encoder: nn.Module) -> int:
+    """Audio samples in the encoder's window (longer audio is truncated)."""
+    return int(encoder.config.max_source_positions * 2 * HOP)
+
+
+def encoder_frames(num_samples: Tensor, max_frames: int) -> Tensor:
+    """Valid 50 Hz encoder frames for audio of `num_samples` (mel frames = samples // hop, conv stride 2)."""
+    mel = torch.div(num_samples, HOP, rounding_mode="floor")
+    return torch.div(mel + 1, 2, rounding_mode="floor").clamp(1, max_frames)
+
+
+def log_mel(feature_extractor: Any, audios: list[np.ndarray]) -> Tensor:
+    """(B, mels, 2*max_source_positions) float32 log-mel features of 16 kHz int16 or float audio."""
+    waves = [_as_float(a) for a in audios]
+    feats = feature_extractor(waves, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
+    return torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
+
+
+def _as_float(audio: Any) -> np.ndarray:
+    """float32 waveform in [-1, 1] from int16 samples (or float samples passed through)."""
+    arr = np.asarray(audio)
+    if arr.dtype.kind == "f":
+        return arr.astype(np.float32)
+    return arr.astype(np.int16).astype(np.float32) / 32768.0
+
+
+# ----------------------------------------------------------------------------- adapter
+
+
+@dataclass
+class AdapterOutput:
+    """Speech embeddings for the LLM plus what the CTC loss needs."""
+
+    frames: Tensor  # (B, S, H) kept frames after shrink + attention
+    mask: Tensor  # (B, S) bool, True on real frames
+    ctc_log_probs: Tensor  # (B, T', V) log-softmax over the LLM vocabulary, 25 Hz
+    ctc_lengths: Tensor  # (B,) valid 25 Hz frames
+
+
+def shrink_indices(ids: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices (B, S) of frames whose argmax differs from the previous frame's (frame 0 always kept), and
+    their mask (B, S). Blank runs are kept as one frame each, exactly as the rule says."""
+    change = torch.ones_like(valid)  # (B, T)
+    change[:, 1:] = ids[:, 1:] != ids[:, :-1]  # (B, T)
+    keep = change & valid  # (B, T)
+    counts = keep.sum(1)  # (B,)
+    # A stable sort of "not kept" puts the kept indices first, in time order.
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # (B, T)
+    size = int(counts.max().clamp(min=1))
+    idx = order[:, :size]  # (B, S)
+    mask = torch.arange(size, device=ids.device)[None, :] < counts[:, None]  # (B, S)
+    return idx, mask
+
+
+class SpeechAdapter(nn.Module):
+    """Stack 2 frames → Linear → pre-norm Transformer layer over time → LayerNorm → CTC head → shrink →
+    kept frames attend to all frames (residual + LayerNorm)."""
+
+    def __init__(
+        self,
+        enc_dim: int,
+        llm_dim: int,
+        vocab_size: int,
+        blank_id: int,
+        *,
+        num_heads: int = 4,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.blank_id = blank_id
+        self.proj = nn.Linear(2 * enc_dim, llm_dim)
+        # batch_first: attend over time (the reference code attends across the batch axis by mistake).
+        self.layer = nn.TransformerEncoderLayer(
+            llm_dim, num_heads, 2 * llm_dim, dropout, batch_first=True, norm_first=True
+        )
+        self.norm = nn.LayerNorm(llm_dim)
+        self.ctc_head = nn.Linear(llm_dim, vocab_size)
+        self.attn = nn.MultiheadAttention(llm_dim, num_heads, dropout=dropout, batch_first=True)
+        self.out_norm = nn.LayerNorm(llm_dim)
+
+    def forward(self, enc: Tensor, lengths: Tensor) -> AdapterOutput:
+        """enc (B, T, C) 50 Hz encoder states with `lengths` (B,) valid frames → AdapterOutput."""
+        B, T, C = enc.shape
+        if T % 2:
+            enc = F.pad(enc, (0, 0, 0, 1))  # (B, T+1, C)
+        x = enc.reshape(B, -1, 2 * C)  # (B, T', 2C) 25 Hz
+        x = self.proj(x)  # (B, T', H)
+        lengths = torch.div(lengths + 1, 2, rounding_mode="floor")  # (B,)
+        valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]  # (B, T')
+        x = self.layer(x, src_key_padding_mask=~valid)  # (B, T', H)
+        x = self.norm(x)  # (B, T', H)
+        logits = self.ctc_head(x)  # (B, T', V)
+        idx, mask = shrink_indices(logits.argmax(-1), valid)  # (B, S), (B, S)
+        q = x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[-1]))  # (B, S, H)
+        ctx, _ = self.attn(q, x, x, key_padding_mask=~valid, need_weights=False)  # (B, S, H)
+        frames = self.out_norm(q + ctx)  # (B, S, H)
+        frames = frames * mask[:, :, None].to(frames.dtype)  # (B, S, H) zero the padding
+        log_probs = F.log_softmax(logits.float(), dim=-1)  # (B, T', V) float32 for CTC
+        return AdapterOutput(frames, mask, log_probs, lengths)
+
+
+def ctc_loss(out: AdapterOutput, targets: Tensor, target_lengths: Tensor, blank_id: int) -> Tensor:
+    """Mean CTC loss (per-target-length normalised, as torch's 'mean') of the question transcript."""
+    return F.ctc_loss(
+        out.ctc_log_probs.transpose(0, 1),  # (T', B, V)
+        targets,
+        out.ctc_lengths,
+        target_lengths,
+        blank=blank_id,
+        reduction="mean",
+        zero_infinity=True,  # a transcript longer than the 25 Hz frames gives inf; skip it, don't NaN
+    )

@@ -1,0 +1,218 @@
+"""Training checkpoints: atomic directories with a sha256 of every file, verified before use.
+
+Layout of `root/step-000123/`: `model.safetensors` (the model state without frozen parameters: a resumed
+run rebuilds those with the same factory, and a LoRA run's checkpoint stays small), `optimizer.pt`,
+`scheduler.pt`, `rng.pt` (whatever RNG state the trainer passes; the trainer passes every rank's), and
+`checkpoint.json` ({format, step, files: {name: sha256}, extra}), written last. The directory is built
+under a temp name and renamed into place, so a crash leaves either a complete checkpoint or a `.tmp-*`
+folder that the next save removes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from echox.errors import CheckpointError
+from tasks.shards import file_sha256, write_json
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+META = "checkpoint.json"
+MODEL_FILE = "model.safetensors"
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass(frozen=True)
+class CheckpointState:
+    """What a loaded checkpoint hands back beside the weights and optimizer state it restored."""
+
+    path: Path
+    """The checkpoint directory."""
+    step: int
+    """Optimizer steps completed when it was saved."""
+    rng_state: Any
+    """The RNG state passed to save_checkpoint (the trainer's: one dict per rank)."""
+    extra: dict
+    """Trainer bookkeeping saved beside it (elapsed time, token count, world size, config)."""
+
+
+def checkpoint_dir(root: str | Path, step: int) -> Path:
+    """Where the checkpoint of `step` lives under `root`."""
+    return Path(root) / f"step-{step:06d}"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP (or similar `.module`) wrapper."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, rng_state: Any, extra: dict, *, keep: int | None = None) -> Path:
+    """Write checkpoint `step` atomically under `root`, keep the newest `keep` ones; return its path."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_dir(root, step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    try:
+        save_file(trained_state(unwrap(model)), str(tmp / MODEL_FILE))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng_state, tmp / "rng.pt")
+        for path in tmp.iterdir():
+            _fsync(path)
+        files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
+        write_json(tmp / META, {"format": FORMAT, "step": step, "files": files, "extra": extra})
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep is not None:
+        prune_checkpoints(root, keep)
+    return final
+
+
+def frozen_keys(model: nn.Module) -> set[str]:
+    """State-dict names of parameters that do not train (under every name they are shared by)."""
+    return {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict without frozen parameters, as CPU copies (safetensors refuses shared storage)."""
+    frozen = frozen_keys(model)
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
+            if k not in frozen}
+
+
+def load_trained_state(model: nn.Module, path: Path) -> None:
+    """Load trained_state from `path`; RuntimeError unless it covers every key that is not frozen."""
+    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    missing = sorted(set(missing) - frozen_keys(model))
+    if missing or unexpected:
+        raise RuntimeError(f"missing keys {missing[:5]}, unexpected keys {sorted(unexpected)[:5]}")
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file to disk so the rename that publishes it cannot overtake its content."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename `src` to `dst`; an existing `dst` (a stale save of the same step) is moved aside first."""
+    old = None
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".old-{dst.name}-", dir=dst.parent))
+        os.replace(dst, old / dst.name)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Checkpoint directories under `root` (verified or not), oldest step first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def prune_checkpoints(root: str | Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints, and temp folders left by interrupted saves."""
+    if keep < 1:
+        raise CheckpointError(f"keep must be >= 1, got {keep}")
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in Path(root).glob(".tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def verify_checkpoint(path: str | Path) -> dict:
+    """The checkpoint's metadata after checking every listed file's sha256; CheckpointError if off."""
+    path = Path(path)
+    meta_path = path / META
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path}: no {META} (incomplete or not a checkpoint)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{meta_path} is not valid JSON: {e}") from e
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(files, dict) or MODEL_FILE not in files or not isinstance(meta.get("step"), int):
+        raise CheckpointError(f"{meta_path} lacks step or the files list")
+    for name, sha in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{path}: {name} is missing")
+        if file_sha256(file) != sha:
+            raise CheckpointError(f"{path}: {name} does not match its recorded sha256 (corrupt)")
+    return meta
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest checkpoint under `root` that verifies; corrupt or partial ones are skipped (logged)."""
+    for path in reversed(list_checkpoints(root)):
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as e:
+            log.warning("skipping checkpoint %s: %s", path, e)
+            continue
+        return path
+    return None
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: Any | None = None, *, verify: bool = True) -> CheckpointState:
+    """Restore model (and optimizer/scheduler if given); CheckpointError if the checkpoint is corrupt."""
+    path = Path(path)
+    meta = verify_checkpoint(path) if verify else json.loads((path / META).read_text())
+    try:
+        load_trained_state(unwrap(model), path / MODEL_FILE)
+        if optimizer is not None:
+            optimizer.load_state_dict(_load(path / "optimizer.pt"))
+        if scheduler is not None:
+            scheduler.load_state_dict(_load(path / "scheduler.pt"))
+        rng_state = _load(path / "rng.pt") if (path / "rng.pt").exists() else None
+    except (RuntimeError, ValueError, KeyError, OSError) as e:
+        raise CheckpointError(f"{path} does not fit this model/optimizer: {e}") from e
+    return CheckpointState(path=path, step=meta["step"], rng_state=rng_state, extra=meta.get("extra", {}))
+
+
+def _load(path: Path) -> Any:
+    """torch.load of tensors and plain containers only (no arbitrary pickles)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def capture_rng_state() -> dict:
+    """This process's Python, numpy, torch (and CUDA) RNG states, in a weights_only-loadable form."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": (kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Put back RNG states captured by capture_rng_state."""
+    random.setstate(state["python"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
