@@ -47,6 +47,97 @@ def _run_build_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train stage I (s2t), II (t2c) or III (echo) under DDP")
+    p.add_argument("--stage", required=True, choices=["s2t", "t2c", "echo"])
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--preset", default="tiny", help="tiny, smollm2-135m, llama-3b, llama-8b")
+    p.add_argument("--set", dest="preset_overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a preset field, e.g. --set llm_path=/models/llama (repeatable)")
+    p.add_argument("--echo-labels", default=None)
+    p.add_argument("--s2t", default=None, help="stage-I checkpoint (echo stage)")
+    p.add_argument("--t2c", default=None, help="stage-II checkpoint (echo stage)")
+    p.add_argument("--init-checkpoint", default=None)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--use-gpu", action="store_true")
+    p.add_argument("--launcher", choices=["ray", "local"], default="ray")
+    p.add_argument("--ray-address", default=None)
+    p.add_argument("--max-steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(handler=_run_train)
+
+
+def _overrides(pairs: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise EchoxError(f"--set expects FIELD=VALUE, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from echox.config import TrainFlowConfig, build
+    from flows.train import train
+
+    fields = {k: v for k, v in vars(args).items() if k not in ("handler", "command")}
+    fields["preset_overrides"] = _overrides(args.preset_overrides)
+    cfg = build(TrainFlowConfig, fields, "train")
+    print(f"model written to {train(cfg=cfg)}")
+    return 0
+
+
+def _add_ask(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ask", help="answer a spoken question with a stage-I (or echo) checkpoint")
+    p.add_argument("--model", required=True)
+    p.add_argument("--audio", required=True, help="a WAV file (any rate; resampled to 16 kHz)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_run_ask)
+
+
+def _run_ask(args: argparse.Namespace) -> int:
+    from tasks.inference import answer, load_audio, load_s2t
+
+    model = load_s2t(args.model)
+    text = answer(model, load_audio(args.audio), max_new_tokens=args.max_new_tokens, sample=args.sample,
+                  temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    print(text)
+    return 0
+
+
+def _add_t2c(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("t2c", help="units for a text with a stage-II checkpoint")
+    p.add_argument("--model", required=True)
+    p.add_argument("--text", required=True)
+    p.add_argument("--max-units", type=int, default=1000)
+    p.set_defaults(handler=_run_t2c)
+
+
+def _run_t2c(args: argparse.Namespace) -> int:
+    from tasks.inference import load_checkpoint_model, text_to_units
+
+    units, truncated = text_to_units(load_checkpoint_model(args.model, "t2c"), args.text, args.max_units)
+    print(" ".join(map(str, units)))
+    if truncated:
+        print(f"(stopped at the --max-units guard of {args.max_units})", file=sys.stderr)
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the main job on the bundled sample (embedded defaults)")
     p.add_argument("--out", default="outputs/demo")
@@ -96,7 +187,7 @@ def parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     ap = argparse.ArgumentParser(prog="echox", description="EchoX echo-training data pipeline and trainer")
     sub = ap.add_subparsers(dest="command", required=True)
-    for add in (_add_build_corpus, _add_demo, _add_server):
+    for add in (_add_build_corpus, _add_train, _add_ask, _add_t2c, _add_demo, _add_server):
         add(sub)
     return ap
 
@@ -106,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     runtime.configure()
     try:
-        if args.command not in ("server",):
+        if args.command not in ("server", "ask", "t2c"):
             runtime.ensure_prefect_api()
         return args.handler(args)
     except EchoxError as e:

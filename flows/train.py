@@ -1,0 +1,69 @@
+"""The training flow: one stage of EchoX training under DDP (Ray Train), with metrics as artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from echox import runtime
+from echox.config import TrainFlowConfig
+from echox.plots import loss_curve_markdown, read_metrics
+
+LOSS_KEYS = {"s2t": ("loss", "ce", "ctc"), "t2c": ("loss",), "echo": ("loss", "s2t", "echo", "denoise")}
+
+
+def train_config(cfg: TrainFlowConfig) -> object:
+    """The trainer's config from the flow's parameters."""
+    from tasks.train import TrainConfig
+
+    return TrainConfig(
+        stage=cfg.stage, corpus_dir=cfg.corpus, out_dir=cfg.out, labels_dir=cfg.echo_labels,
+        max_steps=cfg.max_steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
+        warmup_steps=min(cfg.warmup_steps, cfg.max_steps), log_every=cfg.log_every,
+        ckpt_every=cfg.ckpt_every, seed=cfg.seed, workers=cfg.workers if cfg.launcher == "ray" else 1,
+        use_gpu=cfg.use_gpu, resume=cfg.resume)
+
+
+@task(name="train-stage", task_run_name="train-{cfg.stage}", tags=["train"])
+def train_task(cfg: TrainFlowConfig) -> dict:
+    """Prepare the model factory and run the DDP trainer; returns the run summary."""
+    from tasks.train import run_local, run_ray
+    from tasks.train_stage import prepare_stage
+
+    if cfg.stage == "echo" and not cfg.echo_labels:
+        from echox.errors import ConfigError
+
+        raise ConfigError("stage echo needs --echo-labels (run echox echo-labels first)")
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else runtime.state_dir() / "models"
+    build = prepare_stage(cfg.stage, cfg.preset, cfg.preset_overrides, Path(cfg.corpus), cache,
+                          seed=cfg.seed, s2t=cfg.s2t, t2c=cfg.t2c, init_checkpoint=cfg.init_checkpoint)
+    tc = train_config(cfg)
+    if cfg.launcher == "local":
+        return run_local(tc, build)
+    return run_ray(tc, build, ray_address=cfg.ray_address, name=f"train-{cfg.stage}")
+
+
+def publish(cfg: TrainFlowConfig, summary: dict) -> None:
+    """Loss curve (markdown with a plot) and final metrics (table) as artifacts."""
+    metrics = read_metrics(Path(cfg.out) / "metrics.jsonl")
+    if not metrics:
+        return
+    key = f"train-{cfg.stage}"
+    create_markdown_artifact(key=f"{key}-loss", description=f"Stage {cfg.stage} loss curve",
+                             markdown=loss_curve_markdown(metrics, f"{cfg.stage} loss", LOSS_KEYS[cfg.stage]))
+    first, last = metrics[0], metrics[-1]
+    rows = [{"metric": k, "first": round(first[k], 5), "last": round(last[k], 5)}
+            for k in last if isinstance(last[k], int | float) and k in first]
+    create_table_artifact(key=f"{key}-metrics", table=rows, description=f"Stage {cfg.stage}: {cfg.out}")
+
+
+@flow(name="train", flow_run_name="train-{cfg.stage}")
+def train(cfg: TrainFlowConfig) -> str:
+    """Train one stage; returns the directory of the final model."""
+    summary = train_task(cfg)
+    publish(cfg, summary)
+    model_dir = str(Path(cfg.out) / "model")
+    get_run_logger().info(f"stage {cfg.stage}: final model in {model_dir}")
+    return model_dir

@@ -1,0 +1,50 @@
+"""Driver-side preparation of a training stage: preset, base LLM, unit count, model factory."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from echox.errors import InputError
+
+
+def corpus_texts(corpus_dir: Path) -> list[str]:
+    """Spoken question and answer texts of a corpus (what the tiny preset's tokenizer is trained on)."""
+    from tasks.data import load_table
+
+    table = load_table(corpus_dir, verify=False).select(["question_text", "answer_text"])
+    return [t for col in table.columns for t in col.to_pylist()]
+
+
+def corpus_num_units(corpus_dir: Path) -> int:
+    """K of the corpus's codebook, from its manifest."""
+    path = Path(corpus_dir) / "manifest.json"
+    if not path.exists():
+        raise InputError(f"{corpus_dir} is not a built corpus (no manifest.json); run echox build-corpus")
+    return int(json.loads(path.read_text())["codebook"]["num_units"])
+
+
+def prepare_stage(stage: str, preset_name: str, overrides: dict[str, Any], corpus_dir: Path,
+                  cache_dir: Path, *, seed: int = 0, s2t: str | None = None, t2c: str | None = None,
+                  init_checkpoint: str | None = None) -> Callable[[], nn.Module]:
+    """A picklable factory of the stage's model; builds (or reuses) the base LLM directory first."""
+    from models.factory import build_for_stage
+    from models.llm import prepare_base_llm
+    from models.presets import preset_to_dict, resolve_preset
+
+    for name, path in (("--s2t", s2t), ("--t2c", t2c), ("checkpoint", init_checkpoint)):
+        if path and not Path(path).exists():
+            raise InputError(f"{name} checkpoint not found: {path}")
+    preset = resolve_preset(preset_name, **overrides)
+    texts = corpus_texts(corpus_dir) if preset.llm == "random" else None
+    llm_dir = "" if stage == "echo" else str(
+        prepare_base_llm(preset, corpus_texts=texts, cache_dir=cache_dir, seed=seed))
+    units = corpus_num_units(corpus_dir) if stage == "t2c" else None
+    return functools.partial(build_for_stage, stage, preset_to_dict(preset), llm_dir, num_units=units,
+                             s2t_checkpoint=s2t, t2c_checkpoint=t2c, init_checkpoint=init_checkpoint,
+                             seed=seed)
