@@ -61,3 +61,16 @@ def write_jsonl(path: Path, rows: list[dict | str | bytes]) -> Path:
             line = r if isinstance(r, bytes) else (r if isinstance(r, str) else json.dumps(r)).encode()
             f.write(line + b"\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Path:
+    """A real 16-record espeak corpus (K=16 MFCC units) built once through the flow, for later stages."""
+    from echox.config import BuildCorpusConfig
+    from flows.build_corpus import build_corpus
+
+    tmp = tmp_path_factory.mktemp("tiny-corpus")
+    src = write_jsonl(tmp / "qa.jsonl", [qa(i) for i in range(1, 17)])
+    cfg = BuildCorpusConfig(source=str(src), out=str(tmp / "corpus"), tts="espeak", num_units=16,
+                            shard_size=8, workers=2, progress=False)
+    return Path(build_corpus(config=cfg))
