@@ -27,7 +27,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 venv: sysdeps $(STAMP)
 
 demo: venv
-	$(PY) -m echox.cli demo
+	$(PY) -m echox.cli demo --config configs/demo.yaml
 
 test: venv
 	$(PY) -m pytest -q --timeout=1500

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from echox import runtime
+from echox.cli_eval import add_evaluate
 from echox.errors import EchoxError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -138,24 +139,82 @@ def _run_t2c(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_pipeline(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pipeline", help="run the whole DAG from a YAML config")
+    p.add_argument("--config", required=True, type=Path)
+    p.add_argument("--out", default=None, help="override the config's output directory")
+    p.set_defaults(handler=_run_pipeline)
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from flows.pipeline import load_pipeline_config, pipeline
+
+    cfg = load_pipeline_config(args.config, out=args.out)
+    paths = pipeline(config=cfg)
+    _print_outputs(paths)
+    return 0
+
+
+def _print_outputs(paths: dict) -> None:
+    import json
+
+    print("\noutputs:")
+    for name, path in paths.items():
+        print(f"  {name:12s} {path}")
+    if "report" in paths:
+        from tasks.evaluate import format_report
+
+        print("\n" + format_report(json.loads(Path(paths["report"]).read_text())))
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the main job on the bundled sample (embedded defaults)")
-    p.add_argument("--out", default="outputs/demo")
+    p = sub.add_parser("demo", help="the whole DAG on the bundled sample (configs/demo.yaml), with the UI")
+    p.add_argument("--config", default=Path("configs/demo.yaml"), type=Path)
+    p.add_argument("--no-server", action="store_true", help="do not leave a Prefect UI running")
     p.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from echox.config import BuildCorpusConfig
-    from flows.build_corpus import build_corpus
+    import os
 
-    cfg = BuildCorpusConfig(source="data/sample/qa_train.jsonl", out=f"{args.out}/corpus")
-    build_corpus(config=cfg)
+    from echox import server
+    from flows.pipeline import load_pipeline_config, pipeline
+
+    cfg = load_pipeline_config(args.config)
+    if args.no_server or runtime.use_local_server():
+        runtime.ensure_prefect_api()
+    else:  # leave a UI running after the demo, so its runs and artifacts can be browsed
+        os.environ["PREFECT_API_URL"] = server.ensure_background(runtime.state_dir())
+    ui = os.environ.get("PREFECT_API_URL", "")
+    print(f"echox demo: the whole DAG on {cfg.source} → {cfg.out}\nPrefect UI: {ui.removesuffix('/api')}",
+          flush=True)
+    paths = pipeline(config=cfg)
+    _print_outputs(paths)
+    print(f"\nPrefect UI (runs, logs, artifacts): {ui.removesuffix('/api')}  — stop it: echox server --stop")
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve the deployments of prefect.yaml (schedules, UI-triggered runs)")
+    p.add_argument("--file", default=Path("prefect.yaml"), type=Path)
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from prefect import serve
+
+    from flows.deployments import to_deployments
+
+    deployments = to_deployments(args.file)
+    print(f"serving {len(deployments)} deployments: " + ", ".join(d.name for d in deployments), flush=True)
+    serve(*deployments)
     return 0
 
 
 def _add_server(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("server", help="start a local Prefect server (UI + API) on 127.0.0.1")
     p.add_argument("--port", type=int, default=4200)
+    p.add_argument("--stop", action="store_true", help="stop the server that `echox demo` left running")
     p.set_defaults(handler=_run_server)
 
 
@@ -163,6 +222,9 @@ def _run_server(args: argparse.Namespace) -> int:
     from echox import server
 
     state = runtime.state_dir()
+    if args.stop:
+        print(server.stop_background(state))
+        return 0
     url = server.api_url(port=args.port)
     if server.is_healthy(url):
         print(f"a Prefect server already answers at {url}; UI: {url[:-4]}")
@@ -187,7 +249,8 @@ def parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     ap = argparse.ArgumentParser(prog="echox", description="EchoX echo-training data pipeline and trainer")
     sub = ap.add_subparsers(dest="command", required=True)
-    for add in (_add_build_corpus, _add_train, _add_ask, _add_t2c, _add_demo, _add_server):
+    for add in (_add_build_corpus, _add_train, _add_ask, _add_t2c, _add_pipeline, _add_demo, _add_server,
+                _add_serve, add_evaluate):
         add(sub)
     return ap
 
@@ -197,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     runtime.configure()
     try:
-        if args.command not in ("server", "ask", "t2c"):
+        if args.command not in ("server", "ask", "t2c", "demo"):
             runtime.ensure_prefect_api()
         return args.handler(args)
     except EchoxError as e:

@@ -119,3 +119,41 @@ class TrainFlowConfig(Frozen):
     resume: bool = Field(False, description="Continue from the last verified checkpoint in out.")
     cache_dir: str | None = Field(None, description="Where base LLM directories are built and cached "
                                   "(default: the state folder).")
+
+
+class TrainStep(Frozen):
+    """Training options of one pipeline stage."""
+
+    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(8, ge=1, description="Examples per worker per micro-step.")
+    grad_accum: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warmup steps.")
+    workers: int = Field(2, ge=1, description="DDP workers.")
+    use_gpu: bool = Field(False, description="Train on GPUs.")
+    launcher: Literal["ray", "local"] = Field("ray", description="Ray Train or one local process.")
+    log_every: int = Field(10, ge=1, description="Steps between metrics lines.")
+    ckpt_every: int = Field(100, ge=1, description="Steps between checkpoints.")
+
+
+class PipelineConfig(Frozen):
+    """The whole DAG: corpus → units → stage I ∥ stage II → echo labels → echo training → evaluation."""
+
+    source: str = Field(description="QA source (JSONL, Parquet or datasets directory).")
+    eval_set: str | None = Field(None, description="Held-out eval JSONL (id, question, answers/aliases).")
+    out: str = Field(description="Pipeline output directory (one folder per step).")
+    corpus: dict = Field(default_factory=dict, description="build-corpus options (tts, num_units, "
+                         "shard_size, workers, ...).")
+    codebook: str | None = Field(None, description="Reuse this codebook instead of fitting one.")
+    preset: str = Field("tiny", description="Model preset for all stages.")
+    preset_overrides: dict = Field(default_factory=dict, description="Preset fields to override.")
+    s2t: TrainStep = Field(default_factory=TrainStep, description="Stage I (speech → text).")
+    t2c: TrainStep = Field(default_factory=TrainStep, description="Stage II (text → units).")
+    echo: TrainStep = Field(default_factory=TrainStep, description="Stage III (echo training).")
+    echo_labels: dict = Field(default_factory=dict, description="echo-labels options (workers, "
+                              "batch_size, max_units, ...).")
+    evaluate: dict = Field(default_factory=dict, description="evaluation options (tts, limit, ...).")
+    parallel_training: bool | None = Field(None, description="Train stages I and II at once; default: "
+                                           "when the Ray cluster has the CPUs/GPUs for both.")
+    ray_address: str | None = Field(None, description="Existing Ray cluster for every step.")
+    seed: int = Field(0, description="Seed for every step.")

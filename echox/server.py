@@ -90,3 +90,30 @@ def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float 
             raise RuntimeError(f"prefect server exited with code {proc.returncode}")
         time.sleep(0.5)
     raise RuntimeError(f"prefect server at {url} not healthy after {timeout:.0f} s")
+
+
+def ensure_background(state: Path, port: int = DEFAULT_PORT) -> str:
+    """A server on `port` that outlives this process (started if none answers); returns the API URL."""
+    url = api_url(port=port)
+    if is_healthy(url):
+        return url
+    proc = start(state, port, log=state / "prefect-server.log")
+    (state / "prefect-server.pid").write_text(str(proc.pid))
+    wait_healthy(url, proc)
+    return url
+
+
+def stop_background(state: Path) -> str:
+    """Stop the server `ensure_background` started; says what it did."""
+    import signal
+
+    pid_file = state / "prefect-server.pid"
+    if not pid_file.exists():
+        return "no background Prefect server was started from this folder"
+    pid = int(pid_file.read_text())
+    pid_file.unlink()
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return f"the background Prefect server (pid {pid}) had already stopped"
+    return f"stopped the background Prefect server (pid {pid})"

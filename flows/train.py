@@ -67,3 +67,21 @@ def train(cfg: TrainFlowConfig) -> str:
     model_dir = str(Path(cfg.out) / "model")
     get_run_logger().info(f"stage {cfg.stage}: final model in {model_dir}")
     return model_dir
+
+
+@flow(name="retrain", flow_run_name="retrain-{stage}-{data_version}")
+def retrain(stage: str, data_version: str, corpus: str, out_root: str = "outputs/retrain",
+            init_checkpoint: str | None = None, preset: str = "tiny", max_steps: int = 200,
+            workers: int = 2, use_gpu: bool = False, s2t: str | None = None, t2c: str | None = None,
+            echo_labels: str | None = None) -> str:
+    """Retrain one stage on a data version (optionally from a checkpoint); for deployments and the UI form.
+
+    The run directory is `out_root/<stage>/<data_version>`; rerunning the same version resumes it.
+    """
+    from echox.config import build
+
+    data = {"stage": stage, "corpus": corpus, "out": str(Path(out_root) / stage / data_version),
+            "init_checkpoint": init_checkpoint, "preset": preset, "max_steps": max_steps,
+            "workers": workers, "use_gpu": use_gpu, "s2t": s2t, "t2c": t2c, "echo_labels": echo_labels,
+            "resume": (Path(out_root) / stage / data_version / "checkpoints").exists()}
+    return train(cfg=build(TrainFlowConfig, data, "retrain"))
