@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from echox import runtime
+from echox.cli_echo import add_echo_eval, add_echo_labels, add_speak
 from echox.cli_eval import add_evaluate
 from echox.errors import EchoxError
 
@@ -250,15 +252,34 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="echox", description="EchoX echo-training data pipeline and trainer")
     sub = ap.add_subparsers(dest="command", required=True)
     for add in (_add_build_corpus, _add_train, _add_ask, _add_t2c, _add_pipeline, _add_demo, _add_server,
-                _add_serve, add_evaluate):
+                _add_serve, add_evaluate, add_echo_labels, add_speak, add_echo_eval):
         add(sub)
     return ap
+
+
+class _NoUserErrorTraceback(logging.Filter):
+    """Strip the traceback from Prefect's log of a user mistake; main prints its message once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep the record, without exc_info when it holds an EchoxError."""
+        if record.exc_info and isinstance(record.exc_info[1], EchoxError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_user_errors() -> None:
+    """Install the filter on Prefect's run loggers (idempotent; logger filters survive its log setup)."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoUserErrorTraceback) for f in logger.filters):
+            logger.addFilter(_NoUserErrorTraceback())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `echox` console script."""
     args = parser().parse_args(argv)
     runtime.configure()
+    quiet_user_errors()
     try:
         if args.command not in ("server", "ask", "t2c", "demo"):
             runtime.ensure_prefect_api()

@@ -20,7 +20,8 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-units", type=int, default=1000)
     p.add_argument("--limit", type=int, default=None, help="only the first N valid questions")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--audio-cache", default=None, help="question audio cache (default: tts-cache beside --out)")
+    p.add_argument("--audio-cache", default=None,
+                   help="question audio cache (default: tts-cache beside --out)")
     p.set_defaults(handler=run_evaluate)
 
 
@@ -31,12 +32,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from echox.config import build
     from flows.evaluate import EvaluateConfig, evaluate
-    from tasks.evaluate import format_table, summary_rows
+    from tasks.evaluate import format_report
 
     fields = {k: v for k, v in vars(args).items() if k not in ("handler", "command")}
     cfg = build(EvaluateConfig, fields, "evaluate")
     out = evaluate(config=cfg)
     report = json.loads(Path(out).read_text())
-    print(format_table(summary_rows(report)))
+    print(format_report(report))
     print(f"report written to {out}")
     return 0
