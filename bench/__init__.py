@@ -1,0 +1,1 @@
+"""Benchmarks of every stage, the plain single-process baseline, and the BENCHMARKS.md report."""

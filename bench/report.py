@@ -1,0 +1,403 @@
+"""Results files (bench/results/<stage>.json, run.json) and the BENCHMARKS.md report built from them.
+
+Every stage result carries the run_id it was measured in; ratios against the baseline are only
+taken between results of the same run, never across runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+Result = dict[str, Any] | None
+RUN_FILE = "run.json"
+TARGET_HOURS = 6000
+GOALS = {"overhead_default": 1.05, "overhead_1_worker": 1.10, "scaling": 1.7, "share": 0.05}
+
+
+def write_stage_json(results_dir: Path, result: dict[str, Any]) -> Path:
+    """Write one stage's result as <results>/<stage>.json."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{result['stage']}.json"
+    path.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def write_run_json(results_dir: Path, info: dict[str, Any]) -> Path:
+    """Write the run's machine, versions, command and settings."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / RUN_FILE
+    path.write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def load_results(results_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(run info, stage results by name) from a results directory."""
+    run = json.loads((results_dir / RUN_FILE).read_text()) if (results_dir / RUN_FILE).exists() else {}
+    stages = {}
+    for path in sorted(results_dir.glob("*.json")):
+        if path.name != RUN_FILE:
+            data = json.loads(path.read_text())
+            stages[data.get("stage", path.stem)] = data
+    return run, stages
+
+
+def write_report(results_dir: Path, report_path: Path) -> str:
+    """Render BENCHMARKS.md from the results directory; returns the text."""
+    from bench.stages import STAGES
+
+    run, stages = load_results(results_dir)
+    ordered = {k: stages[k] for k in [*STAGES, *sorted(stages)] if k in stages}
+    text = render(run, ordered)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(text)
+    return text
+
+
+# ---------------------------------------------------------------- formatting
+def fmt_s(x: float | None) -> str:
+    """Seconds, readable at any scale."""
+    if x is None:
+        return "–"
+    if x < 1:
+        return f"{x * 1000:.1f} ms"
+    return f"{x:.2f} s" if x < 100 else f"{x:.0f} s"
+
+
+def fmt_n(x: float | None, digits: int = 3) -> str:
+    """A number with `digits` significant digits (thousands grouped)."""
+    if x is None:
+        return "–"
+    if abs(x) >= 10 ** digits:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def fmt_wall(w: dict[str, Any]) -> str:
+    """Median wall time with its range and repeat count."""
+    if not w or w.get("median") is None:
+        return "–"
+    if w["n"] == 1:
+        return f"{fmt_s(w['median'])} (n=1)"
+    return f"{fmt_s(w['median'])} ({fmt_s(w['min'])}–{fmt_s(w['max'])}, n={w['n']})"
+
+
+def one_line(res: dict[str, Any]) -> str:
+    """A one-line summary of a stage result for the terminal."""
+    if res.get("error"):
+        return f"FAILED: {str(res['error'])[:300]}"
+    if res.get("skipped"):
+        return f"skipped: {res['skipped']}"
+    parts = [f"{c['name']} {fmt_s(c['wall_s']['median'])}" for c in res.get("cases", [])]
+    return "; ".join(parts)
+
+
+def _median(v: Any) -> Any:
+    """The median of a stats dict, or the value itself."""
+    return v.get("median") if isinstance(v, dict) and "median" in v else v
+
+
+def _extras(c: dict[str, Any]) -> str:
+    """Scalar extras of a case (stats dicts shown by their median)."""
+    out = []
+    for k, v in (c.get("extra") or {}).items():
+        v = _median(v)
+        if isinstance(v, int | float):
+            out.append(f"{k} {fmt_n(v)}")
+        elif isinstance(v, dict) and k == "phases_s":
+            continue
+        elif v is not None and not isinstance(v, dict | list):
+            out.append(f"{k} {v}")
+    return ", ".join(out)
+
+
+def stage_table(res: dict[str, Any]) -> list[str]:
+    """A markdown table of a stage's cases."""
+    rows = ["| Case | Parameters | Wall, median (range, n) | Throughput | Peak RSS (tree) | Other |",
+            "|---|---|---|---|---|---|"]
+    for c in res.get("cases", []):
+        params = ", ".join(f"{k}={v}" for k, v in c["params"].items() if k != "roles")
+        tput = ", ".join(f"{fmt_n(v)} {k.removesuffix('_per_s')}/s" for k, v in c["throughput"].items())
+        rss = f"{c['peak_rss_mb']:.0f} MiB" if c.get("peak_rss_mb") else "–"
+        rows.append(f"| {c['name']} | {params} | {fmt_wall(c['wall_s'])} | {tput or '–'} | {rss} | "
+                    f"{_extras(c) or '–'} |")
+    return rows
+
+
+# ---------------------------------------------------------------- corpus-level analysis
+def _find(res: dict[str, Any] | None, **params: Any) -> dict[str, Any] | None:
+    """The case whose params include all of `params`."""
+    for c in (res or {}).get("cases", []):
+        if all(c["params"].get(k) == v for k, v in params.items()):
+            return c
+    return None
+
+
+def _wall(c: dict[str, Any] | None) -> float | None:
+    return c["wall_s"]["median"] if c else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def corpus_analysis(run: dict[str, Any], base: Result, flow: Result) -> dict[str, Any]:
+    """Overhead and scaling ratios, phase shares and memory, from results of one run."""
+    same_run = bool(base and flow and base.get("run_id") == flow.get("run_id"))
+    n = (run.get("settings") or {}).get("scaling_size", 300)
+    cores = (run.get("machine") or {}).get("logical_cores") or 2
+    b = _find(base, records=n)
+    default = _find(flow, records=n, workers=2, threads_setting=None)
+    one_default = _find(flow, records=n, workers=1, threads_per_worker=cores)
+    w1, w2 = _find(flow, records=n, workers=1, threads_per_worker=1), _find(flow, records=n, workers=2,
+                                                                            threads_per_worker=1)
+    phases = ((b or {}).get("extra") or {}).get("phases_s") or {}
+    bwall = sum(phases.values()) or None  # the phases of one loop run cover all of its wall time
+    io = sum(phases.get(k, 0.0) for k in ("dump_features", "write_arrow"))
+    bw = _wall(b) if same_run else None  # never a ratio across runs
+    return {"records": n, "same_run": same_run, "baseline": b, "default": default, "one_default": one_default,
+            "w1": w1, "w2": w2,
+            "overhead_default": _ratio(_wall(default), bw),
+            "overhead_1_worker": _ratio(_wall(one_default), bw),
+            "scaling": _ratio(_wall(w1), _wall(w2)),
+            "label_share": _ratio(phases.get("label"), bwall), "io_share": _ratio(io, bwall),
+            "fit_share": _ratio(phases.get("kmeans_fit"), bwall)}
+
+
+def _verdict(value: float | None, target: float, higher_is_better: bool) -> str:
+    if value is None:
+        return "not measured"
+    ok = value >= target if higher_is_better else value <= target
+    return "met" if ok else "**missed**"
+
+
+def goals_table(a: dict[str, Any]) -> list[str]:
+    """The issue's goals against this run's figures."""
+    def pct(x: float | None) -> str:
+        return "–" if x is None else f"{100 * x:.1f}%"
+
+    def times(x: float | None) -> str:
+        return "–" if x is None else f"{x:.2f}×"
+
+    d = a["default"]
+    rss = f"{d['peak_rss_mb']:.0f} MiB (2 workers)" if d and d.get("peak_rss_mb") else "–"
+    if a["one_default"] and a["one_default"].get("peak_rss_mb"):
+        rss += f", {a['one_default']['peak_rss_mb']:.0f} MiB (1 worker)"
+    n = a["records"]
+    return [
+        "| Goal | Target | Measured | Verdict |", "|---|---|---|---|",
+        f"| Overhead: default build (2 workers) / plain loop, {n} records | ≤ 1.05× | "
+        f"{times(a['overhead_default'])} | {_verdict(a['overhead_default'], 1.05, False)} |",
+        f"| Overhead: 1-worker build / plain loop, {n} records | ≤ 1.10× | {times(a['overhead_1_worker'])} | "
+        f"{_verdict(a['overhead_1_worker'], 1.10, False)} |",
+        f"| Scaling: 2 workers over 1, one compute thread each | ≥ 1.7× | {times(a['scaling'])} | "
+        f"{_verdict(a['scaling'], 1.7, True)} |",
+        f"| k-means labelling share of the loop's time | < 5% | {pct(a['label_share'])} | "
+        f"{_verdict(a['label_share'], 0.05, False)} |",
+        f"| Shard/feature I/O share of the loop's time | < 5% | {pct(a['io_share'])} | "
+        f"{_verdict(a['io_share'], 0.05, False)} |",
+        f"| Peak resident memory of the build (process tree) | reported | {rss} | – |",
+    ]
+
+
+def shard_note(records: int, shard_size: int, workers: int) -> str:
+    """How evenly the build's shard tasks spread over the workers (the bound it puts on the speed-up)."""
+    sizes = [min(shard_size, records - s) for s in range(0, records, shard_size)]
+    loads = [0] * workers
+    for size in sizes:  # each shard goes to the worker that frees up first
+        loads[loads.index(min(loads))] += size
+    bound = records / max(loads)
+    return (f"The default build splits {records} records into {len(sizes)} shard task(s) of up to "
+            f"{shard_size} records; on {workers} workers the busiest one gets {max(loads)} records, so the "
+            f"per-shard stages can speed up by at most {bound:.2f}× over one worker (smaller shards, or a "
+            f"shard count that is a multiple of the workers, would lift this bound).")
+
+
+def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """Least-squares (intercept, slope) of wall seconds over audio seconds."""
+    if not points:
+        return None
+    if len(points) == 1:
+        x, y = points[0]
+        return 0.0, y / x
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else my / mx
+    return my - slope * mx, slope
+
+
+def growth_section(run: dict[str, Any], base: Result, flow: Result, scaling: float | None) -> list[str]:
+    """Cost growth with corpus size and the extrapolation to 6,000 hours of audio."""
+    cores = (run.get("machine") or {}).get("logical_cores") or 2
+    sizes = sorted({c["params"]["records"] for c in (flow or {}).get("cases", [])})
+    rows = ["| Records | Audio | Plain loop wall | Build wall (default) | Build: audio h per core-hour | "
+            "Build: audio h per CPU-hour |", "|---|---|---|---|---|---|"]
+    points = []
+    for n in sizes:
+        f = _find(flow, records=n, workers=2, threads_setting=None)
+        b = _find(base, records=n)
+        if not f:
+            continue
+        audio = f["work"]["audio_s"]
+        wall, cpu = _wall(f), _median(f.get("cpu_s"))
+        points.append((audio, wall))
+        per_core = (audio / 3600) / (wall / 3600 * cores)
+        per_cpu = (audio / cpu) if cpu else None
+        rows.append(f"| {n} | {audio / 60:.1f} min | {fmt_s(_wall(b))} | {fmt_s(wall)} | {per_core:.2f} | "
+                    f"{fmt_n(per_cpu)} |")
+    fit = _fit_line(points)
+    if not fit:
+        return ["No corpus-build results yet."]
+    a, slope = fit
+    hours = TARGET_HOURS
+    core_hours = hours * slope * cores
+    efficiency = (scaling or 0) / 2
+    fit_text = (f"Fit over {len(points)} sizes: wall ≈ {a:.1f} s + {slope:.4f} × audio seconds (a fixed "
+                f"start-up cost plus {1 / slope:.1f} s of speech per wall second on {cores} cores)."
+                if len(points) > 1 else
+                "Only one size was measured: the fixed start-up cost is not separated from the rest.")
+    cluster = (f"≈ {core_hours / (64 * efficiency):,.0f} h on a 64-core Ray cluster at the 2-worker "
+               f"efficiency measured here ({100 * efficiency:.0f}%)" if efficiency else
+               f"≈ {core_hours / 64:,.0f} h on a 64-core Ray cluster with perfect scaling")
+    return [
+        *rows, "", fit_text, "",
+        f"**Extrapolation to {hours:,} hours of audio** (TTS + MFCC units, this build's defaults): "
+        f"≈ {core_hours:,.0f} core-hours, i.e. {hours / core_hours:.2f} hours of audio per core-hour; "
+        f"≈ {hours * slope / 24:,.0f} days on this {cores}-core machine, or {cluster}. The k-means fit does "
+        "not grow with the corpus (it samples at most 100,000 frames); labelling and I/O grow linearly.",
+        "",
+        "Per GPU-hour: not measured — this machine has no GPU (the CPU figures above are the ones to scale).",
+    ]
+
+
+def corpus_section(run: dict[str, Any], base: Result, flow: Result) -> list[str]:
+    """Goals, the baseline-vs-build table, and notes on what the ratios mean."""
+    a = corpus_analysis(run, base, flow)
+    out = ["## Goals of issue 7", ""]
+    if not a["same_run"]:
+        out += ["Baseline and corpus build are not both present from the same run; no ratios are quoted.", ""]
+    out += [*goals_table(a), ""]
+    if flow and a["default"] and a["default"]["extra"].get("shard_size"):
+        out += [shard_note(a["records"], a["default"]["extra"]["shard_size"], workers=2), ""]
+    out += ["## Corpus build vs the plain loop", "",
+            "| Case | Records | Workers × threads | Wall, median (range, n) | Audio s/s | Records/s | "
+            "CPU s (tree) | Peak RSS (tree) | vs plain loop |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in (base or {}).get("cases", []) + (flow or {}).get("cases", []):
+        p = c["params"]
+        b = _find(base, records=p["records"]) if a["same_run"] else None
+        ratio = _ratio(_wall(c), _wall(b)) if "workers" in p else None
+        wt = f"{p['workers']} × {p['threads_per_worker']}" if "workers" in p else "1 process"
+        cpu, tput = _median(c.get("cpu_s")), c["throughput"]
+        roles = f" ({', '.join(p['roles'])})" if p.get("roles") else ""
+        out.append(f"| {c['name']}{roles} | {p['records']} | {wt} | {fmt_wall(c['wall_s'])} | "
+                   f"{fmt_n(tput.get('audio_s_per_s'))} | {fmt_n(tput.get('records_per_s'))} | "
+                   f"{fmt_n(cpu)} | {c.get('peak_rss_mb') or 0:.0f} MiB | "
+                   f"{'–' if ratio is None else f'{ratio:.2f}×'} |")
+    if a["baseline"]:
+        phases = a["baseline"]["extra"].get("phases_s") or {}
+        out += ["", f"Plain-loop phases at {a['records']} records: " +
+                ", ".join(f"{k} {fmt_s(v)}" for k, v in sorted(phases.items(), key=lambda kv: -kv[1]))]
+    growth = growth_section(run, base, flow, a["scaling"])
+    return [*out, "", "## Cost growth with corpus size", "", *growth, ""]
+
+
+# ---------------------------------------------------------------- the document
+def header(run: dict[str, Any], stages: dict[str, dict[str, Any]]) -> list[str]:
+    """Title, provenance and warnings."""
+    out = ["# Benchmarks", "",
+           f"Generated by `{run.get('command', 'python -m bench.run')}` (run {run.get('run_id', '?')}, "
+           f"started {run.get('started_at', '?')}, {fmt_s(run.get('wall_s'))} in all). "
+           "Re-create with `make bench`; results are in `bench/results/*.json`.", ""]
+    if run.get("quick") or any(s.get("quick") for s in stages.values()):
+        out += ["> **Quick mode**: tiny workloads that check the harness. These figures are not "
+                "representative and must not be quoted.", ""]
+    load = run.get("load_avg_start")
+    if load and load[0] > 0.5:
+        out += [f"> **Noisy**: the load average was {load} when the run started (other work on the machine).",
+                ""]
+    others = sorted({s.get("run_id") for s in stages.values()} - {run.get("run_id")})
+    if others:
+        out += [f"> Some stages come from other runs ({', '.join(map(str, others))}): see each stage.", ""]
+    return out
+
+
+def machine_section(run: dict[str, Any]) -> list[str]:
+    """Machine, versions and commands."""
+    m, v = run.get("machine") or {}, run.get("versions") or {}
+    out = ["## Machine and versions", "", "| | |", "|---|---|",
+           f"| CPU | {m.get('cpu_model', '?')} |",
+           f"| Cores | {m.get('logical_cores', '?')} logical, {m.get('physical_cores', '?')} physical |",
+           f"| Memory | {m.get('ram_gib', '?')} GiB |",
+           f"| OS | {m.get('os', '?')} ({m.get('machine', '?')}) |",
+           f"| GPU | {m.get('gpu') or 'none'} |",
+           f"| Load average (start → end) | {run.get('load_avg_start')} → {run.get('load_avg_end')} |"]
+    out += [f"| {k} | {val} |" for k, val in v.items()]
+    if run.get("prefect_server_start_s") is not None:
+        start = fmt_s(run["prefect_server_start_s"])
+        out.append(f"| Prefect server start (once, before the builds) | {start} |")
+    return [*out, ""]
+
+
+COMMANDS = [
+    "make bench                                   # = python -m bench.run: every stage (~25 min on 2 cores)",
+    "python -m bench.run --with-1000              # adds the 1,000-record corpus size (long)",
+    "python -m bench.run --stages tts,kmeans --repeats 5",
+    "python -m bench.run --stages baseline --stage-args '{\"baseline\": {\"all_sizes\": true}}'",
+    "python -m bench.run --quick                  # harness check; writes under bench/work/quick",
+    "python -m bench.baseline --source qa.jsonl --out DIR   # the plain loop on its own",
+]
+
+
+def stage_sections(stages: dict[str, dict[str, Any]]) -> list[str]:
+    """One section per stage: its table, notes, command, or why it is missing."""
+    out = ["## Stages", ""]
+    for name, res in stages.items():
+        if name in ("baseline", "corpus_build"):
+            continue
+        out += [f"### {name}", "", f"`{res.get('command', '')}` — run {res.get('run_id')}, load "
+                f"{res.get('load_avg_start')}", ""]
+        if res.get("error"):
+            out += [f"**Failed**: `{str(res['error'])[:500]}`", ""]
+        elif res.get("skipped"):
+            out += [f"**Not measured**: {res['skipped']}", ""]
+        else:
+            out += [*stage_table(res), ""]
+        out += [f"- {n}" for n in res.get("notes", [])]
+        out += [""] if res.get("notes") else []
+    return out
+
+
+METHOD = [
+    "## Method", "",
+    "- Each stage runs in its own process; each corpus-level run (plain loop or Prefect+Ray build) in a "
+    "fresh process per repeat, the repeats interleaved. Medians of the repeats are quoted with their range.",
+    "- Peak memory: RSS summed over the process tree (driver, raylet, Ray workers, TTS subprocesses), "
+    "sampled every 0.2 s; shared pages count once per process, so it is an upper bound. The Prefect "
+    "server is shared by all builds and not included.",
+    "- CPU time: the larger of two lower bounds (per-process sampling; getrusage of reaped children).",
+    "- Threads: `threads_per_worker` sets torch's intra-op threads and Piper's onnxruntime intra-op "
+    "threads (inter-op 1) in each Ray worker; Ray gives each worker one CPU (OMP_NUM_THREADS=1).",
+    "- The plain loop (bench/baseline.py) runs the same functions as the build — spoken_form, Piper, "
+    "MFCCFeatures, fit_kmeans (same K, iterations, frame cap), label_frames + dedup, write_arrow — in one "
+    "process with the libraries' default threading: dump features, fit, dump labels, one Arrow file.",
+    "",
+]
+
+
+def render(run: dict[str, Any], stages: dict[str, dict[str, Any]]) -> str:
+    """The whole report."""
+    base, flow = stages.get("baseline"), stages.get("corpus_build")
+    failed = [f"- `{n}`: {s.get('error') or s.get('skipped')}" for n, s in stages.items()
+              if s.get("error") or s.get("skipped")]
+    out = [*header(run, stages), *machine_section(run),
+           "## Commands", "", "```", *COMMANDS, "```", ""]
+    if base or flow:
+        out += corpus_section(run, base, flow)
+    out += stage_sections(stages)
+    if failed:
+        out += ["## Not measured or failed", "", *failed, ""]
+    out += METHOD
+    return "\n".join(out)
+

@@ -1,0 +1,122 @@
+"""The benchmark harness: a --quick run on a tiny workload writes results with the expected fields.
+
+No timing assertions: figures depend on the machine. The report is also checked on hand-made results,
+where the ratios are known.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.report import corpus_analysis, render, shard_note
+from bench.workload import qa_pairs
+from tests.conftest import ROOT
+
+STAT_KEYS = {"median", "min", "max", "n", "runs"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("bench")
+    cmd = [sys.executable, "-m", "bench.run", "--quick", "--stages", "text_norm,shards,baseline",
+           "--tts", "espeak", "--sizes", "3", "--scaling-size", "3", "--repeats", "2",
+           "--work", str(tmp / "work"), "--results", str(tmp / "results"), "--report", str(tmp / "B.md")]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return tmp
+
+
+def _case_ok(case: dict) -> None:
+    assert {"name", "params", "wall_s", "cpu_s", "peak_rss_mb", "work", "throughput", "extra"} <= set(case)
+    assert set(case["wall_s"]) == STAT_KEYS and case["wall_s"]["median"] > 0
+    assert case["peak_rss_mb"] > 10  # at least the Python process itself
+
+
+def test_quick_run_writes_stage_results(quick_run: Path) -> None:
+    for stage in ("text_norm", "shards", "baseline"):
+        res = json.loads((quick_run / "results" / f"{stage}.json").read_text())
+        assert res["stage"] == stage and res["quick"] is True and not res.get("error"), res
+        assert res["command"].startswith(f"python -m bench.run --stages {stage}")
+        assert res["process"]["returncode"] == 0 and res["process"]["tree_peak_rss_mb"] > 10
+        assert res["cases"]
+        for case in res["cases"]:
+            _case_ok(case)
+    text = json.loads((quick_run / "results" / "text_norm.json").read_text())["cases"][0]
+    assert text["wall_s"]["n"] == 2 and text["throughput"]["records_per_s"] > 0
+
+
+def test_baseline_builds_a_corpus_shaped_result(quick_run: Path) -> None:
+    (case,) = json.loads((quick_run / "results" / "baseline.json").read_text())["cases"]
+    assert case["work"]["records"] == 3 and case["work"]["audio_s"] > 1
+    phases = case["extra"]["phases_s"]
+    assert {"tts", "features", "kmeans_fit", "label", "write_arrow"} <= set(phases)
+
+
+def test_run_info_and_report(quick_run: Path) -> None:
+    run = json.loads((quick_run / "results" / "run.json").read_text())
+    assert run["machine"]["logical_cores"] >= 1 and run["machine"]["ram_gib"] > 0
+    assert {"torch", "ray", "prefect", "fairseq2", "python"} <= set(run["versions"])
+    report = (quick_run / "B.md").read_text()
+    assert "**Quick mode**" in report and "## Machine and versions" in report and "### shards" in report
+
+
+def test_workload_is_seeded() -> None:
+    assert qa_pairs(20, seed=1) == qa_pairs(20, seed=1) != qa_pairs(20, seed=2)
+    assert all(r["question"].endswith("?") and r["aliases"] for r in qa_pairs(50))
+
+
+def _case(name: str, wall: float, **params: object) -> dict:
+    return {"name": name, "params": params, "wall_s": {"median": wall, "min": wall, "max": wall, "n": 1},
+            "cpu_s": {"median": 2 * wall}, "peak_rss_mb": 100.0, "throughput": {},
+            "work": {"audio_s": 3600.0, "records": 300}, "extra": {"shard_size": 64, "phases_s": {
+                "tts": 80.0, "label": 4.0, "write_arrow": 1.0, "dump_features": 1.0, "kmeans_fit": 14.0}}}
+
+
+def _results(flow_run: str = "r1") -> tuple[dict, dict, dict]:
+    run = {"run_id": "r1", "settings": {"scaling_size": 300}, "machine": {"logical_cores": 2}}
+    base = {"stage": "baseline", "run_id": "r1", "cases": [_case("b", 100.0, records=300)]}
+    flow = {"stage": "corpus_build", "run_id": flow_run, "cases": [
+        _case("d", 104.0, records=300, workers=2, threads_per_worker=1, threads_setting=None),
+        _case("w1", 180.0, records=300, workers=1, threads_per_worker=1, threads_setting=1),
+        _case("w1d", 120.0, records=300, workers=1, threads_per_worker=2, threads_setting=None)]}
+    return run, base, flow
+
+
+def test_report_ratios_and_goals() -> None:
+    run, base, flow = _results()
+    a = corpus_analysis(run, base, flow)
+    assert a["overhead_default"] == pytest.approx(1.04) and a["overhead_1_worker"] == pytest.approx(1.2)
+    assert a["scaling"] == pytest.approx(180 / 104)
+    assert a["label_share"] == pytest.approx(0.04) and a["io_share"] == pytest.approx(0.02)
+    text = render(run, {"baseline": base, "corpus_build": flow})
+    assert "| 1.04× | met |" in text and "| 1.20× | **missed** |" in text
+    assert "Extrapolation to 6,000 hours" in text
+
+
+def test_no_ratio_across_runs() -> None:
+    run, base, flow = _results(flow_run="r2")
+    a = corpus_analysis(run, base, flow)
+    assert a["overhead_default"] is None and a["scaling"] == pytest.approx(180 / 104)
+
+
+def test_shard_note_bounds_the_speedup() -> None:
+    assert "at most 1.74×" in shard_note(300, 64, workers=2)  # 64+64+44 records on the busiest worker
+    assert "at most 2.00×" in shard_note(256, 64, workers=2)
+
+
+def test_tree_monitor_sums_children(tmp_path: Path) -> None:
+    from bench.measure import run_measured
+
+    script = ("import json, subprocess, sys, time\n"
+              "child = subprocess.Popen([sys.executable, '-c', 'b = bytearray(200 << 20); import time; "
+              "time.sleep(1.5)'])\n"
+              "child.wait()\n"
+              f"open({str(tmp_path / 'r.json')!r}, 'w').write(json.dumps({{'ok': True}}))\n")
+    out = run_measured([sys.executable, "-c", script], result_path=tmp_path / "r.json", timeout_s=60)
+    assert out["ok"] and out["process"]["returncode"] == 0
+    assert out["process"]["tree_peak_rss_mb"] > 200  # the grandchild's 200 MiB counted in the tree
