@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect_ray import RayTaskRunner
+from prefect_ray.context import remote_options
 
 from echox.config import BuildCorpusConfig
+from echox.errors import EchoxError, InputError
 from echox.runtime import ray_init_kwargs
 from tasks import build_corpus as stages
 
-RETRY = {"retries": 2, "retry_delay_seconds": [2, 10]}
+
+def transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry unexpected failures only: a user mistake (EchoxError) would fail the same way again."""
+    return not isinstance(getattr(state, "data", None), EchoxError)
+
+
+# Two retry layers, both safe because every stage skips work whose verified output exists:
+# Prefect retries a task that raised (with backoff); Ray reruns a task whose worker process died
+# (SIGKILL, OOM), under the same Prefect task run id — Prefect 3.9 then simply runs it again.
+RETRY = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": transient}
+RAY_OPTIONS = {"max_retries": 3, "retry_exceptions": False}
 
 
 @task(name="synthesize-shard", task_run_name="synthesize-shard-{shard}", tags=["corpus", "tts"], **RETRY)
@@ -57,14 +70,16 @@ def corpus_shards_flow(config: BuildCorpusConfig, num_shards: int) -> dict:
     """The Ray-parallel part: synthesize every shard, fit the codebook, label every shard."""
     progress = create_progress_artifact(progress=0.0, key="corpus-synthesis",
                                         description="Shards synthesized (TTS + features)")
-    stage1 = _gather([synthesize_shard_task.submit(config, i) for i in range(num_shards)],
-                     config, "speech+features", progress)
-    codebook_sha = fit_codebook_task.submit(config, num_shards).result()
-    _report(config, f"  codebook: {codebook_sha[:12]}")
-    labelled = create_progress_artifact(progress=0.0, key="corpus-labelling",
-                                        description="Shards labelled and written")
-    entries = _gather([label_shard_task.submit(config, i, codebook_sha) for i in range(num_shards)],
-                      config, "units+shards", labelled)
+    with remote_options(**RAY_OPTIONS):
+        stage1 = _gather([synthesize_shard_task.submit(config, i) for i in range(num_shards)],
+                         config, "speech+features", progress)
+        stages.check_codebook_frames(config, stage1)
+        codebook_sha = fit_codebook_task.submit(config, num_shards).result()
+        _report(config, f"  codebook: {codebook_sha[:12]}")
+        labelled = create_progress_artifact(progress=0.0, key="corpus-labelling",
+                                            description="Shards labelled and written")
+        entries = _gather([label_shard_task.submit(config, i, codebook_sha) for i in range(num_shards)],
+                          config, "units+shards", labelled)
     return {"stage1": stage1, "entries": entries, "codebook_sha": codebook_sha}
 
 
@@ -89,6 +104,8 @@ def _counts_table(manifest: dict) -> list[dict]:
 def build_corpus(config: BuildCorpusConfig) -> str:
     """Build a speech corpus from a QA source; returns the corpus directory."""
     out = Path(config.out)
+    if not Path(config.source).exists():  # before the lock creates the output directory
+        raise InputError(f"source not found: {config.source}")
     lock = stages.acquire_lock(out)
     try:
         identity = stages.plan_build(config)

@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import pyarrow as pa
 from data_specs import corpus as corpus_spec
 from data_specs.rejects import Reject
 from echox.config import BuildCorpusConfig
-from echox.errors import EchoxError, InputError, RecordRejected
+from echox.errors import CheckpointError, ConfigError, EchoxError, InputError, RecordRejected
 from tasks.shards import (
     atomic_write,
     file_sha256,
@@ -37,6 +38,7 @@ from tasks.shards import (
 from tasks.source import SourceRecord, read_source
 
 SAMPLE_RATE = corpus_spec.SAMPLE_RATE
+FAULT_ENV = "ECHOX_FAULT_INJECT"
 
 
 @dataclass(frozen=True)
@@ -163,8 +165,10 @@ def plan_build(cfg: BuildCorpusConfig) -> dict:
     source_sha = file_sha256(source) if source.is_file() else json_sha256(
         sorted((p.name, file_sha256(p)) for p in source.iterdir() if p.is_file()))
     build_hash = config_hash(cfg, source_sha)
-    prepare_out_dir(paths, build_hash, cfg.overwrite)
     records, rejects = read_source(source)
+    preflight(cfg)  # before prepare_out_dir, so --overwrite never wipes a build for a doomed one
+    prepare_out_dir(paths, build_hash, cfg.overwrite)
+    remove_stale_temps(paths)
     kept, text_rejects = normalise_records(records, cfg)
     for n, rec in enumerate(kept):
         rec["shard"] = n // cfg.shard_size
@@ -181,6 +185,108 @@ def load_plan(paths: BuildPaths, shard: int) -> list[dict]:
     """The planned records of one shard."""
     with open(paths.plan, encoding="utf-8") as f:
         return [r for r in map(json.loads, f) if r["shard"] == shard]
+
+
+# ---------------------------------------------------------------- preflight (in the driver)
+def remove_stale_temps(paths: BuildPaths) -> None:
+    """Delete temp files a killed run left behind (safe: the caller holds the directory's lock)."""
+    for folder in (paths.out, paths.work, paths.work / "audio", paths.work / "feats", paths.work / "final"):
+        for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+            tmp.unlink(missing_ok=True)
+
+
+def preflight(cfg: BuildCorpusConfig) -> None:
+    """Check in the driver what the workers will need, so a user mistake fails before Ray starts."""
+    check_tts(cfg)
+    check_features(cfg)
+    if cfg.codebook:
+        check_codebook(cfg)
+    elif cfg.num_units > cfg.kmeans_max_frames:
+        raise ConfigError(f"num_units (K={cfg.num_units}) exceeds kmeans_max_frames "
+                          f"({cfg.kmeans_max_frames}): k-means cannot fit more clusters than frames")
+
+
+def check_tts(cfg: BuildCorpusConfig) -> None:
+    """The TTS engine loads and speaks every voice in --voices (ConfigError naming the bad one)."""
+    from tasks.tts import make_tts
+
+    tts = make_tts(cfg.tts, threads=1) if cfg.tts == "piper" else make_tts(cfg.tts)
+    for voice in cfg.voices or []:
+        try:
+            tts.synthesize("test", voice)
+        except RecordRejected as e:
+            raise ConfigError(f"--voices {voice!r}: {e.reason}") from None
+
+
+def check_features(cfg: BuildCorpusConfig) -> None:
+    """A wav2vec2/HuBERT build has an existing checkpoint file and a layer its architecture has."""
+    if cfg.units != "wav2vec2":
+        return
+    if not cfg.feature_checkpoint:
+        raise ConfigError("--units wav2vec2 needs a checkpoint path (--feature-checkpoint)")
+    if not Path(cfg.feature_checkpoint).is_file():
+        raise CheckpointError(f"feature checkpoint not found: {cfg.feature_checkpoint}")
+    from tasks.features import wav2vec2_config
+
+    layers = wav2vec2_config(cfg.feature_arch).encoder_config.num_encoder_layers
+    if not 1 <= cfg.feature_layer <= layers:
+        raise ConfigError(f"--feature-layer must be in 1..{layers} for the {cfg.feature_arch} "
+                          f"architecture, got {cfg.feature_layer}")
+
+
+def expected_features(cfg: BuildCorpusConfig) -> dict:
+    """The parts of the feature config a codebook must match, computed without loading a model."""
+    if cfg.units == "mfcc":
+        from tasks.features import MFCCFeatures
+
+        return MFCCFeatures().config()
+    from tasks.features import wav2vec2_config
+
+    return {"name": "wav2vec2", "layer": cfg.feature_layer,
+            "dim": int(wav2vec2_config(cfg.feature_arch).encoder_config.model_dim),
+            "checkpoint_sha256": file_sha256(Path(str(cfg.feature_checkpoint)))}
+
+
+def check_codebook(cfg: BuildCorpusConfig) -> None:
+    """--codebook loads, has --num-units centroids and was fitted on this build's features."""
+    from tasks.units import Codebook
+
+    book = Codebook.load(Path(str(cfg.codebook)))
+    want = expected_features(cfg)
+    if book.dim != want["dim"]:
+        raise InputError(f"codebook {cfg.codebook} has dimension {book.dim}, but this build's "
+                         f"{want['name']} features have dimension {want['dim']}")
+    got = {k: book.feature_config.get(k) for k in want}
+    if got != want:
+        raise InputError(f"codebook {cfg.codebook} was fitted on features {book.feature_config}, "
+                         f"but this build extracts {want}")
+    if book.num_units != cfg.num_units:
+        raise ConfigError(f"codebook {cfg.codebook} has K={book.num_units} units but --num-units is "
+                          f"{cfg.num_units}; pass --num-units {book.num_units}")
+
+
+def inject_fault(paths: BuildPaths, point: str) -> None:
+    """Test hook: fail once at `point` (e.g. "synthesize-shard-1") when ECHOX_FAULT_INJECT names it.
+
+    ECHOX_FAULT_INJECT holds comma-separated "<point>:<action>" entries; "raise" raises a transient
+    RuntimeError (Prefect retries it), "kill" SIGKILLs this worker process (Ray retries it). Each
+    entry fires once per output directory (a file under .echox/faults remembers it).
+    """
+    for entry in filter(None, (e.strip() for e in os.environ.get(FAULT_ENV, "").split(","))):
+        where, _, action = entry.partition(":")
+        if where != point:
+            continue
+        if action not in ("raise", "kill"):
+            raise ValueError(f"{FAULT_ENV}: unknown action {action!r} in {entry!r} (raise or kill)")
+        flag = paths.work / "faults" / entry.replace(":", "-")
+        flag.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            flag.touch(exist_ok=False)
+        except FileExistsError:
+            continue  # fired before: this is the retry
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError(f"injected transient fault at {point} ({FAULT_ENV})")
 
 
 # ---------------------------------------------------------------- per-worker models (loaded once)
@@ -283,6 +389,7 @@ def synthesize_shard(cfg: BuildCorpusConfig, shard: int) -> dict:
     marker = _stage1_verifies(paths, shard)
     if marker is not None:
         return marker
+    inject_fault(paths, f"synthesize-shard-{shard}")
     worker_setup(cfg)
     tts = _tts(cfg.tts, _threads(cfg))
     feats_backend = _features(json.dumps(feature_spec(cfg), sort_keys=True))
@@ -300,6 +407,7 @@ def synthesize_shard(cfg: BuildCorpusConfig, shard: int) -> dict:
     _save_feats(paths.feats(shard), feats)
     seconds = sum(len(r["question_audio"]) + len(r["answer_audio"]) for r in rows) / SAMPLE_RATE
     marker = {"shard": shard, "rows": len(rows), "rejects": rejects, "audio_seconds": seconds,
+              "frames": sum(len(f) for f in feats),
               "audio_sha256": audio_entry["sha256"], "feats_sha256": file_sha256(paths.feats(shard))}
     write_json(paths.stage1_done(shard), marker)
     return marker
@@ -395,6 +503,7 @@ def label_shard(cfg: BuildCorpusConfig, shard: int, codebook_sha: str) -> dict:
         entry = json.loads(done.read_text())
         if entry["codebook_sha256"] == codebook_sha and file_verifies(paths.shard(shard), entry["sha256"]):
             return entry
+    inject_fault(paths, f"label-shard-{shard}")
     marker = _stage1_verifies(paths, shard)
     if marker is None:
         raise EchoxError(f"stage-1 output of shard {shard} is missing or corrupt; rerun the build")
@@ -451,12 +560,36 @@ def finalize_build(cfg: BuildCorpusConfig, identity: dict, stage1: list[dict], e
     return manifest
 
 
+def reject_summary(by_reason: dict[str, int], top: int = 5) -> str:
+    """The most frequent reject reasons as "3× reason; 1× other"."""
+    return "; ".join(f"{n}× {r}" for r, n in list(by_reason.items())[:top])
+
+
+def check_codebook_frames(cfg: BuildCorpusConfig, stage1: list[dict]) -> None:
+    """Before the k-means fit (in the driver): some speech survived, and the frame sample holds K frames."""
+    if cfg.codebook or any("frames" not in m for m in stage1):
+        return  # a reused codebook, or markers of an older build (fit_codebook checks again)
+    paths = BuildPaths(Path(cfg.out))
+    per_shard = max(1, cfg.kmeans_max_frames // max(len(stage1), 1))  # as sample_frames takes them
+    sample = sum(min(per_shard, m["frames"]) for m in stage1)
+    if sample == 0:
+        rejects = collect_rejects(paths, stage1)
+        write_jsonl(paths.out / "rejects.jsonl", rejects)
+        by_reason = dict(Counter(reason_key(r["reason"]) for r in rejects).most_common())
+        raise InputError(f"every record was rejected ({len(rejects)} rejects): {reject_summary(by_reason)}. "
+                         f"See {paths.out / 'rejects.jsonl'}")
+    if sample < cfg.num_units:
+        raise InputError(f"k-means needs at least K={cfg.num_units} frames but the speech of "
+                         f"{sum(m['rows'] for m in stage1)} records gives only {sample}; "
+                         f"lower --num-units or add data")
+
+
 def check_reject_fraction(manifest: dict, max_fraction: float) -> None:
     """Fail loudly, with a summary, when too many records were rejected."""
     totals = manifest["totals"]
     fraction = totals["rejected"] / max(totals["source_records"], 1)
     if fraction > max_fraction:
-        top = "; ".join(f"{n}× {r}" for r, n in list(manifest["rejects_by_reason"].items())[:5])
+        top = reject_summary(manifest["rejects_by_reason"])
         raise EchoxError(f"{totals['rejected']} of {totals['source_records']} records rejected "
                          f"({fraction:.0%} > the allowed {max_fraction:.0%}): {top}. "
                          f"See rejects.jsonl; raise --max-reject-fraction to accept this.")
