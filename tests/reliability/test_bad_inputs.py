@@ -170,7 +170,7 @@ def test_unknown_option_is_an_argparse_usage_error(capsys: pytest.CaptureFixture
 
 def test_k_above_the_frame_sample_is_refused_before_any_work(tmp_path: Path) -> None:
     from echox.config import BuildCorpusConfig
-    from tasks.build_corpus import preflight
+    from tasks.corpus_preflight import preflight
 
     cfg = BuildCorpusConfig(source=str(_src3(tmp_path)), out=str(tmp_path / "out"), tts="espeak",
                             num_units=64, kmeans_max_frames=50)
