@@ -10,7 +10,7 @@ class Reject:
     """One rejected input record."""
 
     line: int
-    """1-based line (or row) number in the source."""
+    """1-based line (or row) number in the source; for echo labels, the 0-based corpus row index."""
     id: str | None
     """The record's id when it had one."""
     reason: str

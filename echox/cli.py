@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runtime.configure()
     quiet_user_errors()
     try:
-        if args.command not in ("server", "ask", "t2c", "demo"):
+        if args.command not in ("server", "ask", "t2c", "demo", "speak", "echo-eval"):
             runtime.ensure_prefect_api()
         return args.handler(args)
     except EchoxError as e:

@@ -29,6 +29,16 @@ def corpus_num_units(corpus_dir: Path) -> int:
     return int(json.loads(path.read_text())["codebook"]["num_units"])
 
 
+def checkpoint_arg(path: str | None) -> str | None:
+    """An absolute checkpoint path (Ray Train workers run in another directory); a run dir's model/ too."""
+    if not path:
+        return None
+    p = Path(path).resolve()
+    if not (p / "config.json").exists() and (p / "model" / "config.json").exists():
+        p = p / "model"
+    return str(p)
+
+
 def prepare_stage(stage: str, preset_name: str, overrides: dict[str, Any], corpus_dir: Path,
                   cache_dir: Path, *, seed: int = 0, s2t: str | None = None, t2c: str | None = None,
                   init_checkpoint: str | None = None) -> Callable[[], nn.Module]:
@@ -46,5 +56,5 @@ def prepare_stage(stage: str, preset_name: str, overrides: dict[str, Any], corpu
         prepare_base_llm(preset, corpus_texts=texts, cache_dir=cache_dir, seed=seed))
     units = corpus_num_units(corpus_dir) if stage == "t2c" else None
     return functools.partial(build_for_stage, stage, preset_to_dict(preset), llm_dir, num_units=units,
-                             s2t_checkpoint=s2t, t2c_checkpoint=t2c, init_checkpoint=init_checkpoint,
-                             seed=seed)
+                             s2t_checkpoint=checkpoint_arg(s2t), t2c_checkpoint=checkpoint_arg(t2c),
+                             init_checkpoint=checkpoint_arg(init_checkpoint), seed=seed)

@@ -44,6 +44,9 @@ def prefect_server() -> Iterator[str]:
     proc, url = server.start_temporary(_STATE)
     os.environ["PREFECT_API_URL"] = url
     yield url
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)  # flush queued run logs before the server goes away
     os.environ.pop("PREFECT_API_URL", None)
     server.stop(proc)
 

@@ -1,0 +1,161 @@
+"""The echo pseudo-label flow: S2T + T2C checkpoints label a corpus in model-holding Ray actors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect_ray import RayTaskRunner
+from prefect_ray.context import remote_options
+from pydantic import Field
+
+from echox.config import Frozen
+from echox.errors import EchoxError
+from echox.runtime import ray_init_kwargs
+from tasks import echo_labels as stages
+
+
+def _retryable(task: object, task_run: object, state: object) -> bool:
+    """Retry what may pass on a second try (a lost worker), not a user mistake (an EchoxError)."""
+    return not isinstance(getattr(state, "data", None), EchoxError)
+
+
+RETRY = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _retryable}
+NAMESPACE = "echox-echo-labels"
+
+
+class EchoLabelsConfig(Frozen):
+    """Parameters of the echo pseudo-label stage."""
+
+    corpus: str = Field(description="Corpus directory built by build-corpus.")
+    s2t: str = Field(description="Stage-I checkpoint (a model directory or a training run directory).")
+    t2c: str = Field(description="Stage-II checkpoint (a model directory or a training run directory).")
+    out: str = Field(description="Output directory of the labels (opens with datasets.load_from_disk).")
+    workers: int = Field(2, ge=1, description="Ray actors, each holding both models once.")
+    cpus_per_actor: int = Field(1, ge=1, description="CPUs (and torch threads) reserved by each actor.")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per actor; > 0 runs the models on CUDA.")
+    batch_size: int = Field(8, ge=1, description="Corpus rows per S2T forward (their segments share one "
+                            "batched T2C generation).")
+    max_units: int = Field(1000, ge=1, description="Length guard of the T2C per segment; a row whose "
+                           "segment hits it is rejected.")
+    ray_address: str | None = Field(None, description="Address of an existing Ray cluster; default: "
+                                    "start Ray locally with workers × cpus_per_actor CPUs.")
+    overwrite: bool = Field(False, description="Replace an output directory holding a different run.")
+    progress: bool = Field(True, description="Log per-shard progress.")
+
+
+def _report(config: EchoLabelsConfig, msg: str) -> None:
+    """Progress to the run's log (terminal and UI) unless quiet."""
+    if config.progress:
+        get_run_logger().info(msg)
+
+
+@task(name="echo-label-shard", task_run_name="echo-label-shard-{job[shard]}", tags=["echo"], **RETRY)
+def label_shard_task(actor: str, job: dict) -> dict:
+    """Hand one corpus shard to the named labelling actor and wait for its entry."""
+    import ray
+
+    labeler = ray.get_actor(actor, namespace=NAMESPACE)
+    kwargs = {k: job[k] for k in ("sha256", "first_row", "run_hash")}
+    return ray.get(labeler.label_shard.remote(job["corpus_shard"], job["out_path"], **kwargs))
+
+
+def start_actors(config: EchoLabelsConfig, run_id: str) -> dict[str, object]:
+    """Start `workers` named labelling actors (each loads both models once); handles by name, all ready.
+
+    The caller must hold the handles while the actors work: Ray ends an actor (named or not, unless
+    detached) once its creator drops every handle to it."""
+    import ray
+
+    cls = ray.remote(stages.EchoLabeler)
+    device = "cuda" if config.num_gpus_per_actor > 0 else "cpu"
+    s2t, t2c = (str(stages.checkpoint_path(p).resolve()) for p in (config.s2t, config.t2c))
+    actors = {}
+    for i in range(config.workers):
+        name = f"echo-labeler-{run_id}-{i}"
+        actors[name] = cls.options(name=name, namespace=NAMESPACE, num_cpus=config.cpus_per_actor,
+                                   num_gpus=config.num_gpus_per_actor, max_restarts=1).remote(
+            s2t, t2c, device, config.cpus_per_actor,
+            batch_size=config.batch_size, max_units=config.max_units)
+    ray.get([a.ready.remote() for a in actors.values()])  # a model that fails to load fails here, once
+    return actors
+
+
+def stop_actors(actors: dict[str, object]) -> None:
+    """Kill the labelling actors."""
+    import ray
+
+    for actor in actors.values():
+        with contextlib.suppress(ValueError):  # already gone
+            ray.kill(actor)
+
+
+def _run_jobs(config: EchoLabelsConfig, jobs: list[dict], names: list[str], progress: object) -> list[dict]:
+    """Submit shard tasks round-robin over the actors, at most two per actor in flight; entries by shard."""
+    pending, running, entries = list(jobs), {}, {}
+    limit = 2 * len(names)
+    while pending or running:
+        # num_cpus=0: the task only waits on its actor, so it must not take the CPUs the actors hold.
+        with remote_options(num_cpus=0):
+            while pending and len(running) < limit:
+                job = pending.pop(0)
+                running[label_shard_task.submit(names[job["shard"] % len(names)], job)] = job["shard"]
+        done = next(as_completed(list(running)))
+        shard = running.pop(done)
+        entries[shard] = {**done.result(), "shard": shard}
+        update_progress_artifact(progress, progress=100.0 * len(entries) / len(jobs))
+        state = "verified, skipped" if entries[shard]["skipped"] else f"{entries[shard]['num_rows']} rows"
+        _report(config, f"  echo labels: {len(entries)}/{len(jobs)} shards (shard {shard}: {state})")
+    return [entries[k] for k in sorted(entries)]
+
+
+@flow(name="echo-label-shards", flow_run_name="echo-label-shards")
+def echo_shards_flow(config: EchoLabelsConfig, jobs: list[dict]) -> list[dict]:
+    """The Ray-parallel part: start the actors, label every shard through them, stop the actors."""
+    progress = create_progress_artifact(progress=0.0, key="echo-labelling",
+                                        description="Corpus shards labelled with echo pseudo-labels")
+    actors = start_actors(config, uuid.uuid4().hex[:8])
+    try:
+        entries = _run_jobs(config, jobs, list(actors), progress)
+    finally:
+        stop_actors(actors)
+    return entries
+
+
+def ray_runner(config: EchoLabelsConfig) -> RayTaskRunner:
+    """Local Ray with the actors' CPUs, or the cluster at `ray_address`."""
+    if config.ray_address:
+        return RayTaskRunner(address=config.ray_address, init_kwargs={"configure_logging": False})
+    return RayTaskRunner(init_kwargs=ray_init_kwargs(config.workers * config.cpus_per_actor))
+
+
+@flow(name="echo-labels", flow_run_name="echo-labels")
+def echo_labels(config: EchoLabelsConfig) -> str:
+    """Echo pseudo-labels of a corpus; returns the output directory."""
+    from tasks.build_corpus import acquire_lock
+
+    out = Path(config.out)
+    lock = acquire_lock(out)
+    try:
+        plan = stages.plan_run(config.corpus, config.s2t, config.t2c, config.out,
+                               max_units=config.max_units, overwrite=config.overwrite)
+        if plan["done"]:
+            _report(config, f"echo-labels: {out} already holds this run's verified labels; skipped")
+            manifest = json.loads((out / "manifest.json").read_text())
+        else:
+            _report(config, f"echo-labels: {plan['corpus']['rows']} rows in {len(plan['jobs'])} shards "
+                            f"→ {out} ({config.workers} actors)")
+            entries = echo_shards_flow.with_options(task_runner=ray_runner(config))(
+                config=config, jobs=plan["jobs"])
+            manifest = stages.finalize_run(config.out, plan, entries)
+    finally:
+        lock.close()
+    create_table_artifact(key="echo-label-stats", table=stages.stats_rows(manifest),
+                          description=f"Echo pseudo-label statistics for {out}")
+    _report(config, "echo-labels: " + json.dumps(manifest["totals"]))
+    return str(out)

@@ -1,0 +1,400 @@
+"""Stage III data: echo pseudo-labels from a stage-I (S2T) and a stage-II (T2C) checkpoint.
+
+For each corpus row the S2T model runs teacher-forced on the gold answer; `hidden[:, t]` is the
+last-layer state that predicts answer token t (models/s2t.py), and Y′_t = argmax lm_head(hidden[:, t])
+is what the model "echoes" there. Y′ is cut into sentence segments (`sentence_segments`) and the frozen
+T2C greedily generates units for each segment's Y′ token ids (batched over all segments of a batch,
+KV-cached, with a length guard). A row whose segment hits the guard is rejected with a reason.
+
+`EchoLabeler` holds both models (loaded once, e.g. inside a Ray actor) and labels whole corpus shards,
+retry-safe: output written to a temp name and renamed, a done marker with its sha256 written last, and
+a shard whose verified output exists is skipped. `plan_run` / `finalize_run` are the driver's side.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from data_specs import echo_labels as spec
+from data_specs.rejects import Reject
+from echox.errors import CheckpointError, EchoxError, InputError, IntegrityError
+from tasks.shards import (
+    file_sha256,
+    file_verifies,
+    json_sha256,
+    load_manifest,
+    read_arrow,
+    verify_manifest,
+    write_arrow,
+    write_datasets_layout,
+    write_json,
+    write_jsonl,
+)
+
+SENTENCE_ENDS = (".", "?", "!")
+ROW_COLUMNS = ("id", "question_text", "answer_text", "question_audio", "sample_rate")
+
+
+# ----------------------------------------------------------------------------- segments
+
+
+def sentence_segments(token_texts: Sequence[str]) -> list[tuple[int, int]]:
+    """[start, end) spans of a token sequence cut at sentence ends.
+
+    A token whose decoded text, trailing whitespace stripped, ends with ".", "?" or "!" closes a segment
+    (so "3.5" or "Dr." also cut: the rule is per token and knows no abbreviations); whatever follows the
+    last closing token is the final segment. The spans tile 0..len(token_texts).
+    """
+    spans, start = [], 0
+    for t, text in enumerate(token_texts):
+        if text.rstrip().endswith(SENTENCE_ENDS):
+            spans.append((start, t + 1))
+            start = t + 1
+    if start < len(token_texts):
+        spans.append((start, len(token_texts)))
+    return spans
+
+
+# ----------------------------------------------------------------------------- pure labelling
+
+
+@dataclass
+class LabelStats:
+    """Counters of one labelling run (summed over batches and shards)."""
+
+    rows: int = 0
+    rejected: int = 0
+    tokens: int = 0
+    correct_tokens: int = 0
+    segments: int = 0
+    units: int = 0
+    """Units of the kept rows' segments."""
+    units_generated: int = 0
+    """Every unit the T2C generated, rejected rows' included (for the throughput)."""
+    gen_seconds: float = 0.0
+
+    def add(self, other: LabelStats) -> None:
+        """Add another run's counters to these."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LabelStats:
+        """Counters from their dict form (a done marker)."""
+        return cls(**{f.name: data.get(f.name, 0) for f in fields(cls)})
+
+
+@dataclass
+class LabelResult:
+    """Output records (the echo-label schema), rejects as (row index, reason), and counters."""
+
+    records: list[dict] = field(default_factory=list)
+    rejects: list[tuple[int, str]] = field(default_factory=list)
+    stats: LabelStats = field(default_factory=LabelStats)
+
+
+@torch.inference_mode()
+def echo_token_ids(s2t: Any, rows: Sequence[dict]) -> list[list[int]]:
+    """Y′ of each row: argmax of the LM head at every state predicting a gold answer token."""
+    from tasks.collate import collate_s2t
+
+    device = next(s2t.parameters()).device
+    batch = {k: v.to(device) for k, v in collate_s2t(list(rows), s2t).items()}
+    hidden, mask = s2t.answer_hidden_states(batch)  # (B, A, H), (B, A)
+    ids = s2t.lm_head()(hidden).argmax(-1)  # (B, A)
+    return [ids[b, : int(n)].tolist() for b, n in enumerate(mask.sum(1).tolist())]
+
+
+def length_guard(t2c: Any, prefix_len: int, max_units: int) -> int:
+    """Most units the T2C may generate after a prefix of `prefix_len` tokens (max_units or its positions)."""
+    return max(0, min(max_units, t2c.max_positions - prefix_len - 1))
+
+
+def label_rows(s2t: Any, t2c: Any, rows: Sequence[dict], *, max_units: int) -> LabelResult:
+    """Echo labels of a batch of corpus rows (one S2T batch, one batched T2C generation)."""
+    result = LabelResult()
+    gold = [s2t.chat.encode(str(r["answer_text"])) for r in rows]
+    live = [i for i, g in enumerate(gold) if g]
+    result.rejects += [(i, "the answer text has no tokens") for i, g in enumerate(gold) if not g]
+    if not live:
+        return result
+    echoes = echo_token_ids(s2t, [rows[i] for i in live])
+    pairs = list(zip(live, echoes, strict=True))
+    spans = {i: sentence_segments([s2t.chat.decode([t]) for t in y]) for i, y in pairs}
+    pieces = [(i, k, y[a:b]) for i, y in pairs for k, (a, b) in enumerate(spans[i])]
+    t0 = time.perf_counter()
+    generated = t2c.generate_units([p[2] for p in pieces], max_units=max_units)
+    result.stats.gen_seconds += time.perf_counter() - t0
+    by_row: dict[int, list] = {i: [] for i in live}
+    for (i, k, ids), out in zip(pieces, generated, strict=True):
+        by_row[i].append((k, ids, out))
+    for i, y in pairs:
+        _finish_row(result, i, rows[i], gold[i], y, spans[i], by_row[i], t2c, max_units, s2t.chat)
+    return result
+
+
+def _finish_row(result: LabelResult, i: int, row: dict, gold: list[int], echo: list[int],
+                spans: list[tuple[int, int]], segs: list, t2c: Any, max_units: int, chat: Any) -> None:
+    """Add one row's record (or its reject) and counters to `result`."""
+    stats = result.stats
+    stats.units_generated += sum(len(out.units) for _, _, out in segs)
+    for k, ids, out in segs:
+        if out.truncated:
+            guard = length_guard(t2c, len(ids), max_units)
+            result.rejects.append((i, f"T2C hit the length guard of {guard} units on segment {k}"))
+            return
+    correct = sum(int(a == b) for a, b in zip(echo, gold, strict=True))
+    stats.rows += 1
+    stats.tokens += len(gold)
+    stats.correct_tokens += correct
+    stats.segments += len(spans)
+    stats.units += sum(len(out.units) for _, _, out in segs)
+    result.records.append({
+        "id": str(row["id"]), "answer_token_ids": gold, "echo_token_ids": echo,
+        "echo_text": chat.decode(echo), "token_accuracy": correct / len(gold),
+        "segment_start": [a for a, _ in spans], "segment_end": [b for _, b in spans],
+        "segment_text": [chat.decode(ids) for _, ids, _ in segs],
+        "segment_units": [list(out.units) for _, _, out in segs],
+    })
+
+
+def label_batch(s2t: Any, t2c: Any, rows: Sequence[dict], *, max_units: int) -> LabelResult:
+    """label_rows, falling back to one row at a time when a row cannot be collated (it is rejected)."""
+    try:
+        return label_rows(s2t, t2c, rows, max_units=max_units)
+    except InputError as e:
+        if len(rows) == 1:
+            return LabelResult(rejects=[(0, str(e))])
+    result = LabelResult()
+    for i, row in enumerate(rows):
+        one = label_batch(s2t, t2c, [row], max_units=max_units)
+        result.records += one.records
+        result.rejects += [(i, reason) for _, reason in one.rejects]
+        result.stats.add(one.stats)
+    return result
+
+
+def labels_table(records: list[dict]) -> pa.Table:
+    """Records as a validated table of the echo-label schema."""
+    table = pa.Table.from_pylist(records, schema=spec.SCHEMA)
+    spec.validate(table)
+    return table
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """The model directory of a checkpoint path (a training run directory's model/ is found too)."""
+    p = Path(path)
+    if not (p / "config.json").exists() and (p / "model" / "config.json").exists():
+        return p / "model"
+    return p
+
+
+def checkpoint_hash(path: str | Path, stage: str) -> dict:
+    """{path, stage, config_sha256, weights_sha256, sha256} of a saved model (sha256 covers both files)."""
+    from models.io import CONFIG_NAME, WEIGHTS_NAME, read_config
+
+    p = checkpoint_path(path)
+    config = read_config(p)
+    if config["stage"] != stage:
+        raise CheckpointError(f"{p} holds a {config['stage']} model; expected a {stage} checkpoint")
+    hashes = {"config_sha256": file_sha256(p / CONFIG_NAME), "weights_sha256": file_sha256(p / WEIGHTS_NAME)}
+    return {"path": str(p.resolve()), "stage": stage, **hashes, "sha256": json_sha256(hashes),
+            "num_units": config.get("extra", {}).get("num_units")}
+
+
+def check_compatible(s2t: Any, t2c: Any) -> None:
+    """Raise CheckpointError unless the T2C reads the S2T model's token ids (same tokenizer, vocabulary)."""
+    vocab = s2t.lm_head().out_features
+    if t2c.decoder.text_embed.num_embeddings != vocab:
+        raise CheckpointError(f"the S2T model predicts {vocab} tokens but the T2C embeds "
+                              f"{t2c.decoder.text_embed.num_embeddings}: built from different base LLMs")
+    if s2t.chat.tokenizer.get_vocab() != t2c.tokenizer.get_vocab():
+        raise CheckpointError("the S2T and T2C checkpoints use different tokenizers")
+
+
+# ----------------------------------------------------------------------------- the worker
+
+
+def done_marker(out_path: Path) -> Path:
+    """Where the done marker of an output shard lives (hidden from datasets)."""
+    return out_path.parent / ".echox" / f"{out_path.stem}.done.json"
+
+
+class EchoLabeler:
+    """Holds the S2T and T2C models (loaded once) and labels corpus shards; what a Ray actor wraps."""
+
+    def __init__(self, s2t_path: str, t2c_path: str, device: str = "cpu", threads: int = 1, *,
+                 batch_size: int = 8, max_units: int = 1000) -> None:
+        from tasks.inference import load_checkpoint_model
+
+        if batch_size < 1 or max_units < 1:
+            raise InputError(f"batch_size and max_units must be >= 1, got {batch_size}, {max_units}")
+        torch.set_num_threads(max(1, threads))
+        self.device = torch.device(device)
+        self.s2t = load_checkpoint_model(s2t_path, "s2t").to(self.device).eval()
+        self.t2c = load_checkpoint_model(t2c_path, "t2c").to(self.device).eval()
+        check_compatible(self.s2t, self.t2c)
+        self.batch_size, self.max_units = batch_size, max_units
+
+    def ready(self) -> dict:
+        """A cheap call that returns once the models are loaded (Ray raises a failed __init__ here)."""
+        return {"device": str(self.device), "num_units": self.t2c.num_units}
+
+    def label(self, rows: Sequence[dict]) -> LabelResult:
+        """Labels of rows, batch by batch; reject indices refer to `rows`."""
+        total = LabelResult()
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start:start + self.batch_size]
+            part = label_batch(self.s2t, self.t2c, chunk, max_units=self.max_units)
+            total.records += part.records
+            total.rejects += [(start + i, reason) for i, reason in part.rejects]
+            total.stats.add(part.stats)
+        total.stats.rejected = len(total.rejects)
+        return total
+
+    def label_shard(self, corpus_shard: str, out_path: str, *, sha256: str | None = None,
+                    first_row: int = 0, run_hash: str = "") -> dict:
+        """Label one corpus shard into `out_path` (skipped when its verified output exists); its entry."""
+        out, marker = Path(out_path), done_marker(Path(out_path))
+        key = {"run_hash": run_hash, "input_sha256": sha256}
+        if marker.exists():
+            entry = json.loads(marker.read_text())
+            if {k: entry.get(k) for k in key} == key and file_verifies(out, entry.get("sha256")):
+                return {**entry, "skipped": True}
+        from tasks.data import TableRows
+
+        table = read_arrow(Path(corpus_shard), sha256=sha256)  # verified before anything is read
+        rows = list(TableRows(table.select([c for c in ROW_COLUMNS if c in table.column_names])))
+        result = self.label(rows)
+        rejects = [Reject(first_row + i, rows[i].get("id"), reason, stage="echo").to_dict()
+                   for i, reason in result.rejects]
+        entry = {**write_arrow(out, labels_table(result.records)), **key, "rejects": rejects,
+                 "stats": asdict(result.stats), "input_rows": len(rows)}
+        write_json(marker, entry)
+        return {**entry, "skipped": False}
+
+
+# ----------------------------------------------------------------------------- driver side
+
+
+def plan_run(corpus: str, s2t: str, t2c: str, out: str, *, max_units: int, overwrite: bool) -> dict:
+    """Check inputs, hash them, prepare the output directory; the run's identity and one job per shard."""
+    from tasks.build_corpus import BuildPaths, prepare_out_dir
+    from tasks.data import shard_entries, verify_corpus
+
+    root, out_dir = Path(corpus).resolve(), Path(out).resolve()  # absolute: workers may run elsewhere
+    if not root.is_dir():
+        raise InputError(f"corpus directory not found: {root}")
+    shards = shard_entries(root)
+    if not shards or any("sha256" not in s for s in shards):
+        raise IntegrityError(f"{root}/manifest.json must list shards with sha256")
+    verify_corpus(root)  # fail before any actor starts; each actor checks its shard again as it reads it
+    checkpoints = {"s2t": checkpoint_hash(s2t, "s2t"), "t2c": checkpoint_hash(t2c, "t2c")}
+    _check_units(root, checkpoints["t2c"]["num_units"])
+    corpus_info = {"path": str(root.resolve()), "manifest_sha256": file_sha256(root / "manifest.json"),
+                   "rows": sum(int(s["num_rows"]) for s in shards)}
+    run_hash = json_sha256({"corpus": corpus_info["manifest_sha256"], "max_units": max_units,
+                            "s2t": checkpoints["s2t"]["sha256"], "t2c": checkpoints["t2c"]["sha256"],
+                            "schema": spec.SCHEMA_VERSION})
+    paths = BuildPaths(out_dir)
+    prepare_out_dir(paths, run_hash, overwrite)
+    write_json(paths.build_json, {"hash": run_hash, "corpus": corpus_info, "checkpoints": checkpoints})
+    offsets = [sum(int(s["num_rows"]) for s in shards[:i]) for i in range(len(shards))]
+    jobs = [{"shard": i, "corpus_shard": str(root / s["path"]), "sha256": s["sha256"], "first_row": off,
+             "out_path": str(out_dir / f"echo-{i:05d}.arrow"), "run_hash": run_hash}
+            for i, (s, off) in enumerate(zip(shards, offsets, strict=True))]
+    return {"hash": run_hash, "corpus": corpus_info, "checkpoints": checkpoints, "max_units": max_units,
+            "jobs": jobs, "done": run_done(out_dir, run_hash)}
+
+
+def _check_units(corpus: Path, t2c_units: int | None) -> None:
+    """Raise InputError when the corpus codebook and the T2C disagree on K."""
+    codebook = (load_manifest(corpus) or {}).get("codebook") or {}
+    if t2c_units is not None and "num_units" in codebook and int(codebook["num_units"]) != int(t2c_units):
+        raise InputError(f"the corpus has {codebook['num_units']} units but the T2C was trained on "
+                         f"{t2c_units}: they come from different codebooks")
+
+
+def run_done(out: Path, run_hash: str) -> bool:
+    """True when `out` holds the finished, verifying output of this very run."""
+    manifest = load_manifest(out)
+    return bool(manifest) and manifest.get("run_hash") == run_hash and not verify_manifest(out, manifest)
+
+
+def finalize_run(out: str, plan: dict, entries: list[dict]) -> dict:
+    """Write rejects, the datasets layout and, last, the manifest; check every corpus row is accounted for."""
+    from tasks.build_corpus import reason_key
+
+    out_dir = Path(out)
+    rejects = sorted((r for e in entries for r in e["rejects"]), key=lambda r: r["line"])
+    write_jsonl(out_dir / "rejects.jsonl", rejects)
+    shards = [{k: e[k] for k in ("path", "num_rows", "sha256")} for e in entries if e["num_rows"]]
+    rows = sum(s["num_rows"] for s in shards)
+    if rows + len(rejects) != plan["corpus"]["rows"]:
+        raise EchoxError(f"accounting failed: {rows} rows + {len(rejects)} rejects != "
+                         f"{plan['corpus']['rows']} corpus rows")
+    by_reason = dict(Counter(reason_key(r["reason"]) for r in rejects).most_common())
+    if not rows:
+        raise EchoxError(f"every corpus row was rejected ({by_reason}); see {out_dir / 'rejects.jsonl'}")
+    stats = LabelStats()
+    for e in entries:
+        stats.add(LabelStats.from_dict(e["stats"]))
+    write_datasets_layout(out_dir, [s["path"] for s in shards], spec.SCHEMA, plan["hash"])
+    manifest = {
+        "kind": "echox.echo_labels", "schema_version": spec.SCHEMA_VERSION, "run_hash": plan["hash"],
+        "corpus": plan["corpus"], "checkpoints": plan["checkpoints"], "max_units": plan["max_units"],
+        "segmenting": "a Y′ token whose text ends with . ? or ! closes a segment; the tail is the last",
+        "shards": shards, "totals": totals(stats, rows, len(rejects)), "rejects_by_reason": by_reason,
+    }
+    write_json(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+def totals(stats: LabelStats, rows: int, rejected: int) -> dict:
+    """The manifest's totals and statistics."""
+    return {"rows": rows, "rejected": rejected, "segments": stats.segments,
+            "token_accuracy": stats.correct_tokens / max(stats.tokens, 1),
+            "units": stats.units, "units_per_segment": stats.units / max(stats.segments, 1),
+            "segments_per_row": stats.segments / max(rows, 1), "units_generated": stats.units_generated,
+            "generation_seconds": round(stats.gen_seconds, 4),
+            "units_per_second": stats.units_generated / max(stats.gen_seconds, 1e-9)}
+
+
+def stats_rows(manifest: dict) -> list[dict]:
+    """The statistics table artifact of a finished run."""
+    t = manifest["totals"]
+    keys = [("rows", "rows labelled"), ("rejected", "rows rejected"),
+            ("token_accuracy", "token accuracy of Y′ vs gold"), ("segments_per_row", "segments per row"),
+            ("units_per_segment", "units per segment (mean)"),
+            ("units_per_second", "T2C generation throughput (units/s, per actor)"),
+            ("generation_seconds", "T2C generation time (s, all actors)")]
+    rows = [{"statistic": label, "value": round(float(t[k]), 4)} for k, label in keys]
+    reasons = manifest["rejects_by_reason"].items()
+    return rows + [{"statistic": f"rejected: {r}", "value": n} for r, n in reasons]
+
+
+def label_local(corpus: str, s2t: str, t2c: str, out: str, *, batch_size: int = 8, max_units: int = 1000,
+                overwrite: bool = False, threads: int = 1) -> dict:
+    """The whole stage in this process, without Ray or Prefect (tests, debugging); returns the manifest."""
+    plan = plan_run(corpus, s2t, t2c, out, max_units=max_units, overwrite=overwrite)
+    if plan["done"]:
+        return load_manifest(Path(out)) or {}
+    labeler = EchoLabeler(s2t, t2c, "cpu", threads, batch_size=batch_size, max_units=max_units)
+    entries = []
+    for job in plan["jobs"]:
+        kwargs = {k: job[k] for k in ("sha256", "first_row", "run_hash")}
+        entries.append({**labeler.label_shard(job["corpus_shard"], job["out_path"], **kwargs),
+                        "shard": job["shard"]})
+    return finalize_run(out, plan, entries)
