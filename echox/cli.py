@@ -180,13 +180,15 @@ def _run_demo(args: argparse.Namespace) -> int:
     import os
 
     from echox import server
-    from flows.pipeline import load_pipeline_config, pipeline
 
-    cfg = load_pipeline_config(args.config)
+    # Before prefect is imported: its settings are read once, at import.
     if args.no_server or runtime.use_local_server():
         runtime.ensure_prefect_api()
     else:  # leave a UI running after the demo, so its runs and artifacts can be browsed
         os.environ["PREFECT_API_URL"] = server.ensure_background(runtime.state_dir())
+    from flows.pipeline import load_pipeline_config, pipeline
+
+    cfg = load_pipeline_config(args.config)
     ui = os.environ.get("PREFECT_API_URL", "")
     print(f"echox demo: the whole DAG on {cfg.source} → {cfg.out}\nPrefect UI: {ui.removesuffix('/api')}",
           flush=True)
