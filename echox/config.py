@@ -90,37 +90,6 @@ def build(model: type[Frozen], data: dict, where: str) -> Frozen:
         raise ConfigError(format_validation_error(e, where)) from e
 
 
-class TrainFlowConfig(Frozen):
-    """Parameters of one training stage (I: s2t, II: t2c, III: echo)."""
-
-    stage: Literal["s2t", "t2c", "echo"] = Field(description="Training stage.")
-    corpus: str = Field(description="Corpus directory built by build-corpus.")
-    out: str = Field(description="Run directory: checkpoints/, metrics.jsonl, model/.")
-    preset: str = Field("tiny", description="Model preset: tiny, smollm2-135m, llama-3b, llama-8b.")
-    preset_overrides: dict = Field(default_factory=dict, description="Preset fields to override "
-                                   "(e.g. llm_path, encoder_path, lora_rank).")
-    echo_labels: str | None = Field(None, description="Echo pseudo-label directory (stage echo).")
-    s2t: str | None = Field(None, description="Stage-I checkpoint (stage echo).")
-    t2c: str | None = Field(None, description="Stage-II checkpoint (stage echo).")
-    init_checkpoint: str | None = Field(None, description="Start from this checkpoint of the same stage "
-                                        "(retraining on new data).")
-    workers: int = Field(2, ge=1, description="DDP workers (Ray Train).")
-    use_gpu: bool = Field(False, description="Train on GPUs (NCCL).")
-    launcher: Literal["ray", "local"] = Field("ray", description="ray: TorchTrainer; local: one process.")
-    ray_address: str | None = Field(None, description="Existing Ray cluster to train on.")
-    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(8, ge=1, description="Examples per worker per micro-step.")
-    grad_accum: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
-    warmup_steps: int = Field(20, ge=0, description="Linear warmup steps.")
-    log_every: int = Field(10, ge=1, description="Steps between metrics lines.")
-    ckpt_every: int = Field(100, ge=1, description="Steps between checkpoints.")
-    seed: int = Field(0, description="Seed of init, data order and RNG.")
-    resume: bool = Field(False, description="Continue from the last verified checkpoint in out.")
-    cache_dir: str | None = Field(None, description="Where base LLM directories are built and cached "
-                                  "(default: the state folder).")
-
-
 class TrainStep(Frozen):
     """Training options of one pipeline stage."""
 
@@ -134,6 +103,27 @@ class TrainStep(Frozen):
     launcher: Literal["ray", "local"] = Field("ray", description="Ray Train or one local process.")
     log_every: int = Field(10, ge=1, description="Steps between metrics lines.")
     ckpt_every: int = Field(100, ge=1, description="Steps between checkpoints.")
+
+
+class TrainFlowConfig(TrainStep):
+    """Parameters of one training stage (I: s2t, II: t2c, III: echo): the step options plus paths."""
+
+    stage: Literal["s2t", "t2c", "echo"] = Field(description="Training stage.")
+    corpus: str = Field(description="Corpus directory built by build-corpus.")
+    out: str = Field(description="Run directory: checkpoints/, metrics.jsonl, model/.")
+    preset: str = Field("tiny", description="Model preset: tiny, smollm2-135m, llama-3b, llama-8b.")
+    preset_overrides: dict = Field(default_factory=dict, description="Preset fields to override "
+                                   "(e.g. llm_path, encoder_path, lora_rank).")
+    echo_labels: str | None = Field(None, description="Echo pseudo-label directory (stage echo).")
+    s2t: str | None = Field(None, description="Stage-I checkpoint (stage echo).")
+    t2c: str | None = Field(None, description="Stage-II checkpoint (stage echo).")
+    init_checkpoint: str | None = Field(None, description="Start from this checkpoint of the same stage "
+                                        "(retraining on new data).")
+    ray_address: str | None = Field(None, description="Existing Ray cluster to train on.")
+    seed: int = Field(0, description="Seed of init, data order and RNG.")
+    resume: bool = Field(False, description="Continue from the last verified checkpoint in out.")
+    cache_dir: str | None = Field(None, description="Where base LLM directories are built and cached "
+                                  "(default: the state folder).")
 
 
 class PipelineConfig(Frozen):

@@ -104,25 +104,9 @@ def parse_eval_record(rec: Any, line: int) -> EvalItem:
 
 def read_eval_set(path: Path) -> tuple[list[EvalItem], list[Reject]]:
     """Every valid record of a JSONL/Parquet/datasets eval set, and a reject per bad line or duplicate id."""
-    from tasks.source import iter_source
+    from tasks.source import read_records
 
-    items: list[EvalItem] = []
-    rejects: list[Reject] = []
-    seen: dict[str, int] = {}
-    for line, obj in iter_source(Path(path)):
-        rid = obj.get("id") if isinstance(obj, dict) else getattr(obj, "id", None)
-        try:
-            if isinstance(obj, RecordRejected):
-                raise obj
-            item = parse_eval_record(obj, line)
-            if item.id in seen:
-                raise RecordRejected(f"duplicate id {item.id!r} (first seen on line {seen[item.id]})")
-        except RecordRejected as e:
-            rejects.append(Reject(line=line, id=None if rid is None else str(rid), reason=e.reason))
-            continue
-        seen[item.id] = line
-        items.append(item)
-    return items, rejects
+    return read_records(Path(path), parse_eval_record)
 
 
 # ----------------------------------------------------------------------------- scoring

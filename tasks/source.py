@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from data_specs.rejects import Reject
 from data_specs.source import OPTIONAL_FIELDS, REQUIRED_FIELDS
 from echox.errors import InputError, RecordRejected
+
+
+class _HasId(Protocol):
+    id: str
+
+
+R = TypeVar("R", bound=_HasId)
 
 
 @dataclass(frozen=True)
@@ -125,9 +132,11 @@ def iter_source(path: Path) -> Iterator[tuple[int, Any]]:
     return _jsonl_rows(path)
 
 
-def read_source(path: Path) -> tuple[list[SourceRecord], list[Reject]]:
-    """Read and validate every record; duplicates of an earlier id are rejected."""
-    records: list[SourceRecord] = []
+def read_records(
+    path: Path, parse: Callable[[Any, int], R], stage: str = "source"
+) -> tuple[list[R], list[Reject]]:
+    """Parse each record with `parse(obj, line)`; bad records and repeated ids become rejects."""
+    records: list[R] = []
     rejects: list[Reject] = []
     first_seen: dict[str, int] = {}
     for line, obj in iter_source(path):
@@ -136,12 +145,17 @@ def read_source(path: Path) -> tuple[list[SourceRecord], list[Reject]]:
         try:
             if isinstance(obj, RecordRejected):
                 raise obj
-            rec = parse_record(obj, line)
+            rec = parse(obj, line)
             if rec.id in first_seen:
                 raise RecordRejected(f"duplicate id {rec.id!r} (first seen on line {first_seen[rec.id]})")
         except RecordRejected as e:
-            rejects.append(Reject(line=line, id=rid, reason=e.reason, stage="source"))
+            rejects.append(Reject(line=line, id=rid, reason=e.reason, stage=stage))
             continue
         first_seen[rec.id] = line
         records.append(rec)
     return records, rejects
+
+
+def read_source(path: Path) -> tuple[list[SourceRecord], list[Reject]]:
+    """Read and validate every QA record; duplicates of an earlier id are rejected."""
+    return read_records(path, parse_record)
