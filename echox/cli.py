@@ -27,7 +27,7 @@ def _add_build_corpus(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feature-layer", type=int, default=11)
     p.add_argument("--num-units", type=int, default=100, help="k-means K (paper: 1000)")
     p.add_argument("--codebook", default=None, help="reuse an existing codebook.npz")
-    p.add_argument("--shard-size", type=int, default=64)
+    p.add_argument("--shard-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads-per-worker", type=int, default=None)
     p.add_argument("--ray-address", default=None)

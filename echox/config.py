@@ -38,7 +38,8 @@ class BuildCorpusConfig(Frozen):
     kmeans_max_frames: int = Field(100_000, ge=1, description="Frames sampled for the k-means fit.")
     kmeans_iters: int = Field(20, ge=1, description="Lloyd iterations of the k-means fit.")
     codebook: str | None = Field(None, description="Reuse this codebook.npz instead of fitting one.")
-    shard_size: int = Field(64, ge=1, description="Records per shard (one coarse task each).")
+    shard_size: int = Field(32, ge=1, description="Records per shard (one coarse task each; a shard count "
+                            "that is a multiple of the workers balances them).")
     workers: int = Field(2, ge=1, description="Parallel Ray workers (local Ray) for the shard tasks.")
     threads_per_worker: int | None = Field(None, ge=1, description="Compute threads per worker "
                                            "(default: cores // workers).")

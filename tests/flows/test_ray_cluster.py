@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,18 +20,19 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture()
-def ray_head(tmp_path: Path) -> Iterator[str]:
+def ray_head() -> Iterator[str]:
     """A Ray head on loopback in its own process group (stopped by killing the group, not `ray stop`,
     which would also stop the test session's Ray)."""
     from echox.server import free_port
 
     port = free_port()
+    temp = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     ray_bin = Path(sys.executable).with_name("ray")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     proc = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
-         f"--temp-dir={tmp_path / 'ray'}"],
+         f"--temp-dir={temp}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     time.sleep(8)  # the head's GCS needs a few seconds; the build's ray.init waits further if needed
     if proc.poll() is not None:
@@ -40,6 +43,7 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_build_corpus_runs_on_an_existing_cluster(ray_head: str, tmp_path: Path, prefect_server: str) -> None:
