@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ import numpy as np
 from data_specs.eval_results import REPORT_TAG, SCHEMA_VERSION, validate_report
 from data_specs.rejects import Reject
 from echox.errors import ConfigError, InputError, RecordRejected
+from tasks.shards import atomic_write
 from tasks.text_norm import normalize_answer, spoken_form
 
 SAMPLE_RATE = 16_000
@@ -177,17 +176,6 @@ def audio_key(identity: str, voices: list[str] | None, seed: int, item_id: str, 
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary sibling and rename, so readers never see half a file."""
-    # The suffix is kept because soundfile picks the format from it.
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class QuestionSynth:
     """Spoken form + TTS with a content-addressed WAV cache; the engine is built on the first miss."""
 
@@ -227,7 +215,7 @@ class QuestionSynth:
             voice = choose_voice(item.id, self.voices or engine.voices(), self.seed)
             audio = engine.synthesize(text, voice)
             meta.write_text(json.dumps({"voice": voice, "text": text, "tts": self.identity}))
-            _atomic_write(wav, lambda p: write_wav(p, audio))  # WAV last: the marker
+            atomic_write(wav, lambda p: write_wav(p, audio))  # WAV last: the marker
         frames = soundfile.info(str(wav)).frames
         return {"spoken_question": text, "voice": voice, "audio": str(wav.resolve()),
                 "question_seconds": frames / SAMPLE_RATE}
@@ -257,7 +245,7 @@ def prepare_questions(eval_set: Path, out: Path, *, tts: str = "piper", voices: 
                 "cache_hits": synth.hits, "items": rows, "rejects": [r.to_dict() for r in rejects]}
     path = questions_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda p: p.write_text(json.dumps(manifest, indent=1, ensure_ascii=False)))
+    atomic_write(path, lambda p: p.write_text(json.dumps(manifest, indent=1, ensure_ascii=False)))
     return path
 
 
@@ -413,7 +401,7 @@ def answer_questions(questions: Path, model: Path, out: Path, *, t2c: Path | Non
               "by_category": by_category, "items": items, "rejects": manifest["rejects"]}
     validate_report(report)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(Path(out), lambda p: p.write_text(json.dumps(report, indent=1, ensure_ascii=False)))
+    atomic_write(Path(out), lambda p: p.write_text(json.dumps(report, indent=1, ensure_ascii=False)))
     return report
 
 

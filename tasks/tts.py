@@ -62,7 +62,7 @@ def write_wav(path: str | Path, audio: np.ndarray, sr: int = SAMPLE_RATE) -> Non
     """Write 1-D int16 audio as a 16-bit PCM WAV file."""
     if audio.ndim != 1 or audio.dtype != np.int16:
         raise ValueError(f"expected 1-D int16 audio, got {audio.dtype} with shape {audio.shape}")
-    soundfile.write(str(path), audio, sr, subtype="PCM_16")
+    soundfile.write(str(path), audio, sr, subtype="PCM_16", format="WAV")  # any file name, temp names too
 
 
 def choose_voice(record_id: str, configured: Sequence[str], seed: int) -> str:
