@@ -53,10 +53,8 @@ def answer(model: nn.Module, audio: np.ndarray, *, max_new_tokens: int = 64, sam
     import torch
 
     with torch.inference_mode():
-        if sample:
-            return model.generate(audio, max_new_tokens=max_new_tokens, do_sample=True,
-                                  temperature=temperature, top_p=top_p, seed=seed)
-        return model.generate(audio, max_new_tokens=max_new_tokens)
+        return model.generate(audio, max_new_tokens=max_new_tokens, do_sample=sample,
+                              temperature=temperature, top_p=top_p, seed=seed if sample else None)
 
 
 def text_to_units(model: nn.Module, text: str, max_units: int = 1000) -> tuple[list[int], bool]:
