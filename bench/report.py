@@ -203,13 +203,15 @@ def goals_table(a: dict[str, Any]) -> list[str]:
 
 def shard_note(records: int, shard_size: int, workers: int) -> str:
     """How evenly the build's shard tasks spread over the workers (the bound it puts on the speed-up)."""
-    sizes = [min(shard_size, records - s) for s in range(0, records, shard_size)]
+    from tasks.build_corpus import shard_sizes
+
+    sizes = shard_sizes(records, shard_size)
     loads = [0] * workers
     for size in sizes:  # each shard goes to the worker that frees up first
         loads[loads.index(min(loads))] += size
     bound = records / max(loads)
-    return (f"The default build splits {records} records into {len(sizes)} shard task(s) of up to "
-            f"{shard_size} records; on {workers} workers the busiest one gets {max(loads)} records, so the "
+    return (f"The default build splits {records} records into {len(sizes)} shard task(s) of {min(sizes)}–"
+            f"{max(sizes)} records; on {workers} workers the busiest one gets {max(loads)} records, so the "
             f"per-shard stages can speed up by at most {bound:.2f}× over one worker (smaller shards, or a "
             f"shard count that is a multiple of the workers, would lift this bound).")
 
@@ -386,9 +388,17 @@ METHOD = [
 ]
 
 
+def baseline_result(stages: dict[str, dict[str, Any]]) -> Result:
+    """The plain loop measured in the corpus build's own rounds, else the separate baseline stage."""
+    flow = stages.get("corpus_build") or {}
+    if flow.get("baseline_cases"):
+        return {**flow, "cases": flow["baseline_cases"]}
+    return stages.get("baseline")
+
+
 def render(run: dict[str, Any], stages: dict[str, dict[str, Any]]) -> str:
     """The whole report."""
-    base, flow = stages.get("baseline"), stages.get("corpus_build")
+    base, flow = baseline_result(stages), stages.get("corpus_build")
     failed = [f"- `{n}`: {s.get('error') or s.get('skipped')}" for n, s in stages.items()
               if s.get("error") or s.get("skipped")]
     out = [*header(run, stages), *machine_section(run),

@@ -24,10 +24,12 @@ STAGE_TIMEOUT_S = 4 * 3600
 
 def parser() -> argparse.ArgumentParser:
     """The command line."""
-    from bench.stages import STAGES
+    from bench.stages import DEFAULT_STAGES, STAGES
 
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from: {', '.join(STAGES)}")
+    p.add_argument("--stages", default=",".join(DEFAULT_STAGES),
+                   help=f"comma-separated, from: {', '.join(STAGES)} (default: all but baseline, which "
+                        "corpus_build runs in its own rounds)")
     p.add_argument("--quick", action="store_true", help="tiny workloads (harness check; not figures)")
     p.add_argument("--repeats", type=int, default=None, help="repeats of in-process stages (default 3)")
     p.add_argument("--build-repeats", type=int, default=None,

@@ -55,7 +55,8 @@ def _report(config: EchoLabelsConfig, msg: str) -> None:
         get_run_logger().info(msg)
 
 
-@task(name="echo-label-shard", task_run_name="echo-label-shard-{job[shard]}", tags=["echo"], **RETRY)
+# Untagged, like the corpus build's shard tasks (see flows.build_corpus).
+@task(name="echo-label-shard", task_run_name="echo-label-shard-{job[shard]}", **RETRY)
 def label_shard_task(actor: str, job: dict) -> dict:
     """Hand one corpus shard to the named labelling actor and wait for its entry."""
     import ray

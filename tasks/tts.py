@@ -21,8 +21,6 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 import soundfile
-import torch
-import torchaudio
 
 from echox.errors import ConfigError, RecordRejected
 
@@ -54,6 +52,9 @@ def to_16k_int16(audio: np.ndarray, sample_rate: int) -> np.ndarray:
         raise ValueError(f"expected mono audio as a 1-D array, got shape {audio.shape}")
     x = audio.astype(np.float32) / 32768.0 if audio.dtype == np.int16 else audio.astype(np.float32)
     if sample_rate != SAMPLE_RATE:
+        import torch  # here, not at import: the driver's preflight builds a TTS without needing torch
+        import torchaudio
+
         x = torchaudio.functional.resample(torch.from_numpy(x), sample_rate, SAMPLE_RATE).numpy()
     return np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
 

@@ -104,8 +104,23 @@ def test_no_ratio_across_runs() -> None:
     assert a["overhead_default"] is None and a["scaling"] == pytest.approx(180 / 104)
 
 
+def test_interleaved_baseline_is_preferred() -> None:
+    run, base, flow = _results()
+    flow["baseline_cases"] = [_case("b", 80.0, records=300)]  # measured in the build's own rounds
+    text = render(run, {"baseline": base, "corpus_build": flow})
+    assert "| 1.30× | **missed** |" in text  # 104 / 80, not 104 / 100
+
+
+def test_short_child_peak_rss_is_counted(tmp_path: Path) -> None:
+    from bench.measure import run_measured
+
+    out = run_measured([sys.executable, "-c", "b = bytearray(64 << 20)"], result_path=tmp_path / "r.json",
+                       timeout_s=60)  # over before the monitor's first 0.2 s sample
+    assert out["process"]["returncode"] == 0 and out["process"]["tree_peak_rss_mb"] > 64
+
+
 def test_shard_note_bounds_the_speedup() -> None:
-    assert "at most 1.74×" in shard_note(300, 64, workers=2)  # 64+64+44 records on the busiest worker
+    assert "at most 1.67×" in shard_note(300, 64, workers=2)  # 5 shards of 60: 3 on the busiest worker
     assert "at most 2.00×" in shard_note(256, 64, workers=2)
 
 
