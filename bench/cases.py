@@ -76,6 +76,7 @@ def _flow(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = BuildCorpusConfig(source=spec["source"], out=spec["out"], tts=spec["tts"], workers=spec["workers"],
                             threads_per_worker=spec["threads_setting"], seed=spec["seed"],
                             progress=False, overwrite=True)
+    started = time.time()
     t0 = time.perf_counter()
     build_corpus(config=cfg)
     wall = time.perf_counter() - t0
@@ -83,4 +84,39 @@ def _flow(spec: dict[str, Any]) -> dict[str, Any]:
     totals = manifest["totals"]
     return {"wall_s": wall, "rows": totals["rows"], "source_records": totals["source_records"],
             "audio_seconds": totals["audio_hours"] * 3600, "shards": len(manifest["shards"]),
-            "shard_size": cfg.shard_size}
+            "shard_size": cfg.shard_size, "phases_s": build_phases(started, started + wall)}
+
+
+def _task_spans(since: float) -> list[tuple[str, float, float]]:
+    """(name, start, end) in epoch seconds of every finished task run that started after `since`."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime
+
+    after = TaskRunFilter(start_time=TaskRunFilterStartTime(after_=datetime.fromtimestamp(since, UTC)))
+
+    async def read() -> list[tuple[str, float, float]]:
+        async with get_client() as client:
+            runs = await client.read_task_runs(task_run_filter=after, limit=1000)
+        return [(r.name, r.start_time.timestamp(), r.end_time.timestamp()) for r in runs
+                if r.start_time and r.end_time]
+
+    return asyncio.run(read())
+
+
+def build_phases(started: float, ended: float) -> dict[str, float]:
+    """Where a build's wall time went, from its task runs in the Prefect API (this process's build only:
+    the bench runs one build at a time against its server). The phases add up to the wall time."""
+    spans = _task_spans(started - 1.0)
+    synth = [s for s in spans if s[0].startswith("synthesize-shard")]
+    fit = [s for s in spans if s[0].startswith("fit-codebook")]
+    label = [s for s in spans if s[0].startswith("label-shard")]
+    if not (synth and fit and label):
+        return {}
+    marks = [started, min(s[1] for s in synth), max(s[2] for s in synth), max(s[2] for s in fit),
+             max(s[2] for s in label), ended]
+    names = ("start-up (plan, Ray, first task)", "speech + features", "codebook fit", "labelling",
+             "finalize + stop Ray")
+    return {name: round(b - a, 3) for name, a, b in zip(names, marks, marks[1:], strict=False)}

@@ -301,8 +301,58 @@ def corpus_section(run: dict[str, Any], base: Result, flow: Result) -> list[str]
         phases = a["baseline"]["extra"].get("phases_s") or {}
         out += ["", f"Plain-loop phases at {a['records']} records: " +
                 ", ".join(f"{k} {fmt_s(v)}" for k, v in sorted(phases.items(), key=lambda kv: -kv[1]))]
+    out += build_phase_table(flow)
+    notes = [break_even(c, a["baseline"], t) for c, t in ((a["default"], 1.05), (a["one_default"], 1.10))
+             if a["same_run"] and c]
+    if any(notes):
+        out += ["", "Fixed and per-record cost of each build against the loop (fixed = everything but the "
+                    "speech + features phase):", "", *[f"- {n}" for n in notes if n]]
     growth = growth_section(run, base, flow, a["scaling"])
     return [*out, "", "## Cost growth with corpus size", "", *growth, ""]
+
+
+LOOP_FIXED_PHASES = ("load_models", "kmeans_fit")  # the plain loop's costs that do not grow with records
+BUILD_VARIABLE_PHASE = "speech + features"
+
+
+def break_even(case: dict[str, Any] | None, base: dict[str, Any] | None, target: float) -> str | None:
+    """Split the build and the loop into fixed and per-record seconds; say at what size `target` holds.
+
+    A straight-line model from one size, so a projection: it separates a miss caused by fixed costs
+    (which larger corpora amortize) from one caused by slower per-record work (which they do not).
+    """
+    if not case or not base:
+        return None
+    phases = (case.get("extra") or {}).get("phases_s") or {}
+    loop = (base.get("extra") or {}).get("phases_s") or {}
+    n = case["params"]["records"]
+    if BUILD_VARIABLE_PHASE not in phases or not loop:
+        return None
+    fixed, per = _wall(case) - phases[BUILD_VARIABLE_PHASE], phases[BUILD_VARIABLE_PHASE] / n
+    loop_fixed = sum(loop.get(k, 0.0) for k in LOOP_FIXED_PHASES)
+    loop_per = (_wall(base) - loop_fixed) / n
+    head = (f"`{case['name']}`: {fmt_s(fixed)} fixed + {1000 * per:.0f} ms per record, against the loop's "
+            f"{fmt_s(loop_fixed)} + {1000 * loop_per:.0f} ms per record")
+    if target * loop_per <= per:
+        return head + f"; its per-record work alone is over {target:.2f}× the loop's, so size does not help."
+    size = (fixed - target * loop_fixed) / (target * loop_per - per)
+    return head + (f"; by this line it is within {target:.2f}× of the loop from about {max(size, 1):,.0f} "
+                   "records (a projection from one size).")
+
+
+def build_phase_table(flow: Result) -> list[str]:
+    """Where each build case's wall time went (medians over its runs, from its Prefect task runs)."""
+    cases = [c for c in (flow or {}).get("cases", []) if (c.get("extra") or {}).get("phases_s")]
+    if not cases:
+        return []
+    names = list(cases[0]["extra"]["phases_s"])
+    out = ["", "Where the build's time goes (median seconds; phases from the task runs in the Prefect API; "
+                "the codebook fit and labelling wait for every shard):", "",
+           "| Case | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for c in cases:
+        ph = c["extra"]["phases_s"]
+        out.append(f"| {c['name']} | " + " | ".join(fmt_s(ph.get(k)) for k in names) + " |")
+    return out
 
 
 # ---------------------------------------------------------------- the document
@@ -374,10 +424,16 @@ def stage_sections(stages: dict[str, dict[str, Any]]) -> list[str]:
 METHOD = [
     "## Method", "",
     "- Each stage runs in its own process; each corpus-level run (plain loop or Prefect+Ray build) in a "
-    "fresh process per repeat, the repeats interleaved. Medians of the repeats are quoted with their range.",
+    "fresh process per repeat. The corpus_build stage runs rounds of (plain loop, then every build case), "
+    "so each ratio compares runs made under the same machine load. Medians of the repeats are quoted with "
+    "their range.",
+    "- Build phases come from the build's own task runs in the Prefect API (first shard task start, last "
+    "shard end, codebook fit end, last label end), so they add up to the build's wall time.",
     "- Peak memory: RSS summed over the process tree (driver, raylet, Ray workers, TTS subprocesses), "
     "sampled every 0.2 s; shared pages count once per process, so it is an upper bound. The Prefect "
     "server is shared by all builds and not included.",
+    "- A child's peak RSS is also taken from the kernel when it is reaped (wait4), for processes shorter "
+    "than one sampling interval.",
     "- CPU time: the larger of two lower bounds (per-process sampling; getrusage of reaped children).",
     "- Threads: `threads_per_worker` sets torch's intra-op threads and Piper's onnxruntime intra-op "
     "threads (inter-op 1) in each Ray worker; Ray gives each worker one CPU (OMP_NUM_THREADS=1).",

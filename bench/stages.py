@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shutil
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -327,7 +328,15 @@ def _aggregate(kind: str, spec: dict[str, Any], results: list[dict[str, Any]]) -
     return case(name, {k: v for k, v in spec.items() if k != "kind"}, measured,
                 work={"audio_s": last["audio_seconds"], "records": last["rows"]},
                 process_wall_s=stats([r["process"]["wall_s"] for r in results]),
-                phases_s=last.get("phases_s"), shards=last.get("shards"), shard_size=last.get("shard_size"))
+                phases_s=_median_phases(results), shards=last.get("shards"),
+                shard_size=last.get("shard_size"))
+
+
+def _median_phases(results: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Each phase's median over the runs (phases every run reported)."""
+    runs = [r.get("phases_s") or {} for r in results]
+    keys = [k for k in runs[0] if all(k in r for r in runs)] if runs else []
+    return {k: statistics.median(r[k] for r in runs) for k in keys} or None
 
 
 def baseline(ctx: BenchContext) -> dict[str, Any]:

@@ -75,6 +75,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--unit-vocab-size", type=int, default=0, metavar="N",
+                   help="stage t2c: predict the unit-words of a BPE unit language of N > K words trained "
+                        "on the corpus (0: raw units)")
     p.set_defaults(handler=_run_train)
 
 
@@ -92,11 +95,12 @@ def _overrides(pairs: list[str]) -> dict:
 
 def _run_train(args: argparse.Namespace) -> int:
     from echox.config import TrainFlowConfig, build
-    from flows.train import train
 
     fields = {k: v for k, v in vars(args).items() if k not in ("handler", "command")}
     fields["preset_overrides"] = _overrides(args.preset_overrides)
     cfg = build(TrainFlowConfig, fields, "train")
+    from flows.train import train  # after validation: a bad option fails without importing Prefect
+
     print(f"model written to {train(cfg=cfg)}")
     return 0
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from echox.errors import ConfigError
 
@@ -38,8 +38,9 @@ class BuildCorpusConfig(Frozen):
     kmeans_max_frames: int = Field(100_000, ge=1, description="Frames sampled for the k-means fit.")
     kmeans_iters: int = Field(20, ge=1, description="Lloyd iterations of the k-means fit.")
     codebook: str | None = Field(None, description="Reuse this codebook.npz instead of fitting one.")
-    shard_size: int = Field(32, ge=1, description="Records per shard (one coarse task each; a shard count "
-                            "that is a multiple of the workers balances them).")
+    shard_size: int = Field(32, ge=1, description="Most records per shard (one coarse task each); the "
+                            "records are split into that many even shards (a count that is a multiple "
+                            "of the workers keeps them all busy to the end).")
     workers: int = Field(2, ge=1, description="Parallel Ray workers (local Ray) for the shard tasks.")
     threads_per_worker: int | None = Field(None, ge=1, description="Compute threads per worker "
                                            "(default: cores // workers).")
@@ -104,6 +105,8 @@ class TrainStep(Frozen):
     launcher: Literal["ray", "local"] = Field("ray", description="Ray Train or one local process.")
     log_every: int = Field(10, ge=1, description="Steps between metrics lines.")
     ckpt_every: int = Field(100, ge=1, description="Steps between checkpoints.")
+    unit_vocab_size: int = Field(0, ge=0, description="T2C target vocabulary: 0 = raw units; N > K = a BPE "
+                                 "unit language of N unit-words trained on the corpus's answer units")
 
 
 class TrainFlowConfig(TrainStep):
@@ -125,6 +128,13 @@ class TrainFlowConfig(TrainStep):
     resume: bool = Field(False, description="Continue from the last verified checkpoint in out.")
     cache_dir: str | None = Field(None, description="Where base LLM directories are built and cached "
                                   "(default: the state folder).")
+
+    @model_validator(mode="after")
+    def _unit_vocab_is_t2c_only(self) -> TrainFlowConfig:
+        """unit_vocab_size shapes the T2C's vocabulary; other stages would silently ignore it."""
+        if self.unit_vocab_size and self.stage != "t2c":
+            raise ValueError(f"unit_vocab_size (--unit-vocab-size) is a stage t2c option, not {self.stage}")
+        return self
 
 
 class PipelineConfig(Frozen):

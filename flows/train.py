@@ -38,7 +38,8 @@ def train_task(cfg: TrainFlowConfig) -> dict:
         raise ConfigError("stage echo needs --echo-labels (run echox echo-labels first)")
     cache = Path(cfg.cache_dir) if cfg.cache_dir else runtime.state_dir() / "models"
     build = prepare_stage(cfg.stage, cfg.preset, cfg.preset_overrides, Path(cfg.corpus), cache,
-                          seed=cfg.seed, s2t=cfg.s2t, t2c=cfg.t2c, init_checkpoint=cfg.init_checkpoint)
+                          seed=cfg.seed, s2t=cfg.s2t, t2c=cfg.t2c, init_checkpoint=cfg.init_checkpoint,
+                          unit_vocab_size=cfg.unit_vocab_size)
     tc = train_config(cfg)
     if cfg.launcher == "local":
         return run_local(tc, build)

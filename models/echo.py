@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,7 +23,10 @@ from echox.errors import CheckpointError
 from models.io import BuildInfo
 from models.llm import llm_ffn_width
 from models.s2t import S2TModel
-from models.t2c import T2CDecoder, T2CModel
+from models.t2c import T2CDecoder, T2CModel, targets_to_units, units_to_targets
+
+if TYPE_CHECKING:
+    from tasks.units import UnitLanguage
 
 
 class DenoisingAdapter(nn.Module):
@@ -77,11 +81,16 @@ class EchoModel(nn.Module):
         low_s2t: float = 1.0,
         s2t_weight_low: float = 0.2,
         echo_weight_low: float = 2.0,
+        num_units: int | None = None,
+        unit_language: UnitLanguage | None = None,
     ) -> None:
         super().__init__()
         self.s2t = s2t
         self.echo_decoder = echo_decoder
         self.adapter = adapter
+        # As in T2CModel: K raw units outside, the decoder's targets (units or unit-words) inside.
+        self.num_units = echo_decoder.num_units if num_units is None else num_units
+        self.unit_language = unit_language
         self.reweight = reweight
         self.low_s2t, self.s2t_weight_low, self.echo_weight_low = low_s2t, s2t_weight_low, echo_weight_low
         self.build_info: BuildInfo | None = None
@@ -109,13 +118,21 @@ class EchoModel(nn.Module):
             "num_tokens": s2t_out["num_tokens"] + echo["num_tokens"],
         }
 
+    def unit_targets(self, units: Sequence[int]) -> list[int]:
+        """Raw units → the Echo decoder's target ids (identity without a unit language)."""
+        return units_to_targets(self.unit_language, units)
+
+    def units_from_targets(self, ids: Sequence[int]) -> list[int]:
+        """The Echo decoder's target ids → raw units."""
+        return targets_to_units(self.unit_language, ids)
+
     @torch.no_grad()
     def speak_segment(self, hidden: Tensor, max_units: int = 1000) -> tuple[list[int], bool]:
-        """Units for one segment of states (L, H): denoising adapter → Echo decoder, greedy."""
+        """Raw units for one segment of states (L, H): denoising adapter → Echo decoder, greedy."""
         adapted = self.adapter(hidden[None])  # (1, L, H)
         lengths = torch.tensor([hidden.shape[0]], device=hidden.device)
         out = self.echo_decoder.generate(adapted, lengths, max_units=max_units)[0]
-        return out.units, out.truncated
+        return self.units_from_targets(out.units), out.truncated
 
     @torch.no_grad()
     def stream_speech(
@@ -258,7 +275,8 @@ def build_echo(s2t: S2TModel, t2c: T2CModel, *, seed: int = 0) -> EchoModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 3)
         adapter = DenoisingAdapter(hidden, llm_ffn_width(s2t.llm))
-    model = EchoModel(s2t, t2c.decoder, adapter, reweight=preset.echo_reweight)
+    model = EchoModel(s2t, t2c.decoder, adapter, reweight=preset.echo_reweight, num_units=t2c.num_units,
+                      unit_language=t2c.unit_language)
     external = {f"s2t.{k}" for k in s2t.build_info.external}
     external |= {f"echo_decoder.{k.removeprefix('decoder.')}" for k in t2c.build_info.external}
     extra = dict(t2c.build_info.extra)

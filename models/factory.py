@@ -20,9 +20,11 @@ def build_for_stage(
     s2t_checkpoint: str | None = None,
     t2c_checkpoint: str | None = None,
     init_checkpoint: str | None = None,
+    unit_language: str | None = None,
     seed: int = 0,
 ) -> nn.Module:
-    """Fresh model of `stage`; echo starts from the stage-I and stage-II checkpoints."""
+    """Fresh model of `stage`; echo starts from the stage-I and stage-II checkpoints. `unit_language`
+    (a unit-BPE tokenizer JSON) makes a fresh T2C predict unit-words."""
     from models.io import load_model
 
     if init_checkpoint:
@@ -37,7 +39,7 @@ def build_for_stage(
 
         if not num_units:
             raise ConfigError("stage t2c needs num_units (from the corpus manifest)")
-        return build_t2c(spec, Path(llm_dir), num_units, seed=seed)
+        return build_t2c(spec, Path(llm_dir), num_units, unit_language=unit_language, seed=seed)
     if stage == "echo":
         from models.echo import build_echo
 

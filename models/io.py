@@ -2,7 +2,8 @@
 
 A checkpoint directory holds:
 - `config.json`: format tag, stage, preset fields, the base LLM directory it was built from, stage extras
-  (T2C: num_units), and the list of *referenced* state-dict keys;
+  (T2C/Echo: num_units, and the unit language's tokenizer JSON when it has one), and the list of
+  *referenced* state-dict keys;
 - `model.safetensors`: every weight except the referenced ones. Referenced weights are frozen weights
   that come unchanged from the base LLM directory or the preset's `encoder_path` (LoRA presets: the base
   LLM; T2C/Echo: the frozen text-embedding copy). Presets with `self_contained_checkpoints` (tiny)
@@ -47,7 +48,7 @@ class BuildInfo:
     external: frozenset[str] = frozenset()
     """State-dict keys loaded unchanged (and frozen) from llm_dir / encoder_path: not saved."""
     extra: dict[str, Any] = field(default_factory=dict)
-    """Stage-specific constructor arguments (T2C/Echo: num_units)."""
+    """Stage-specific constructor arguments (T2C/Echo: num_units, optional unit_language JSON)."""
 
 
 def _info(model: nn.Module) -> BuildInfo:
@@ -126,7 +127,8 @@ def _build(
 
     if stage == "s2t":
         return build_s2t(preset, llm_dir, load_weights=load_weights)
-    t2c = build_t2c(preset, llm_dir, int(extra["num_units"]), load_weights=load_weights)
+    t2c = build_t2c(preset, llm_dir, int(extra["num_units"]), unit_language=extra.get("unit_language"),
+                    load_weights=load_weights)
     if stage == "t2c":
         return t2c
     return build_echo(build_s2t(preset, llm_dir, load_weights=load_weights), t2c)

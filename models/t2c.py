@@ -4,14 +4,18 @@ The prefix is H-space embeddings projected H→d by one Linear: gold text tokens
 of the base LLM's input embedding (T2C), or the denoising adapter's output (Echo decoder) — the same
 projection either way. Unit embeddings are trained; the head predicts units + EOS; CE on unit positions.
 
-Unit-side ids: 0..K-1 units, K = EOS (also the head's EOS class), K+1 = SEP (unit start), K+2 = PAD.
+Unit-side ids: 0..N-1 targets, N = EOS (also the head's EOS class), N+1 = SEP (unit start), N+2 = PAD.
+The targets are the K raw units (N = K), or with an optional unit language (a BPE over unit strings,
+tasks/units.py) its N unit-words, about half as many per utterance; T2CModel maps raw units to targets
+and back exactly, so everything outside the decoder sees raw units.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +26,9 @@ from models.io import BuildInfo
 from models.llm import load_tokenizer
 from models.presets import ModelPreset
 from models.speech import read_weights
+
+if TYPE_CHECKING:
+    from tasks.units import UnitLanguage
 
 IGNORE = -100
 
@@ -35,7 +42,9 @@ class GeneratedUnits:
 
 
 class T2CDecoder(nn.Module):
-    """Llama decoder over projected H-space prefixes and unit embeddings."""
+    """Llama decoder over projected H-space prefixes and unit embeddings.
+
+    `num_units` is its target vocabulary N (raw units, or unit-words under a unit language)."""
 
     def __init__(
         self,
@@ -126,7 +135,7 @@ class T2CDecoder(nn.Module):
             raise InputError(f"T2C sequence of {x.shape[1]} exceeds max_positions {self.max_positions}")
         h = self.decoder(inputs_embeds=x, attention_mask=mask.long(), use_cache=False).last_hidden_state
         keep = targets != IGNORE  # (B, L)
-        logits = self.head(h[keep])  # (N, K+1) only at unit positions
+        logits = self.head(h[keep])  # (M, N+1) only at the M unit positions
         loss = F.cross_entropy(logits.float(), targets[keep])
         return {"loss": loss, "num_tokens": keep.sum().detach()}
 
@@ -175,16 +184,44 @@ class T2CDecoder(nn.Module):
         return [GeneratedUnits(u, truncated=not bool(d)) for u, d in zip(units, done.tolist(), strict=True)]
 
 
-class T2CModel(nn.Module):
-    """The T2C decoder plus the base LLM tokenizer; `forward(**batch)` gives the stage-II loss."""
+def units_to_targets(language: UnitLanguage | None, units: Sequence[int]) -> list[int]:
+    """Raw units → decoder target ids: unit-words under a unit language, else the units themselves."""
+    return [int(u) for u in units] if language is None else language.encode(units)
 
-    def __init__(self, decoder: T2CDecoder, tokenizer: Any) -> None:
+
+def targets_to_units(language: UnitLanguage | None, ids: Sequence[int]) -> list[int]:
+    """Decoder target ids → raw units (the exact inverse of `units_to_targets`)."""
+    return [int(i) for i in ids] if language is None else language.decode(ids)
+
+
+class T2CModel(nn.Module):
+    """The T2C decoder plus the base LLM tokenizer; `forward(**batch)` gives the stage-II loss.
+
+    `num_units` is K, the corpus codebook's raw units; `target_vocab_size` is what the decoder predicts
+    (K, or the unit language's unit-words)."""
+
+    def __init__(
+        self, decoder: T2CDecoder, tokenizer: Any, *, num_units: int | None = None,
+        unit_language: UnitLanguage | None = None,
+    ) -> None:
         super().__init__()
+        if unit_language is not None and (num_units is None or unit_language.vocab_size != decoder.num_units):
+            raise InputError("a unit language needs num_units (K) and a decoder over its unit-words")
         self.decoder = decoder
         self.tokenizer = tokenizer
-        self.num_units = decoder.num_units
+        self.unit_language = unit_language
+        self.num_units = decoder.num_units if num_units is None else num_units
+        self.target_vocab_size = decoder.num_units
         self.max_positions = decoder.max_positions
         self.build_info: BuildInfo | None = None
+
+    def unit_targets(self, units: Sequence[int]) -> list[int]:
+        """Raw units → the decoder's target ids (identity without a unit language)."""
+        return units_to_targets(self.unit_language, units)
+
+    def units_from_targets(self, ids: Sequence[int]) -> list[int]:
+        """The decoder's target ids → raw units."""
+        return targets_to_units(self.unit_language, ids)
 
     def forward(
         self, text_ids: Tensor, text_lengths: Tensor, units: Tensor, unit_lengths: Tensor, unit_eos: Tensor
@@ -199,13 +236,15 @@ class T2CModel(nn.Module):
 
     @torch.no_grad()
     def generate_units(self, texts: list[list[int]], max_units: int = 1000) -> list[GeneratedUnits]:
-        """Greedy units for a batch of text token-id lists."""
+        """Greedy raw units for a batch of text token-id lists; `max_units` bounds the decoder's steps
+        (unit-words under a unit language, so the raw units may be longer)."""
         dev = self.decoder.text_embed.weight.device
         lengths = torch.tensor([len(t) for t in texts], device=dev)
         ids = torch.zeros(len(texts), max(1, int(lengths.max())), dtype=torch.long, device=dev)
         for b, t in enumerate(texts):
             ids[b, : len(t)] = torch.tensor(t, dtype=torch.long)
-        return self.decoder.generate(self.decoder.embed_text(ids), lengths, max_units=max_units)
+        out = self.decoder.generate(self.decoder.embed_text(ids), lengths, max_units=max_units)
+        return [GeneratedUnits(self.units_from_targets(g.units), g.truncated) for g in out]
 
 
 def input_embedding(llm_dir: Path) -> Tensor:
@@ -218,26 +257,42 @@ def input_embedding(llm_dir: Path) -> Tensor:
     return found["weight"]
 
 
+def read_unit_language(text: str, num_units: int) -> UnitLanguage:
+    """A unit language from its tokenizer JSON, checked to spell every one of the K raw units."""
+    from tasks.units import UnitLanguage
+
+    language = UnitLanguage.from_str(text)
+    language.encode(range(num_units))  # InputError naming the units it lacks
+    return language
+
+
 def build_t2c(
-    preset: ModelPreset, llm_dir: Path, num_units: int, *, load_weights: bool = True, seed: int = 0
+    preset: ModelPreset, llm_dir: Path, num_units: int, *, unit_language: str | None = None,
+    load_weights: bool = True, seed: int = 0,
 ) -> T2CModel:
-    """Stage-II model; the frozen text embedding is copied from the base LLM (load_weights=True)."""
+    """Stage-II model over K = num_units raw units, predicting the unit-words of `unit_language` (its
+    tokenizer JSON) when given; the frozen text embedding is copied from the base LLM (load_weights)."""
     from transformers import AutoConfig
 
     if num_units < 1:
         raise InputError(f"num_units must be positive, got {num_units}")
+    language = read_unit_language(unit_language, num_units) if unit_language else None
+    targets = language.vocab_size if language else num_units
     config = AutoConfig.from_pretrained(str(llm_dir))
     vocab = config.vocab_size
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 2)
         decoder = T2CDecoder(
-            vocab, config.hidden_size, num_units, dim=preset.t2c_dim, layers=preset.t2c_layers,
+            vocab, config.hidden_size, targets, dim=preset.t2c_dim, layers=preset.t2c_layers,
             heads=preset.t2c_heads, ffn=preset.t2c_ffn, max_positions=preset.t2c_max_positions,
         )
     if load_weights:
         emb = input_embedding(llm_dir)
         decoder.text_embed = nn.Embedding.from_pretrained(emb.float(), freeze=True)
-    model = T2CModel(decoder, load_tokenizer(llm_dir))
+    model = T2CModel(decoder, load_tokenizer(llm_dir), num_units=num_units, unit_language=language)
     external = frozenset() if preset.self_contained_checkpoints else frozenset({"decoder.text_embed.weight"})
-    model.build_info = BuildInfo("t2c", preset, str(llm_dir), external, {"num_units": num_units})
+    extra: dict[str, Any] = {"num_units": num_units}
+    if unit_language:  # the tokenizer JSON rides in config.json: the checkpoint stays self-contained
+        extra["unit_language"] = unit_language
+    model.build_info = BuildInfo("t2c", preset, str(llm_dir), external, extra)
     return model

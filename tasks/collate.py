@@ -9,7 +9,9 @@ whose keys are exactly the keyword arguments of the stage's `model.forward`:
   answer_lengths (B,) answer-text tokens (end-of-turn excluded), ctc_targets (B, Q) / ctc_lengths (B,)
   question-transcript tokens.
 - t2c: text_ids (B, T) / text_lengths (B,) answer-text tokens, units (B, U) / unit_lengths (B,),
-  unit_eos (B,) bool (False when units were cut to fit max_positions: no EOS target then).
+  unit_eos (B,) bool (False when units were cut to fit max_positions: no EOS target then). `units` are
+  the decoder's targets: the raw corpus units, or their unit-words when the model has a unit language
+  (`model.unit_targets`); raw ids are checked against K first.
 - echo: the s2t keys + segment_start / segment_end (B,) answer-token span [start, end),
   segment_units (B, U) / segment_unit_lengths (B,) / segment_unit_eos (B,).
 """
@@ -106,7 +108,8 @@ def _fit(text: list[int], units: list[int], max_positions: int) -> tuple[list[in
 
 
 def _units_batch(fitted: list[tuple[list[int], list[int], bool]], decoder: Any, prefix: str) -> Batch:
-    """Padded text / unit tensors of fitted rows under names `<prefix>...`."""
+    """Padded text / target tensors of fitted rows under names `<prefix>...`."""
+    # decoder.num_units is its target vocabulary N (units or unit-words): PAD = N + 2.
     unit_ids, unit_lengths = _pad([f[1] for f in fitted], decoder.num_units + 2)
     out = {f"{prefix}units": unit_ids, f"{prefix}unit_lengths": unit_lengths,
            f"{prefix}unit_eos": torch.tensor([f[2] for f in fitted], dtype=torch.bool)}
@@ -119,7 +122,7 @@ def _units_batch(fitted: list[tuple[list[int], list[int], bool]], decoder: Any, 
 def collate_t2c(rows: list[dict[str, Any]], model: Any) -> Batch:
     """Stage-II batch (see module docstring)."""
     texts = [model.encode(str(_column(r, "answer_text"))) for r in rows]
-    units = [_units(r, "answer_units", model.num_units) for r in rows]
+    units = [model.unit_targets(_units(r, "answer_units", model.num_units)) for r in rows]
     fitted = [_fit(t, u, model.max_positions) for t, u in zip(texts, units, strict=True)]
     return _units_batch(fitted, model.decoder, "")
 
@@ -140,7 +143,7 @@ def collate_echo(rows: list[dict[str, Any]], model: Any) -> Batch:
             f"{int(batch['answer_lengths'][i])} answer tokens (labels made with another tokenizer?)"
         )
     dec = model.echo_decoder
-    units = [_units(r, "segment_units", dec.num_units) for r in rows]
+    units = [model.unit_targets(_units(r, "segment_units", model.num_units)) for r in rows]
     spans = [[0] * n for n in (ends - starts).tolist()]
     fitted = [_fit(t, u, dec.max_positions) for t, u in zip(spans, units, strict=True)]
     ends = starts + torch.tensor([len(f[0]) for f in fitted], dtype=torch.long)  # a cut prefix cuts the span
@@ -159,7 +162,8 @@ def make_collator(stage: Stage, model: Any) -> Callable[[list[dict[str, Any]]], 
 
 
 def example_length(row: dict[str, Any], stage: Stage) -> int:
-    """Approximate tokens of a row (≈4 characters a token), for length bucketing."""
+    """Approximate tokens of a row (≈4 characters a token), for length bucketing; counts raw units, an
+    upper bound on the unit-words a unit-language T2C predicts."""
     question = len(str(row.get("question_text", ""))) // 4
     answer = len(str(row.get("answer_text", ""))) // 4 + 1
     if stage == "t2c":

@@ -269,6 +269,7 @@ def teacher_forced_unit_accuracy(model: Any, hidden: Any, ref: list[int], with_e
     import torch
 
     dec = model.echo_decoder
+    ref = model.unit_targets(ref)  # raw units → the decoder's targets (unit-words under a unit language)
     prefix = dec.text_proj(model.adapter(hidden[None]))  # (1, A, d)
     room = dec.max_positions - prefix.shape[1] - 1  # positions left after the prefix and SEP
     with_eos = with_eos and len(ref) <= room  # EOS is predicted at the last unit's position

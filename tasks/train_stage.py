@@ -1,16 +1,17 @@
-"""Driver-side preparation of a training stage: preset, base LLM, unit count, model factory."""
+"""Driver-side preparation of a training stage: preset, base LLM, unit count, unit language, model factory."""
 
 from __future__ import annotations
 
 import functools
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from echox.errors import InputError
+from echox.errors import ConfigError, InputError
 
 
 def corpus_texts(corpus_dir: Path) -> list[str]:
@@ -29,6 +30,33 @@ def corpus_num_units(corpus_dir: Path) -> int:
     return int(json.loads(path.read_text())["codebook"]["num_units"])
 
 
+def check_unit_vocab_size(stage: str, unit_vocab_size: int, num_units: int | None,
+                          init_checkpoint: str | None = None) -> None:
+    """ConfigError unless a unit vocabulary (0 = none) fits: stage t2c, a fresh model, more than K words."""
+    if not unit_vocab_size:
+        return
+    if stage != "t2c" or num_units is None:
+        raise ConfigError(f"unit_vocab_size (--unit-vocab-size) applies to stage t2c only, not {stage}")
+    if init_checkpoint:
+        raise ConfigError("unit_vocab_size trains a new unit language; a T2C started from --init-checkpoint "
+                          "keeps the one it was trained with")
+    if unit_vocab_size <= num_units:
+        raise ConfigError(f"unit_vocab_size must exceed the corpus's K={num_units} units (the unit language "
+                          f"holds the K units plus merged unit-words), got {unit_vocab_size}; 0 = raw units")
+
+
+def corpus_unit_language(corpus_dir: Path, vocab_size: int, num_units: int) -> str:
+    """Tokenizer JSON of a BPE unit language of `vocab_size` words over the corpus's answer units."""
+    from tasks.data import load_table
+    from tasks.units import train_unit_bpe
+
+    units = load_table(corpus_dir, verify=False).column("answer_units").to_pylist()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "unit_language.json"
+        train_unit_bpe(units, vocab_size, path, num_units=num_units)
+        return path.read_text()
+
+
 def checkpoint_arg(path: str | None) -> str | None:
     """An absolute checkpoint path (Ray Train workers run in another directory); a run dir's model/ too."""
     if not path:
@@ -41,8 +69,11 @@ def checkpoint_arg(path: str | None) -> str | None:
 
 def prepare_stage(stage: str, preset_name: str, overrides: dict[str, Any], corpus_dir: Path,
                   cache_dir: Path, *, seed: int = 0, s2t: str | None = None, t2c: str | None = None,
-                  init_checkpoint: str | None = None) -> Callable[[], nn.Module]:
-    """A picklable factory of the stage's model; builds (or reuses) the base LLM directory first."""
+                  init_checkpoint: str | None = None, unit_vocab_size: int = 0) -> Callable[[], nn.Module]:
+    """A picklable factory of the stage's model; builds (or reuses) the base LLM directory first.
+
+    Stage t2c with `unit_vocab_size` > K trains a unit language on the corpus here, once, so every rank
+    (and a resumed run: the training is deterministic) builds the same unit-word vocabulary."""
     from models.factory import build_for_stage
     from models.llm import prepare_base_llm
     from models.presets import preset_to_dict, resolve_preset
@@ -50,11 +81,14 @@ def prepare_stage(stage: str, preset_name: str, overrides: dict[str, Any], corpu
     for name, path in (("--s2t", s2t), ("--t2c", t2c), ("checkpoint", init_checkpoint)):
         if path and not Path(path).exists():
             raise InputError(f"{name} checkpoint not found: {path}")
+    units = corpus_num_units(corpus_dir) if stage == "t2c" else None
+    check_unit_vocab_size(stage, unit_vocab_size, units, init_checkpoint)
     preset = resolve_preset(preset_name, **overrides)
     texts = corpus_texts(corpus_dir) if preset.llm == "random" else None
     llm_dir = "" if stage == "echo" else str(
         prepare_base_llm(preset, corpus_texts=texts, cache_dir=cache_dir, seed=seed))
-    units = corpus_num_units(corpus_dir) if stage == "t2c" else None
+    language = corpus_unit_language(corpus_dir, unit_vocab_size, units) if unit_vocab_size and units else None
     return functools.partial(build_for_stage, stage, preset_to_dict(preset), llm_dir, num_units=units,
                              s2t_checkpoint=checkpoint_arg(s2t), t2c_checkpoint=checkpoint_arg(t2c),
-                             init_checkpoint=checkpoint_arg(init_checkpoint), seed=seed)
+                             init_checkpoint=checkpoint_arg(init_checkpoint), unit_language=language,
+                             seed=seed)

@@ -301,6 +301,20 @@ class UnitLanguage:
         except Exception as ex:  # tokenizers raises a bare Exception for unreadable files
             raise CheckpointError(f"unit language is corrupt: {path} ({ex})") from ex
 
+    @classmethod
+    def from_str(cls, text: str) -> UnitLanguage:
+        """A unit language from its tokenizer JSON (`to_str`; what a T2C checkpoint's config holds)."""
+        from tokenizers import Tokenizer
+
+        try:
+            return cls(Tokenizer.from_str(text))
+        except Exception as ex:  # tokenizers raises a bare Exception for malformed JSON
+            raise CheckpointError(f"unit language is corrupt ({ex})") from ex
+
+    def to_str(self) -> str:
+        """The tokenizer JSON that `from_str` reads back."""
+        return str(self._tokenizer.to_str())
+
     @property
     def vocab_size(self) -> int:
         """Number of unit-words."""

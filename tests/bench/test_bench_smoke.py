@@ -135,3 +135,16 @@ def test_tree_monitor_sums_children(tmp_path: Path) -> None:
     out = run_measured([sys.executable, "-c", script], result_path=tmp_path / "r.json", timeout_s=60)
     assert out["ok"] and out["process"]["returncode"] == 0
     assert out["process"]["tree_peak_rss_mb"] > 200  # the grandchild's 200 MiB counted in the tree
+
+
+def test_break_even_separates_fixed_from_per_record_cost() -> None:
+    from bench.report import break_even
+
+    build = _case("build", 100.0, records=100)
+    build["extra"]["phases_s"] = {"start-up (plan, Ray, first task)": 12.0, "speech + features": 80.0}
+    loop = _case("loop", 90.0, records=100)
+    loop["extra"]["phases_s"] = {"tts": 84.0, "load_models": 1.0, "kmeans_fit": 4.0}
+    # build: 20 s + 0.8 s/record; loop: 5 s + 0.85 s/record → 1.05× from (20 - 5.25) / (0.8925 - 0.8) records
+    assert "from about 159 records" in break_even(build, loop, 1.05)
+    build["extra"]["phases_s"]["speech + features"] = 95.0  # 0.95 s/record: slower than 1.10 × 0.85
+    assert "size does not help" in break_even(build, loop, 1.10)

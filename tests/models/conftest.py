@@ -46,6 +46,33 @@ def make_rows(n: int = 4, seed: int = 0) -> list[dict]:
     return rows
 
 
+SYLLABLES = [[5, 17, 2], [9, 39], [33, 4, 21, 8], [12, 7], [0, 38, 3]]
+
+
+def syllable_units(n: int, seed: int = 0) -> list[list[int]]:
+    """`n` deduplicated unit sequences (< NUM_UNITS) made of a few recurring 'syllables', so BPE merges."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.integers(0, len(SYLLABLES), size=6 + i % 4) for i in range(n)]
+    return [[u for s in p for u in SYLLABLES[s]] for p in picks]
+
+
+def syllable_rows(n: int = 4) -> list[dict]:
+    """make_rows with syllable answer and segment units (what a unit language compresses)."""
+    units = syllable_units(2 * n, seed=1)
+    rows = make_rows(n)
+    return [{**r, "answer_units": units[i], "segment_units": units[n + i][:8]} for i, r in enumerate(rows)]
+
+
+@pytest.fixture(scope="session")
+def unit_language(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Tokenizer JSON of a unit language over the NUM_UNITS units, trained on syllable sequences."""
+    from tasks.units import train_unit_bpe
+
+    path = tmp_path_factory.mktemp("unit-lang") / "unit_language.json"
+    train_unit_bpe(syllable_units(60), 60, path, num_units=NUM_UNITS)
+    return path.read_text()
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny preset's base LLM directory (tokenizer trained on TEXTS, seed 0)."""

@@ -17,6 +17,7 @@ from models.presets import resolve_preset
 from models.s2t import build_s2t
 from models.t2c import build_t2c
 from tasks.collate import make_collator
+from tests.models.conftest import syllable_rows, syllable_units
 
 K = 40
 
@@ -154,3 +155,43 @@ def test_echo_starts_from_stage_checkpoints(tiny_base: Path, rows: list[dict], t
     batch = make_collator("echo", echo)(rows)
     save_model(echo, tmp_path / "echo")
     _same_outputs(echo, load_model(tmp_path / "echo", expect_stage="echo"), batch)
+
+
+def test_unit_language_round_trip(tiny_base: Path, unit_language: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    preset = resolve_preset("tiny")
+    base = Path(shutil.copytree(tiny_base, tmp_path / "base"))
+    s2t, t2c = build_s2t(preset, base), build_t2c(preset, base, K, unit_language=unit_language)
+    rows = syllable_rows(4)
+    batch = make_collator("t2c", t2c)(rows)
+    _train_a_step(t2c, batch)
+    save_model(t2c, tmp_path / "t2c")
+    assert sorted(p.name for p in (tmp_path / "t2c").iterdir()) == ["config.json", "llm", "model.safetensors"]
+    config = json.loads((tmp_path / "t2c" / "config.json").read_text())
+    assert config["extra"] == {"num_units": K, "unit_language": unit_language}
+    loaded = load_model(tmp_path / "t2c", expect_stage="t2c")
+    assert loaded.num_units == K and loaded.target_vocab_size == t2c.target_vocab_size > K
+    assert loaded.unit_language is not None and loaded.unit_language.to_str() == t2c.unit_language.to_str()
+    for units in syllable_units(5, seed=7):
+        words = t2c.unit_targets(units)
+        assert loaded.unit_targets(units) == words and loaded.units_from_targets(words) == units
+    _same_outputs(t2c, loaded, batch)
+    texts = [t2c.encode(r["answer_text"]) for r in rows]
+    assert t2c.generate_units(texts, max_units=8) == loaded.generate_units(texts, max_units=8)
+
+    # The Echo decoder inherits the unit language: word targets in, raw units out, kept by its checkpoint.
+    echo = build_echo(s2t, loaded)
+    assert echo.num_units == K and echo.unit_language is loaded.unit_language
+    batch = make_collator("echo", echo)(rows)
+    seg = batch["segment_units"]  # (B, U) word ids, PAD = N + 2
+    for i, row in enumerate(rows):
+        n = int(batch["segment_unit_lengths"][i])
+        raw = row["segment_units"]
+        assert seg[i, :n].tolist() == echo.unit_targets(raw) and n < len(raw)
+    assert torch.isfinite(echo(**batch)["loss"])
+    save_model(echo, tmp_path / "echo")
+    echo2 = load_model(tmp_path / "echo", expect_stage="echo")
+    _same_outputs(echo, echo2, batch)
+    echo2.eval()
+    units, _ = echo2.speak_segment(torch.randn(3, echo2.s2t.llm.config.hidden_size), max_units=6)
+    assert units and all(0 <= u < K for u in units)

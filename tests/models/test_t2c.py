@@ -10,6 +10,7 @@ from models.llm import load_llm
 from models.presets import resolve_preset
 from models.t2c import IGNORE, T2CDecoder, build_t2c
 from tasks.collate import make_collator
+from tests.models.conftest import syllable_rows
 
 K = 40
 
@@ -103,3 +104,35 @@ def test_a_few_steps_overfit_four_examples(tiny_base: Path, rows: list[dict]) ->
         opt.step()
         losses.append(out["loss"].item())
     assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_without_a_unit_language_targets_are_the_units(tiny_base: Path) -> None:
+    model = build_t2c(resolve_preset("tiny"), tiny_base, K)
+    assert model.unit_language is None and model.num_units == model.target_vocab_size == K
+    assert model.unit_targets([3, 1, 39]) == [3, 1, 39] == model.units_from_targets([3, 1, 39])
+    assert model.build_info is not None and model.build_info.extra == {"num_units": K}
+
+
+def test_unit_language_vocabulary_loss_and_raw_generation(tiny_base: Path, unit_language: str) -> None:
+    from tasks.units import UnitLanguage
+
+    lang = UnitLanguage.from_str(unit_language)
+    torch.manual_seed(0)
+    model = build_t2c(resolve_preset("tiny"), tiny_base, K, unit_language=unit_language)
+    n = lang.vocab_size
+    assert n > K and model.num_units == K and model.target_vocab_size == model.decoder.num_units == n
+    assert model.decoder.head.out_features == n + 1 and model.decoder.unit_embed.num_embeddings == n + 3
+    rows = syllable_rows(4)
+    raw = [list(r["answer_units"]) for r in rows]
+    assert [model.units_from_targets(model.unit_targets(u)) for u in raw] == raw
+    batch = make_collator("t2c", model)(rows)
+    assert (batch["unit_lengths"] < torch.tensor([len(u) for u in raw])).all()  # merges applied
+    out = model(**batch)
+    assert torch.isfinite(out["loss"]) and out["num_tokens"] == int((batch["unit_lengths"] + 1).sum())
+    model.eval()
+    texts = [model.encode(r["answer_text"]) for r in rows[:2]]
+    gen = model.generate_units(texts, max_units=6)
+    words = model.decoder.generate(model.decoder.embed_text(torch.tensor([texts[0]])), torch.tensor(
+        [len(texts[0])]), max_units=6)[0].units
+    assert gen[0].units == lang.decode(words) and len(words) <= 6
+    assert all(0 <= u < K for g in gen for u in g.units) and any(g.units for g in gen)

@@ -117,6 +117,42 @@ def test_echo_batch_and_validation(base: Path) -> None:
         make_collator("echo", model)(rows)
 
 
+def test_unit_language_targets(base: Path, tmp_path: Path) -> None:
+    from models.echo import build_echo
+    from models.presets import resolve_preset
+    from models.s2t import build_s2t
+    from models.t2c import build_t2c
+    from tasks.units import UnitLanguage, train_unit_bpe
+
+    word = [4, 11, 25, 7]  # a recurring unit n-gram: BPE merges it into one unit-word
+    train_unit_bpe([word * 3, [1, *word, 2], [*word, 9]], 40, tmp_path / "u.json", num_units=K)
+    text = (tmp_path / "u.json").read_text()
+    lang = UnitLanguage.from_str(text)
+    preset = resolve_preset("tiny")
+    model = build_t2c(preset, base, K, unit_language=text)
+    n = lang.vocab_size
+    rows = _rows()
+    raw = [word * 2, [1, *word], [3, 3]]  # the last one has no merge: its targets are its units
+    for r, u in zip(rows, raw, strict=True):
+        r["answer_units"] = r["segment_units"] = u
+    b = make_collator("t2c", model)(rows)
+    expected = [lang.encode(u) for u in raw]
+    assert b["unit_lengths"].tolist() == [len(e) for e in expected]
+    assert len(expected[0]) < 8 and len(expected[1]) < 5 and expected[2] == [lang.encode([3])[0]] * 2
+    for i, e in enumerate(expected):
+        assert b["units"][i, : len(e)].tolist() == e and lang.decode(e) == raw[i]
+    valid = torch.arange(b["units"].shape[1])[None, :] < b["unit_lengths"][:, None]  # (B, U)
+    assert (b["units"][valid] < n).all() and (b["units"][~valid] == n + 2).all()  # PAD = N + 2
+    assert b["units"][0, 0] >= K  # a unit-word id past the K single units
+    model(**b)  # the decoder accepts them
+    echo = build_echo(build_s2t(preset, base), model)
+    e = make_collator("echo", echo)(rows)
+    assert e["segment_units"].tolist() == b["units"].tolist()  # same mapping; PAD = N + 2 in both
+    rows[0]["answer_units"] = [K]  # raw ids are still checked against K
+    with pytest.raises(InputError, match=rf"outside \[0, {K}\)"):
+        make_collator("t2c", model)(rows)
+
+
 def test_errors_and_lengths() -> None:
     with pytest.raises(InputError, match="stage"):
         make_collator("nope", torch.nn.Linear(1, 1))  # type: ignore[arg-type]
