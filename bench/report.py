@@ -16,10 +16,19 @@ TARGET_HOURS = 6000
 GOALS = {"overhead_default": 1.05, "overhead_1_worker": 1.10, "scaling": 1.7, "share": 0.05}
 
 
+PREVIOUS = "previous"
+
+
 def write_stage_json(results_dir: Path, result: dict[str, Any]) -> Path:
-    """Write one stage's result as <results>/<stage>.json."""
+    """Write one stage's result as <results>/<stage>.json; a full run's result it replaces from another
+    full run is kept as <results>/previous/<stage>.json, so the report can show a rerun's agreement."""
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{result['stage']}.json"
+    if path.exists() and not result.get("quick"):
+        old = json.loads(path.read_text())
+        if old.get("run_id") != result.get("run_id") and not old.get("quick") and not old.get("error"):
+            (results_dir / PREVIOUS).mkdir(exist_ok=True)
+            path.replace(results_dir / PREVIOUS / path.name)
     path.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
     return path
 
@@ -49,7 +58,8 @@ def write_report(results_dir: Path, report_path: Path) -> str:
 
     run, stages = load_results(results_dir)
     ordered = {k: stages[k] for k in [*STAGES, *sorted(stages)] if k in stages}
-    text = render(run, ordered)
+    previous = results_dir / PREVIOUS / "corpus_build.json"
+    text = render(run, ordered, json.loads(previous.read_text()) if previous.exists() else None)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(text)
     return text
@@ -345,9 +355,12 @@ def build_phase_table(flow: Result) -> list[str]:
     cases = [c for c in (flow or {}).get("cases", []) if (c.get("extra") or {}).get("phases_s")]
     if not cases:
         return []
-    names = list(cases[0]["extra"]["phases_s"])
+    from bench.cases import BUILD_PHASES
+
+    names = [k for k in BUILD_PHASES if k in cases[0]["extra"]["phases_s"]]
     out = ["", "Where the build's time goes (median seconds; phases from the task runs in the Prefect API; "
-                "the codebook fit and labelling wait for every shard):", "",
+                "the codebook fit and labelling wait for every shard; each worker's first shard includes "
+                "loading its models):", "",
            "| Case | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for c in cases:
         ph = c["extra"]["phases_s"]
@@ -452,8 +465,32 @@ def baseline_result(stages: dict[str, dict[str, Any]]) -> Result:
     return stages.get("baseline")
 
 
-def render(run: dict[str, Any], stages: dict[str, dict[str, Any]]) -> str:
-    """The whole report."""
+def rerun_section(run: dict[str, Any], flow: Result, previous: Result) -> list[str]:
+    """The goal ratios of this run's corpus build beside those of the previous full run."""
+    if not flow or not previous or previous.get("run_id") == flow.get("run_id"):
+        return []
+    now = corpus_analysis(run, baseline_result({"corpus_build": flow}), flow)
+    before = corpus_analysis(run, baseline_result({"corpus_build": previous}), previous)
+    rows = [("Overhead: default build / plain loop", "overhead_default"),
+            ("Overhead: 1-worker build / plain loop", "overhead_1_worker"),
+            ("Scaling: 2 workers over 1", "scaling")]
+
+    def cell(x: float | None) -> str:
+        return "–" if x is None else f"{x:.2f}×"
+
+    out = ["## Rerun", "", f"The same goals from the previous full run of the corpus build "
+           f"({previous.get('run_id')}, kept in `bench/results/previous/`), to show how far the ratios "
+           "move between runs:", "", f"| Goal | This run ({flow.get('run_id')}) | Previous run | Change |",
+           "|---|---|---|---|"]
+    for label, key in rows:
+        a, b = now[key], before[key]
+        change = f"{100 * (a / b - 1):+.1f}%" if a and b else "–"
+        out.append(f"| {label} | {cell(a)} | {cell(b)} | {change} |")
+    return [*out, ""]
+
+
+def render(run: dict[str, Any], stages: dict[str, dict[str, Any]], previous: Result = None) -> str:
+    """The whole report (`previous`: the corpus build of the previous full run, if kept)."""
     base, flow = baseline_result(stages), stages.get("corpus_build")
     failed = [f"- `{n}`: {s.get('error') or s.get('skipped')}" for n, s in stages.items()
               if s.get("error") or s.get("skipped")]
@@ -461,6 +498,7 @@ def render(run: dict[str, Any], stages: dict[str, dict[str, Any]]) -> str:
            "## Commands", "", "```", *COMMANDS, "```", ""]
     if base or flow:
         out += corpus_section(run, base, flow)
+        out += rerun_section(run, flow, previous)
     out += stage_sections(stages)
     if failed:
         out += ["## Not measured or failed", "", *failed, ""]

@@ -141,10 +141,27 @@ def test_break_even_separates_fixed_from_per_record_cost() -> None:
     from bench.report import break_even
 
     build = _case("build", 100.0, records=100)
-    build["extra"]["phases_s"] = {"start-up (plan, Ray, first task)": 12.0, "speech + features": 80.0}
+    build["extra"]["phases_s"] = {"start-up (plan, Ray, worker start)": 12.0, "speech + features": 80.0}
     loop = _case("loop", 90.0, records=100)
     loop["extra"]["phases_s"] = {"tts": 84.0, "load_models": 1.0, "kmeans_fit": 4.0}
     # build: 20 s + 0.8 s/record; loop: 5 s + 0.85 s/record → 1.05× from (20 - 5.25) / (0.8925 - 0.8) records
     assert "from about 159 records" in break_even(build, loop, 1.05)
     build["extra"]["phases_s"]["speech + features"] = 95.0  # 0.95 s/record: slower than 1.10 × 0.85
     assert "size does not help" in break_even(build, loop, 1.10)
+
+
+def test_rerun_keeps_the_previous_result_and_compares_it(tmp_path: Path) -> None:
+    from bench.report import write_report, write_run_json, write_stage_json
+
+    run, base, flow = _results()
+    first = {**flow, "baseline_cases": base["cases"]}
+    second = {**first, "run_id": "r2", "cases": [{**c, "wall_s": {**c["wall_s"]}} for c in flow["cases"]]}
+    second["cases"][0]["wall_s"]["median"] = 110.0  # default build: 1.04× before, 1.10× now
+    write_run_json(tmp_path, {**run, "run_id": "r2"})
+    write_stage_json(tmp_path, first)
+    write_stage_json(tmp_path, second)
+    assert json.loads((tmp_path / "previous" / "corpus_build.json").read_text())["run_id"] == "r1"
+    text = write_report(tmp_path, tmp_path / "B.md")
+    assert "| Overhead: default build / plain loop | 1.10× | 1.04× | +5.8% |" in text
+    write_stage_json(tmp_path, {**second, "quick": True})  # a quick run never replaces what is kept
+    assert json.loads((tmp_path / "previous" / "corpus_build.json").read_text())["run_id"] == "r1"
