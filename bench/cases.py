@@ -123,4 +123,4 @@ def build_phases(started: float, ended: float) -> dict[str, float]:
         return {}
     marks = [started, min(s[1] for s in synth), max(s[2] for s in synth), max(s[2] for s in fit),
              max(s[2] for s in label), ended]
-    return {name: round(b - a, 3) for name, a, b in zip(BUILD_PHASES, marks, marks[1:], strict=True)}
+    return {name: round(b - a, 3) for name, a, b in zip(BUILD_PHASES, marks[:-1], marks[1:], strict=True)}

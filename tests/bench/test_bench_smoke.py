@@ -165,3 +165,17 @@ def test_rerun_keeps_the_previous_result_and_compares_it(tmp_path: Path) -> None
     assert "| Overhead: default build / plain loop | 1.10× | 1.04× | +5.8% |" in text
     write_stage_json(tmp_path, {**second, "quick": True})  # a quick run never replaces what is kept
     assert json.loads((tmp_path / "previous" / "corpus_build.json").read_text())["run_id"] == "r1"
+
+
+def test_build_phases_add_up_to_the_wall_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.cases as cases
+
+    spans = [("synthesize-shard-0", 104.0, 130.0), ("synthesize-shard-1", 105.0, 140.0),
+             ("fit-codebook-1a2", 140.5, 142.0), ("label-shard-1", 142.2, 143.0),
+             ("label-shard-0", 142.1, 142.5)]
+    monkeypatch.setattr(cases, "_task_spans", lambda since: spans)
+    phases = cases.build_phases(100.0, 145.0)
+    assert list(phases) == list(cases.BUILD_PHASES)
+    assert list(phases.values()) == [4.0, 36.0, 2.0, 1.0, 2.0] and sum(phases.values()) == 45.0
+    monkeypatch.setattr(cases, "_task_spans", lambda since: spans[:2])  # no codebook task seen: no phases
+    assert cases.build_phases(100.0, 145.0) == {}
