@@ -179,3 +179,13 @@ def test_build_phases_add_up_to_the_wall_time(monkeypatch: pytest.MonkeyPatch) -
     assert list(phases.values()) == [4.0, 36.0, 2.0, 1.0, 2.0] and sum(phases.values()) == 45.0
     monkeypatch.setattr(cases, "_task_spans", lambda since: spans[:2])  # no codebook task seen: no phases
     assert cases.build_phases(100.0, 145.0) == {}
+
+
+def test_missed_goals_are_explained_from_the_phases() -> None:
+    run, base, flow = _results()
+    for c in flow["cases"]:  # 12 s of every build is fixed; the rest is the shard work
+        c["extra"]["phases_s"] = {"start-up (plan, Ray, worker start)": 12.0,
+                                  "speech + features": c["wall_s"]["median"] - 12.0}
+    text = render(run, {"baseline": base, "corpus_build": flow})
+    assert "Why the 1-worker overhead missed: the shard work itself scales 1.83× from 1 to 2 workers" in text
+    assert "about 12.00 s of every build" in text and "scales 1.73×" in text
