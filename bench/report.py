@@ -220,10 +220,13 @@ def shard_note(records: int, shard_size: int, workers: int) -> str:
     for size in sizes:  # each shard goes to the worker that frees up first
         loads[loads.index(min(loads))] += size
     bound = records / max(loads)
-    return (f"The default build splits {records} records into {len(sizes)} shard task(s) of {min(sizes)}–"
-            f"{max(sizes)} records; on {workers} workers the busiest one gets {max(loads)} records, so the "
-            f"per-shard stages can speed up by at most {bound:.2f}× over one worker (smaller shards, or a "
-            f"shard count that is a multiple of the workers, would lift this bound).")
+    size = f"{min(sizes)}" if min(sizes) == max(sizes) else f"{min(sizes)}–{max(sizes)}"
+    text = (f"The default build splits {records} records into {len(sizes)} shard task(s) of {size} records; "
+            f"on {workers} workers the busiest one gets {max(loads)} records, so the per-shard stages can "
+            f"speed up by at most {bound:.2f}× over one worker")
+    if bound < workers - 1e-9:
+        text += " (smaller shards, or a shard count that is a multiple of the workers, would lift this bound)"
+    return text + "."
 
 
 def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float] | None:
