@@ -39,10 +39,9 @@ def _add_build_corpus(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_build_corpus(args: argparse.Namespace) -> int:
-    from echox.config import BuildCorpusConfig, build
+    from echox.config import BuildCorpusConfig, from_cli
 
-    fields = {k: v for k, v in vars(args).items() if k not in ("handler", "command", "quiet")}
-    cfg = build(BuildCorpusConfig, {**fields, "progress": not args.quiet}, "build-corpus")
+    cfg = from_cli(BuildCorpusConfig, vars(args), "build-corpus")
     from flows.build_corpus import build_corpus
 
     out = build_corpus(config=cfg)
@@ -94,11 +93,9 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from echox.config import TrainFlowConfig, build
+    from echox.config import TrainFlowConfig, from_cli
 
-    fields = {k: v for k, v in vars(args).items() if k not in ("handler", "command")}
-    fields["preset_overrides"] = _overrides(args.preset_overrides)
-    cfg = build(TrainFlowConfig, fields, "train")
+    cfg = from_cli(TrainFlowConfig, vars(args), "train", preset_overrides=_overrides(args.preset_overrides))
     from flows.train import train  # after validation: a bad option fails without importing Prefect
 
     print(f"model written to {train(cfg=cfg)}")

@@ -27,11 +27,10 @@ def add_echo_labels(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_echo_labels(args: argparse.Namespace) -> int:
-    from echox.config import build
+    from echox.config import from_cli
     from flows.echo_labels import EchoLabelsConfig, echo_labels
 
-    fields = {k: v for k, v in vars(args).items() if k not in ("handler", "command", "quiet")}
-    cfg = build(EchoLabelsConfig, {**fields, "progress": not args.quiet}, "echo-labels")
+    cfg = from_cli(EchoLabelsConfig, vars(args), "echo-labels")
     out = echo_labels(config=cfg)
     print(f"echo labels written to {out} (manifest: {out}/manifest.json, rejects: {out}/rejects.jsonl)")
     return 0

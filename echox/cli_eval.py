@@ -30,12 +30,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from echox.config import build
+    from echox.config import from_cli
     from flows.evaluate import EvaluateConfig, evaluate
     from tasks.evaluate import format_report
 
-    fields = {k: v for k, v in vars(args).items() if k not in ("handler", "command")}
-    cfg = build(EvaluateConfig, fields, "evaluate")
+    cfg = from_cli(EvaluateConfig, vars(args), "evaluate")
     out = evaluate(config=cfg)
     report = json.loads(Path(out).read_text())
     print(format_report(report))

@@ -137,7 +137,7 @@ def build_corpus(config: BuildCorpusConfig) -> str:
                                          parts["codebook_sha"])
     finally:
         if owns_ray:
-            shutdown.join() if shutdown.is_alive() else ray.shutdown()
+            shutdown.join() if shutdown.ident else ray.shutdown()  # started, or failed before it
         lock.close()
     create_table_artifact(key="corpus-counts", table=_counts_table(manifest),
                           description=f"Corpus build counts for {out}")

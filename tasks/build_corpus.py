@@ -172,7 +172,7 @@ def plan_build(cfg: BuildCorpusConfig) -> dict:
     prepare_out_dir(paths, build_hash, cfg.overwrite)
     remove_stale_temps(paths)
     kept, text_rejects = normalise_records(records, cfg)
-    num_shards = -(-len(kept) // cfg.shard_size)
+    num_shards = shard_count(len(kept), cfg.shard_size)
     for n, rec in enumerate(kept):
         rec["shard"] = shard_of(n, len(kept), num_shards)
     write_jsonl(paths.plan, kept)
@@ -181,6 +181,11 @@ def plan_build(cfg: BuildCorpusConfig) -> dict:
                 "num_source_records": len(records) + len(rejects), "config": cfg.content_hash_fields()}
     write_json(paths.build_json, identity)
     return identity
+
+
+def shard_count(records: int, shard_size: int) -> int:
+    """Shards of a build: enough that none holds more than `shard_size` records."""
+    return -(-records // shard_size)
 
 
 def shard_of(index: int, records: int, num_shards: int) -> int:
@@ -193,7 +198,7 @@ def shard_of(index: int, records: int, num_shards: int) -> int:
 
 def shard_sizes(records: int, shard_size: int) -> list[int]:
     """Sizes of the shards a build plans for `records` records (see shard_of)."""
-    num_shards = -(-records // shard_size)
+    num_shards = shard_count(records, shard_size)
     return list(Counter(shard_of(n, records, num_shards) for n in range(records)).values())
 
 
