@@ -42,6 +42,10 @@ def _run_build_corpus(args: argparse.Namespace) -> int:
     from echox.config import BuildCorpusConfig, from_cli
 
     cfg = from_cli(BuildCorpusConfig, vars(args), "build-corpus")
+    from tasks.build_corpus import inspect_build
+
+    inspect_build(cfg)  # every mistake the input shows, in about a second, before Prefect or Ray start
+    runtime.ensure_prefect_api()
     from flows.build_corpus import build_corpus
 
     out = build_corpus(config=cfg)
@@ -96,6 +100,10 @@ def _run_train(args: argparse.Namespace) -> int:
     from echox.config import TrainFlowConfig, from_cli
 
     cfg = from_cli(TrainFlowConfig, vars(args), "train", preset_overrides=_overrides(args.preset_overrides))
+    from tasks.train_stage import check_train_inputs
+
+    check_train_inputs(cfg)
+    runtime.ensure_prefect_api()
     from flows.train import train  # after validation: a bad option fails without importing Prefect
 
     print(f"model written to {train(cfg=cfg)}")
@@ -115,10 +123,12 @@ def _add_ask(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_ask(args: argparse.Namespace) -> int:
-    from tasks.inference import answer, load_audio, load_s2t
+    from tasks.inference import answer, check_window, load_audio, load_s2t
 
     model = load_s2t(args.model)
-    text = answer(model, load_audio(args.audio), max_new_tokens=args.max_new_tokens, sample=args.sample,
+    audio = load_audio(args.audio)
+    check_window(model, audio, args.audio)
+    text = answer(model, audio, max_new_tokens=args.max_new_tokens, sample=args.sample,
                   temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     print(text)
     return 0
@@ -150,9 +160,12 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
-    from flows.pipeline import load_pipeline_config, pipeline
+    from flows.pipeline_config import load_pipeline_config
 
     cfg = load_pipeline_config(args.config, out=args.out)
+    runtime.ensure_prefect_api()  # after validation, before prefect is imported (it reads settings then)
+    from flows.pipeline import pipeline
+
     paths = pipeline(config=cfg)
     _print_outputs(paths)
     return 0
@@ -181,15 +194,16 @@ def _run_demo(args: argparse.Namespace) -> int:
     import os
 
     from echox import server
+    from flows.pipeline_config import load_pipeline_config
 
+    cfg = load_pipeline_config(args.config)
     # Before prefect is imported: its settings are read once, at import.
     if args.no_server or runtime.use_local_server():
         runtime.ensure_prefect_api()
     else:  # leave a UI running after the demo, so its runs and artifacts can be browsed
         os.environ["PREFECT_API_URL"] = server.ensure_background(runtime.state_dir())
-    from flows.pipeline import load_pipeline_config, pipeline
+    from flows.pipeline import pipeline
 
-    cfg = load_pipeline_config(args.config)
     ui = os.environ.get("PREFECT_API_URL", "")
     print(f"echox demo: the whole DAG on {cfg.source} → {cfg.out}\nPrefect UI: {ui.removesuffix('/api')}",
           flush=True)
@@ -206,6 +220,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    runtime.ensure_prefect_api()  # before prefect is imported (it reads its settings then)
     from prefect import serve
 
     from flows.deployments import to_deployments
@@ -284,9 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runtime.configure()
     quiet_user_errors()
     try:
-        if args.command not in ("server", "ask", "t2c", "demo", "speak", "echo-eval"):
-            runtime.ensure_prefect_api()
-        return args.handler(args)
+        return args.handler(args)  # each handler validates its options before it starts Prefect
     except EchoxError as e:
         print(f"echox {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -27,10 +27,13 @@ def add_echo_labels(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_echo_labels(args: argparse.Namespace) -> int:
-    from echox.config import from_cli
-    from flows.echo_labels import EchoLabelsConfig, echo_labels
+    from echox import runtime
+    from echox.config import EchoLabelsConfig, from_cli
 
     cfg = from_cli(EchoLabelsConfig, vars(args), "echo-labels")
+    runtime.ensure_prefect_api()  # after validation, before prefect is imported (it reads settings then)
+    from flows.echo_labels import echo_labels
+
     out = echo_labels(config=cfg)
     print(f"echo labels written to {out} (manifest: {out}/manifest.json, rejects: {out}/rejects.jsonl)")
     return 0
@@ -54,7 +57,7 @@ def add_speak(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_speak(args: argparse.Namespace) -> int:
-    from tasks.inference import load_audio, load_checkpoint_model
+    from tasks.inference import check_window, load_audio, load_checkpoint_model
     from tasks.speak import check_vocoder, format_segment, speak
 
     if args.out_wav and not args.vocoder:
@@ -62,6 +65,7 @@ def _run_speak(args: argparse.Namespace) -> int:
     check_vocoder(args.vocoder)
     audio = load_audio(args.audio)
     model = load_checkpoint_model(args.model, "echo")
+    check_window(model, audio, args.audio)
     count = iter(range(1, 1 << 30))
     result = speak(model, audio, max_new_tokens=args.max_new_tokens, max_units=args.max_units,
                    on_segment=lambda seg, t: print(format_segment(next(count), seg, t), flush=True),

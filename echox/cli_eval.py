@@ -20,6 +20,8 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-units", type=int, default=1000)
     p.add_argument("--limit", type=int, default=None, help="only the first N valid questions")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--max-reject-fraction", type=float, default=0.25,
+                   help="fail when more than this fraction of the eval items is rejected (default 0.25)")
     p.add_argument("--audio-cache", default=None,
                    help="question audio cache (default: tts-cache beside --out)")
     p.set_defaults(handler=run_evaluate)
@@ -30,11 +32,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from echox.config import from_cli
-    from flows.evaluate import EvaluateConfig, evaluate
-    from tasks.evaluate import format_report
+    from echox import runtime
+    from echox.config import EvaluateConfig, from_cli
 
     cfg = from_cli(EvaluateConfig, vars(args), "evaluate")
+    runtime.ensure_prefect_api()  # after validation, before prefect is imported (it reads settings then)
+    from flows.evaluate import evaluate
+    from tasks.evaluate import format_report
+
     out = evaluate(config=cfg)
     report = json.loads(Path(out).read_text())
     print(format_report(report))

@@ -148,6 +148,51 @@ class TrainFlowConfig(TrainStep):
         return self
 
 
+class EchoLabelsConfig(Frozen):
+    """Parameters of the echo pseudo-label stage."""
+
+    corpus: str = Field(description="Corpus directory built by build-corpus.")
+    s2t: str = Field(description="Stage-I checkpoint (a model directory or a training run directory).")
+    t2c: str = Field(description="Stage-II checkpoint (a model directory or a training run directory).")
+    out: str = Field(description="Output directory of the labels (opens with datasets.load_from_disk).")
+    workers: int = Field(2, ge=1, description="Ray actors, each holding both models once.")
+    cpus_per_actor: int = Field(1, ge=1, description="CPUs (and torch threads) reserved by each actor.")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per actor; > 0 runs the models on CUDA.")
+    batch_size: int = Field(8, ge=1, description="Corpus rows per S2T forward (their segments share one "
+                            "batched T2C generation).")
+    max_units: int = Field(1000, ge=1, description="Length guard of the T2C per segment; a row whose "
+                           "segment hits it is rejected.")
+    ray_address: str | None = Field(None, description="Address of an existing Ray cluster; default: "
+                                    "start Ray locally with workers × cpus_per_actor CPUs.")
+    overwrite: bool = Field(False, description="Replace an output directory holding a different run.")
+    progress: bool = Field(True, description="Log per-shard progress.")
+
+
+class EvaluateConfig(Frozen):
+    """Parameters of a spoken-QA evaluation of an S2T or echo checkpoint."""
+
+    model: str = Field(description="Checkpoint to evaluate: an s2t or echo model directory (or its run "
+                       "directory).")
+    eval_set: str = Field(description="Eval set: JSONL (or Parquet / datasets directory) with id, question "
+                          "and answers (a list), or answer + aliases as in data/sample/qa_eval.jsonl.")
+    out: str = Field(description="Path of the JSON report; the questions manifest is written beside it.")
+    t2c: str | None = Field(None, description="T2C checkpoint: adds Echo-decoder unit accuracy and unit edit "
+                            "distance against T2C(reference answer) (echo checkpoints only).")
+    tts: Literal["piper", "espeak"] = Field("piper", description="TTS engine that speaks the questions.")
+    voices: list[str] | None = Field(None, description="Voices to choose from per question (seeded); "
+                                     "default: the engine's list.")
+    seed: int = Field(0, description="Seed of the per-question voice choice.")
+    max_new_tokens: int = Field(64, ge=1, description="Longest generated answer (text tokens).")
+    max_units: int = Field(1000, ge=1, description="Longest unit sequence per segment (length guard).")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N valid questions.")
+    device: str = Field("cpu", description="Torch device of the model (cpu, cuda, cuda:1).")
+    audio_cache: str | None = Field(None, description="Folder of cached question audio (default: "
+                                    "tts-cache beside the report); keyed by a content hash.")
+    max_reject_fraction: float = Field(0.25, ge=0, le=1, description="Fail the evaluation when more than "
+                                       "this fraction of the eval set's items is rejected (a score over "
+                                       "a fraction of the set would look complete).")
+
+
 class PipelineConfig(Frozen):
     """The whole DAG: corpus → units → stage I ∥ stage II → echo labels → echo training → evaluation."""
 

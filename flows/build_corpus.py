@@ -112,19 +112,34 @@ def _counts_table(manifest: dict) -> list[dict]:
     return rows + [{"what": f"rejected: {r}", "count": n} for r, n in manifest["rejects_by_reason"].items()]
 
 
+def _report_repairs(config: BuildCorpusConfig, rebuilt: list[str]) -> None:
+    """Name every damaged file this run rebuilt: run log (terminal, UI) and a table artifact."""
+    if not rebuilt:
+        return
+    get_run_logger().warning(f"build-corpus: rebuilt {len(rebuilt)} damaged file(s) that failed their "
+                             f"sha256: {', '.join(rebuilt)}")
+    create_table_artifact(key="corpus-repairs", table=[{"rebuilt file": f} for f in rebuilt],
+                          description=f"Damaged files rebuilt in {config.out}")
+
+
 @flow(name="build-corpus", flow_run_name="build-corpus")
 def build_corpus(config: BuildCorpusConfig) -> str:
     """Build a speech corpus from a QA source; returns the corpus directory."""
     out = Path(config.out)
+    stages.check_out_path(out, Path(config.source) if Path(config.source).exists() else None)
     if not Path(config.source).exists():  # before the lock creates the output directory
         raise InputError(f"source not found: {config.source}")
     import ray
 
     lock = stages.acquire_lock(out)
+    try:
+        identity = stages.plan_build(config)  # before Ray starts: a user mistake fails in a second
+    except EchoxError:
+        lock.release(remove_created=True)  # a refused folder is left as it was found
+        raise
     owns_ray = not ray.is_initialized()  # a caller's Ray (tests, notebooks) is used and left running
     shutdown = threading.Thread(target=ray.shutdown, name="ray-shutdown")
     try:
-        identity = stages.plan_build(config)  # before Ray starts: a user mistake fails in a second
         _report(config, f"build-corpus: {identity['num_source_records']} records → "
                         f"{identity['num_shards']} shards in {out}")
         if owns_ray:
@@ -138,9 +153,13 @@ def build_corpus(config: BuildCorpusConfig) -> str:
     finally:
         if owns_ray:
             shutdown.join() if shutdown.ident else ray.shutdown()  # started, or failed before it
-        lock.close()
+        lock.release()
     create_table_artifact(key="corpus-counts", table=_counts_table(manifest),
                           description=f"Corpus build counts for {out}")
+    _report_repairs(config, stages.rebuilt_files(parts["stage1"], parts["entries"]))
     _report(config, "build-corpus: " + json.dumps(manifest["totals"]))
-    stages.check_reject_fraction(manifest, config.max_reject_fraction)
+    if manifest.get("status") == "failed":
+        kept = (" (the previous build is kept in .echox-previous)"
+                if (out / ".echox-previous").exists() else "")
+        raise EchoxError(f"{manifest['reason']} No manifest was written; see {out / 'failure.json'}{kept}")
     return str(out)

@@ -12,9 +12,8 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.futures import as_completed
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
-from pydantic import Field
 
-from echox.config import Frozen
+from echox.config import EchoLabelsConfig
 from echox.errors import EchoxError
 from echox.runtime import ray_init_kwargs
 from tasks import echo_labels as stages
@@ -27,26 +26,6 @@ def _retryable(task: object, task_run: object, state: object) -> bool:
 
 RETRY = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _retryable}
 NAMESPACE = "echox-echo-labels"
-
-
-class EchoLabelsConfig(Frozen):
-    """Parameters of the echo pseudo-label stage."""
-
-    corpus: str = Field(description="Corpus directory built by build-corpus.")
-    s2t: str = Field(description="Stage-I checkpoint (a model directory or a training run directory).")
-    t2c: str = Field(description="Stage-II checkpoint (a model directory or a training run directory).")
-    out: str = Field(description="Output directory of the labels (opens with datasets.load_from_disk).")
-    workers: int = Field(2, ge=1, description="Ray actors, each holding both models once.")
-    cpus_per_actor: int = Field(1, ge=1, description="CPUs (and torch threads) reserved by each actor.")
-    num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per actor; > 0 runs the models on CUDA.")
-    batch_size: int = Field(8, ge=1, description="Corpus rows per S2T forward (their segments share one "
-                            "batched T2C generation).")
-    max_units: int = Field(1000, ge=1, description="Length guard of the T2C per segment; a row whose "
-                           "segment hits it is rejected.")
-    ray_address: str | None = Field(None, description="Address of an existing Ray cluster; default: "
-                                    "start Ray locally with workers × cpus_per_actor CPUs.")
-    overwrite: bool = Field(False, description="Replace an output directory holding a different run.")
-    progress: bool = Field(True, description="Log per-shard progress.")
 
 
 def _report(config: EchoLabelsConfig, msg: str) -> None:
@@ -138,13 +117,17 @@ def ray_runner(config: EchoLabelsConfig) -> RayTaskRunner:
 @flow(name="echo-labels", flow_run_name="echo-labels")
 def echo_labels(config: EchoLabelsConfig) -> str:
     """Echo pseudo-labels of a corpus; returns the output directory."""
-    from tasks.build_corpus import acquire_lock
+    from tasks.out_dir import acquire_lock
 
     out = Path(config.out)
     lock = acquire_lock(out)
     try:
         plan = stages.plan_run(config.corpus, config.s2t, config.t2c, config.out,
                                max_units=config.max_units, overwrite=config.overwrite)
+    except EchoxError:
+        lock.release(remove_created=True)  # a refused folder is left as it was found
+        raise
+    try:
         if plan["done"]:
             _report(config, f"echo-labels: {out} already holds this run's verified labels; skipped")
             manifest = json.loads((out / "manifest.json").read_text())
@@ -155,7 +138,7 @@ def echo_labels(config: EchoLabelsConfig) -> str:
                 config=config, jobs=plan["jobs"])
             manifest = stages.finalize_run(config.out, plan, entries)
     finally:
-        lock.close()
+        lock.release()
     create_table_artifact(key="echo-label-stats", table=stages.stats_rows(manifest),
                           description=f"Echo pseudo-label statistics for {out}")
     _report(config, "echo-labels: " + json.dumps(manifest["totals"]))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -12,33 +11,10 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from pydantic import Field
 
-from echox.config import Frozen
+from echox.config import EvaluateConfig
 from echox.errors import InputError
 from tasks import evaluate as ev
-
-
-class EvaluateConfig(Frozen):
-    """Parameters of a spoken-QA evaluation of an S2T or echo checkpoint."""
-
-    model: str = Field(description="Checkpoint to evaluate: an s2t or echo model directory (or its run "
-                       "directory).")
-    eval_set: str = Field(description="Eval set: JSONL (or Parquet / datasets directory) with id, question "
-                          "and answers (a list), or answer + aliases as in data/sample/qa_eval.jsonl.")
-    out: str = Field(description="Path of the JSON report; the questions manifest is written beside it.")
-    t2c: str | None = Field(None, description="T2C checkpoint: adds Echo-decoder unit accuracy and unit edit "
-                            "distance against T2C(reference answer) (echo checkpoints only).")
-    tts: Literal["piper", "espeak"] = Field("piper", description="TTS engine that speaks the questions.")
-    voices: list[str] | None = Field(None, description="Voices to choose from per question (seeded); "
-                                     "default: the engine's list.")
-    seed: int = Field(0, description="Seed of the per-question voice choice.")
-    max_new_tokens: int = Field(64, ge=1, description="Longest generated answer (text tokens).")
-    max_units: int = Field(1000, ge=1, description="Longest unit sequence per segment (length guard).")
-    limit: int | None = Field(None, ge=1, description="Evaluate only the first N valid questions.")
-    device: str = Field("cpu", description="Torch device of the model (cpu, cuda, cuda:1).")
-    audio_cache: str | None = Field(None, description="Folder of cached question audio (default: "
-                                    "tts-cache beside the report); keyed by a content hash.")
 
 
 @task(name="synthesize-questions", tags=["eval", "tts"])
@@ -46,7 +22,8 @@ def synthesize_questions_task(config: EvaluateConfig) -> str:
     """Read the eval set and speak its questions (cached); returns the questions manifest path."""
     cache = Path(config.audio_cache) if config.audio_cache else None
     path = ev.prepare_questions(Path(config.eval_set), Path(config.out), tts=config.tts, voices=config.voices,
-                                seed=config.seed, limit=config.limit, cache_dir=cache)
+                                seed=config.seed, limit=config.limit, cache_dir=cache,
+                                max_reject_fraction=config.max_reject_fraction)
     return str(path)
 
 

@@ -9,65 +9,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, get_run_logger
 
-from echox.config import BuildCorpusConfig, PipelineConfig, TrainFlowConfig, TrainStep, build, load_yaml
-
-
-def corpus_config(cfg: PipelineConfig) -> BuildCorpusConfig:
-    """The corpus step's config (options from `corpus:`)."""
-    data = {"source": cfg.source, "out": str(Path(cfg.out) / "corpus"), "seed": cfg.seed,
-            "ray_address": cfg.ray_address, "codebook": cfg.codebook, **cfg.corpus}
-    return build(BuildCorpusConfig, data, "pipeline.corpus")  # type: ignore[return-value]
-
-
-def stage_config(cfg: PipelineConfig, stage: str, step: TrainStep, **paths: str | None) -> TrainFlowConfig:
-    """The training step's config for `stage`."""
-    data = {"stage": stage, "corpus": str(Path(cfg.out) / "corpus"), "out": str(Path(cfg.out) / stage),
-            "preset": cfg.preset, "preset_overrides": cfg.preset_overrides, "seed": cfg.seed,
-            "ray_address": cfg.ray_address, **step.model_dump(), **paths}
-    return build(TrainFlowConfig, data, f"pipeline.{stage}")  # type: ignore[return-value]
-
-
-def echo_labels_config(cfg: PipelineConfig) -> Any:
-    """The echo-labels step's config (options from `echo_labels:`)."""
-    from flows.echo_labels import EchoLabelsConfig
-
-    out = Path(cfg.out)
-    data = {"corpus": str(out / "corpus"), "s2t": str(out / "s2t" / "model"),
-            "t2c": str(out / "t2c" / "model"), "out": str(out / "echo-labels"),
-            "ray_address": cfg.ray_address, **cfg.echo_labels}
-    return build(EchoLabelsConfig, data, "pipeline.echo_labels")
-
-
-def evaluate_config(cfg: PipelineConfig) -> Any:
-    """The evaluation step's config (options from `evaluate:`)."""
-    from flows.evaluate import EvaluateConfig
-
-    out = Path(cfg.out)
-    data = {"model": str(out / "echo" / "model"), "t2c": str(out / "t2c" / "model"),
-            "eval_set": cfg.eval_set, "out": str(out / "eval" / "report.json"), **cfg.evaluate}
-    return build(EvaluateConfig, data, "pipeline.evaluate")
-
-
-def validate(cfg: PipelineConfig) -> None:
-    """Build every step's config up front, so a bad field fails before any work (naming the field)."""
-    corpus_config(cfg)
-    for stage in ("s2t", "t2c", "echo"):
-        stage_config(cfg, stage, getattr(cfg, stage))
-    echo_labels_config(cfg)
-    if cfg.eval_set:
-        evaluate_config(cfg)
-
-
-def load_pipeline_config(path: Path, **overrides: Any) -> PipelineConfig:
-    """A pipeline config from YAML (unknown or bad fields are named in the error)."""
-    data = {**load_yaml(path), **{k: v for k, v in overrides.items() if v is not None}}
-    cfg = build(PipelineConfig, data, str(path))
-    validate(cfg)  # type: ignore[arg-type]
-    return cfg  # type: ignore[return-value]
+from echox.config import BuildCorpusConfig, PipelineConfig, TrainFlowConfig
+from flows.pipeline_config import (  # noqa: F401 - load_pipeline_config is part of this module's interface
+    corpus_config,
+    echo_labels_config,
+    evaluate_config,
+    load_pipeline_config,
+    stage_config,
+    validate,
+)
 
 
 # ------------------------------------------------------------------ skip checks

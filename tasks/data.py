@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from echox.errors import InputError, IntegrityError
-from tasks.shards import load_manifest, read_arrow, verify_file
+from tasks.shards import finished_manifest, read_arrow, verify_file
 
 SEGMENT_PREFIX = "segment_"
 
@@ -89,9 +89,7 @@ def _value(arr: pa.Array) -> Any:
 
 def shard_entries(corpus_dir: Path) -> list[dict]:
     """The manifest's shard entries, in the order `state.json` lists them (datasets' row order)."""
-    manifest = load_manifest(corpus_dir)
-    if manifest is None:
-        raise InputError(f"{corpus_dir} has no manifest.json (not a finished corpus build)")
+    manifest = finished_manifest(corpus_dir)
     shards = manifest.get("shards")
     if not isinstance(shards, list) or not all(isinstance(s, dict) and "path" in s for s in shards):
         raise IntegrityError(f"{corpus_dir}/manifest.json: 'shards' must list {{path, num_rows, sha256}}")

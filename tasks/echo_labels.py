@@ -291,10 +291,13 @@ class EchoLabeler:
 
 def plan_run(corpus: str, s2t: str, t2c: str, out: str, *, max_units: int, overwrite: bool) -> dict:
     """Check inputs, hash them, prepare the output directory; the run's identity and one job per shard."""
-    from tasks.build_corpus import BuildPaths, prepare_out_dir
+    from tasks.build_corpus import BuildPaths
     from tasks.data import shard_entries, verify_corpus
+    from tasks.out_dir import check_out_path, prepare_out_dir
 
     root, out_dir = Path(corpus).resolve(), Path(out).resolve()  # absolute: workers may run elsewhere
+    for given in (corpus, s2t, t2c):  # --overwrite must never be able to touch an input
+        check_out_path(out_dir, Path(given))
     if not root.is_dir():
         raise InputError(f"corpus directory not found: {root}")
     shards = shard_entries(root)
@@ -309,7 +312,7 @@ def plan_run(corpus: str, s2t: str, t2c: str, out: str, *, max_units: int, overw
                             "s2t": checkpoints["s2t"]["sha256"], "t2c": checkpoints["t2c"]["sha256"],
                             "schema": spec.SCHEMA_VERSION})
     paths = BuildPaths(out_dir)
-    prepare_out_dir(paths, run_hash, overwrite)
+    prepare_out_dir(out_dir, run_hash, overwrite)
     write_json(paths.build_json, {"hash": run_hash, "corpus": corpus_info, "checkpoints": checkpoints})
     offsets = [sum(int(s["num_rows"]) for s in shards[:i]) for i in range(len(shards))]
     jobs = [{"shard": i, "corpus_shard": str(root / s["path"]), "sha256": s["sha256"], "first_row": off,
@@ -336,6 +339,7 @@ def run_done(out: Path, run_hash: str) -> bool:
 def finalize_run(out: str, plan: dict, entries: list[dict]) -> dict:
     """Write rejects, the datasets layout and, last, the manifest; check every corpus row is accounted for."""
     from tasks.build_corpus import reason_key
+    from tasks.out_dir import drop_previous
 
     out_dir = Path(out)
     rejects = sorted((r for e in entries for r in e["rejects"]), key=lambda r: r["line"])
@@ -353,12 +357,14 @@ def finalize_run(out: str, plan: dict, entries: list[dict]) -> dict:
         stats.add(LabelStats.from_dict(e["stats"]))
     write_datasets_layout(out_dir, [s["path"] for s in shards], spec.SCHEMA, plan["hash"])
     manifest = {
-        "kind": "echox.echo_labels", "schema_version": spec.SCHEMA_VERSION, "run_hash": plan["hash"],
+        "kind": "echox.echo_labels", "schema_version": spec.SCHEMA_VERSION, "status": "complete",
+        "run_hash": plan["hash"],
         "corpus": plan["corpus"], "checkpoints": plan["checkpoints"], "max_units": plan["max_units"],
         "segmenting": "a Y′ token whose text ends with . ? or ! closes a segment; the tail is the last",
         "shards": shards, "totals": totals(stats, rows, len(rejects)), "rejects_by_reason": by_reason,
     }
     write_json(out_dir / "manifest.json", manifest)
+    drop_previous(out_dir)
     return manifest
 
 

@@ -227,10 +227,17 @@ def questions_path(out: Path) -> Path:
 
 
 def prepare_questions(eval_set: Path, out: Path, *, tts: str = "piper", voices: list[str] | None = None,
-                      seed: int = 0, limit: int | None = None, cache_dir: Path | None = None) -> Path:
-    """Read the eval set and synthesize its questions; write and return the questions manifest."""
+                      seed: int = 0, limit: int | None = None, cache_dir: Path | None = None,
+                      max_reject_fraction: float = 1.0) -> Path:
+    """Read the eval set and synthesize its questions; write and return the questions manifest.
+
+    More rejected items than `max_reject_fraction` of the set fails the evaluation: a score over the
+    few items left would read as the score of the whole set.
+    """
     items, rejects = read_eval_set(Path(eval_set))
-    items = items[:limit] if limit is not None else items
+    if limit is not None and len(items) > limit:  # the part of the set in play: up to the last item asked
+        items = items[:limit]
+        rejects = [r for r in rejects if r.line < items[-1].line]
     synth = QuestionSynth(tts, voices, seed, cache_dir or Path(out).parent / "tts-cache")
     rows = []
     for item in items:
@@ -241,12 +248,24 @@ def prepare_questions(eval_set: Path, out: Path, *, tts: str = "piper", voices: 
     if not rows:
         first = f"; first: line {rejects[0].line}: {rejects[0].reason}" if rejects else ""
         raise InputError(f"{eval_set}: no question can be evaluated ({len(rejects)} rejected{first})")
+    check_eval_rejects(eval_set, len(rows), rejects, max_reject_fraction)
     manifest = {"eval_set": str(eval_set), "tts": tts, "voices": voices, "seed": seed, "limit": limit,
                 "cache_hits": synth.hits, "items": rows, "rejects": [r.to_dict() for r in rejects]}
     path = questions_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: p.write_text(json.dumps(manifest, indent=1, ensure_ascii=False)))
     return path
+
+
+def check_eval_rejects(eval_set: Path, kept: int, rejects: list[Reject], max_fraction: float) -> None:
+    """InputError when more than `max_fraction` of the eval items were rejected."""
+    total = kept + len(rejects)
+    if len(rejects) / total <= max_fraction:
+        return
+    first = f"line {rejects[0].line}: {rejects[0].reason}"
+    raise InputError(f"{eval_set}: {len(rejects)} of {total} eval items rejected "
+                     f"({len(rejects) / total:.0%} > the allowed {max_fraction:.0%}; first: {first}); "
+                     f"fix the eval set or raise --max-reject-fraction")
 
 
 # ----------------------------------------------------------------------------- answering
@@ -365,6 +384,10 @@ class Answerer:
         audio, rate = soundfile.read(row["audio"], dtype="int16")
         if rate != SAMPLE_RATE or audio.ndim != 1:
             raise InputError(f"{row['audio']}: expected mono 16 kHz audio")
+        window = getattr(getattr(self.model, "s2t", self.model), "max_samples", None)
+        if window is not None and len(audio) > window:  # the encoder would cut it without a word
+            raise RecordRejected(f"question speech lasts {len(audio) / SAMPLE_RATE:.1f} s, longer than the "
+                                 f"model's {window / SAMPLE_RATE:.0f} s speech window")
         with torch.inference_mode():
             out = self._echo(audio) if self.stage == "echo" else self._s2t(audio)
             if self.t2c is not None:
@@ -386,9 +409,12 @@ def answer_questions(questions: Path, model: Path, out: Path, *, t2c: Path | Non
     manifest = json.loads(Path(questions).read_text())
     answerer = Answerer(Path(model), t2c_path=t2c, device=device, max_new_tokens=max_new_tokens,
                         max_units=max_units)
-    items = []
+    items, rejects = [], list(manifest["rejects"])
     for i, row in enumerate(manifest["items"], start=1):
-        items.append(answerer.answer(row))
+        try:
+            items.append(answerer.answer(row))
+        except RecordRejected as e:
+            rejects.append(Reject(line=row["line"], id=row["id"], reason=e.reason, stage="answer").to_dict())
         if progress is not None:
             progress(i, len(manifest["items"]))
     summary, by_category = summarize(items)
@@ -397,9 +423,9 @@ def answer_questions(questions: Path, model: Path, out: Path, *, t2c: Path | Non
               "tts": manifest["tts"],
               "voices": manifest["voices"], "seed": manifest["seed"], "limit": manifest["limit"],
               "max_new_tokens": max_new_tokens, "device": device,
-              "summary": {**summary, "rejected": len(manifest["rejects"]),
+              "summary": {**summary, "rejected": len(rejects),
                           "answer_wall_s": time.perf_counter() - start},
-              "by_category": by_category, "items": items, "rejects": manifest["rejects"]}
+              "by_category": by_category, "items": items, "rejects": rejects}
     validate_report(report)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(Path(out), lambda p: p.write_text(json.dumps(report, indent=1, ensure_ascii=False)))

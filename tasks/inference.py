@@ -28,6 +28,15 @@ def load_audio(path: str | Path) -> np.ndarray:
     return to_16k_int16(data.mean(axis=1), int(rate))
 
 
+def check_window(model: nn.Module, audio: np.ndarray, path: str | Path) -> None:
+    """Refuse a question longer than the speech encoder's window (it would be cut without a word)."""
+    s2t = getattr(model, "s2t", model)
+    limit = getattr(s2t, "max_samples", None)
+    if limit is not None and len(audio) > limit:
+        raise InputError(f"{path} lasts {len(audio) / 16000:.1f} s, longer than the model's "
+                         f"{limit / 16000:.0f} s speech window; trim or split the question")
+
+
 def load_checkpoint_model(path: str | Path, stage: str | None = None) -> nn.Module:
     """A saved model (a run directory's model/ is found too), in eval mode."""
     from models.io import load_model

@@ -39,11 +39,26 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a written file follows the umask
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting it back at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -123,6 +138,26 @@ def load_manifest(out_dir: Path) -> dict | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise IntegrityError(f"{path} is not valid JSON: {e}") from e
+
+
+def finished_manifest(out_dir: Path, what: str = "corpus build") -> dict:
+    """The manifest of a finished build; InputError (one line) for a failed or unfinished one."""
+    from echox.errors import InputError
+
+    failure = out_dir / "failure.json"
+    if failure.exists():
+        try:
+            reason = json.loads(failure.read_text()).get("reason", "")
+        except (json.JSONDecodeError, AttributeError):
+            reason = ""
+        raise InputError(f"{out_dir} is a failed {what}, not a usable one: {reason or 'see failure.json'}")
+    manifest = load_manifest(out_dir)
+    if manifest is None:
+        raise InputError(f"{out_dir} has no manifest.json (not a finished {what})")
+    status = manifest.get("status", "complete")  # manifests of older builds have no status
+    if status != "complete":
+        raise InputError(f"{out_dir} is not a finished {what} (manifest status {status!r})")
+    return manifest
 
 
 def verify_manifest(out_dir: Path, manifest: dict) -> list[str]:

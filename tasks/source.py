@@ -87,6 +87,8 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield (line, decoded object or RecordRejected) for every non-blank line."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
+            if n == 1:  # a UTF-8 byte-order mark (Windows editors write one) is not part of the JSON
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
             if not raw.strip():
                 continue
             try:

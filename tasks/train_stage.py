@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +23,11 @@ def corpus_texts(corpus_dir: Path) -> list[str]:
 
 def corpus_num_units(corpus_dir: Path) -> int:
     """K of the corpus's codebook, from its manifest."""
-    path = Path(corpus_dir) / "manifest.json"
-    if not path.exists():
-        raise InputError(f"{corpus_dir} is not a built corpus (no manifest.json); run echox build-corpus")
-    return int(json.loads(path.read_text())["codebook"]["num_units"])
+    from tasks.shards import finished_manifest
+
+    if not Path(corpus_dir).is_dir():
+        raise InputError(f"{corpus_dir} is not a built corpus (no such directory); run echox build-corpus")
+    return int(finished_manifest(Path(corpus_dir))["codebook"]["num_units"])
 
 
 def check_unit_vocab_size(stage: str, unit_vocab_size: int, num_units: int | None,
@@ -92,3 +92,22 @@ def prepare_stage(stage: str, preset_name: str, overrides: dict[str, Any], corpu
                              s2t_checkpoint=checkpoint_arg(s2t), t2c_checkpoint=checkpoint_arg(t2c),
                              init_checkpoint=checkpoint_arg(init_checkpoint), unit_language=language,
                              seed=seed)
+
+
+def check_train_inputs(cfg: Any) -> None:
+    """What a `TrainFlowConfig`'s inputs alone show wrong, in the driver before Prefect or Ray start."""
+    from models.presets import resolve_preset
+
+    resolve_preset(cfg.preset, **cfg.preset_overrides)
+    units = corpus_num_units(Path(cfg.corpus))  # a finished corpus build, not a failed one
+    if cfg.stage == "echo":
+        if not cfg.echo_labels:
+            raise ConfigError("stage echo needs --echo-labels (run echox echo-labels first)")
+        if not cfg.s2t or not cfg.t2c:
+            raise ConfigError("stage echo needs --s2t and --t2c (the stage I and II checkpoints)")
+    for name, path in (("--echo-labels", cfg.echo_labels), ("--s2t", cfg.s2t), ("--t2c", cfg.t2c),
+                       ("--init-checkpoint", cfg.init_checkpoint)):
+        if path and not Path(path).exists():
+            raise InputError(f"{name} not found: {path}")
+    check_unit_vocab_size(cfg.stage, cfg.unit_vocab_size, units if cfg.stage == "t2c" else None,
+                          cfg.init_checkpoint)

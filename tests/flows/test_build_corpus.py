@@ -111,4 +111,7 @@ def test_too_many_rejects_fail_loudly(built: tuple, tmp_path: Path) -> None:
     src, _ = built
     with pytest.raises(EchoxError, match="records rejected"):
         build_corpus(config=_cfg(src, tmp_path / "strict", max_reject_fraction=0.1))
-    assert (tmp_path / "strict" / "manifest.json").exists()  # outputs stay inspectable
+    strict = tmp_path / "strict"
+    assert not (strict / "manifest.json").exists()  # a failed build never looks finished
+    assert json.loads((strict / "failure.json").read_text())["status"] == "failed"
+    assert len((strict / "rejects.jsonl").read_text().splitlines()) == 8  # the rejects stay inspectable

@@ -84,6 +84,11 @@ def test_damaged_corpus_shard_is_named_by_readers_and_rebuilt(copy: tuple, damag
     verify_corpus(out)
     assert sorted(r["id"] for r in load_corpus(out)) == sorted(f"q{i}" for i in range(1, 10))
     assert {n: t for n, t in _mtimes(out, "shard-*.arrow").items() if n != shard.name} == others
+    # The rerun said what it repaired: the manifest's history names the file (the log and a table
+    # artifact say it too), and a later clean rerun adds nothing.
+    assert json.loads((out / "manifest.json").read_text())["repairs"] == [["shard-00001.arrow"]]
+    _rebuild(cfg)
+    assert json.loads((out / "manifest.json").read_text())["repairs"] == [["shard-00001.arrow"]]
 
 
 @pytest.mark.parametrize("part", ["audio/shard-00002.arrow", "feats/shard-00002.npz"])
@@ -105,6 +110,7 @@ def test_truncated_intermediate_file_is_redone(copy: tuple, part: str) -> None:
     assert {n: t for n, t in _mtimes(paths.work / "audio", "*.done.json").items()
             if n != "shard-00002.done.json"} == untouched  # only the damaged shard was redone
     assert json.loads((paths.out / "manifest.json").read_text())["totals"] == manifest["totals"]
+    assert json.loads((paths.out / "manifest.json").read_text())["repairs"] == [[f".echox/{part}"]]
     verify_corpus(paths.out)
 
 

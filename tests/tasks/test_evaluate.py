@@ -306,3 +306,35 @@ def test_an_eval_set_with_nothing_to_ask_is_an_input_error(tmp_path: Path) -> No
         ev.prepare_questions(src, tmp_path / "r.json", tts="espeak")
     with pytest.raises(InputError, match="not found"):
         ev.prepare_questions(tmp_path / "missing.jsonl", tmp_path / "r.json", tts="espeak")
+
+
+def test_an_eval_set_over_the_reject_limit_fails(tmp_path: Path) -> None:
+    """3 valid items of 10 must not be scored as if they were the whole set."""
+    rows: list = [{"id": f"ok{i}", "question": f"What is {i} plus {i}?", "answers": [str(2 * i)]}
+                  for i in range(3)]
+    rows += ["{"] * 7
+    src = _eval_set(tmp_path, rows)
+    with pytest.raises(InputError, match=r"7 of 10 eval items rejected \(70% > the allowed 25%; first: li"):
+        ev.prepare_questions(src, tmp_path / "r.json", tts="espeak", max_reject_fraction=0.25)
+    ok = json.loads(ev.prepare_questions(src, tmp_path / "r.json", tts="espeak").read_text())
+    assert len(ok["items"]) == 3 and len(ok["rejects"]) == 7  # the default of the function: no limit
+    # --limit: only the rejects among the items in play count (line 4 onwards is past the first two).
+    limited = json.loads(ev.prepare_questions(src, tmp_path / "r.json", tts="espeak", limit=2,
+                                              max_reject_fraction=0.25).read_text())
+    assert [r["id"] for r in limited["items"]] == ["ok0", "ok1"] and limited["rejects"] == []
+
+
+def test_a_question_longer_than_the_window_is_a_reject_not_a_cut(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    long_question = "Why? " + "Because it is so. " * 12
+    src = _eval_set(tmp_path, [{"id": "short", "question": "Capital of Egypt?", "answers": ["Cairo"]},
+                               {"id": "long", "question": long_question, "answers": ["x"]}])
+    fake = _FakeS2T(["It is Cairo."])
+    fake.max_samples = 3 * 16000  # a 3 s window: the long question's speech does not fit
+    monkeypatch.setattr("tasks.inference.load_checkpoint_model", lambda path, stage=None: fake)
+    monkeypatch.setattr(ev, "check_checkpoints", lambda model, t2c=None: "s2t")
+    out = tmp_path / "report.json"
+    report = ev.answer_questions(ev.prepare_questions(src, out, tts="espeak"), tmp_path / "m", out)
+    assert [r["id"] for r in report["items"]] == ["short"] and report["summary"]["rejected"] == 1
+    assert report["rejects"][0]["id"] == "long"
+    assert "longer than the model's 3 s speech window" in report["rejects"][0]["reason"]

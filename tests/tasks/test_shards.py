@@ -33,3 +33,19 @@ def test_a_flipped_byte_is_detected_by_name(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError, match=r"shard-00000\.arrow"):
         read_arrow(path, sha256=entry["sha256"])
     assert verify_manifest(tmp_path, {"shards": [entry]}) == ["shard-00000.arrow"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    import os
+
+    from tasks.shards import write_json
+
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "m.json", {"a": 1})
+        write_arrow(tmp_path / "shard-00000.arrow", pa.table({"x": [1, 2]}))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "shard-00000.arrow").stat().st_mode & 0o777 == mode

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -68,3 +69,11 @@ def test_unreadable_sources_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     with pytest.raises(InputError, match="not a readable Parquet"):
         read_source(tmp_path / "bad.parquet")
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_record(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    lines = [json.dumps(qa(1)).encode(), json.dumps(qa(2)).encode()]
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(lines) + b"\n")
+    records, rejects = read_source(path)
+    assert [r.id for r in records] == ["q1", "q2"] and rejects == []

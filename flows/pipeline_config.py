@@ -1,0 +1,68 @@
+"""The pipeline's config: read from YAML and expanded into each step's validated config (no Prefect import,
+so the CLI can refuse a bad config before it starts a server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from echox.config import (
+    BuildCorpusConfig,
+    EchoLabelsConfig,
+    EvaluateConfig,
+    PipelineConfig,
+    TrainFlowConfig,
+    TrainStep,
+    build,
+    load_yaml,
+)
+
+
+def corpus_config(cfg: PipelineConfig) -> BuildCorpusConfig:
+    """The corpus step's config (options from `corpus:`)."""
+    data = {"source": cfg.source, "out": str(Path(cfg.out) / "corpus"), "seed": cfg.seed,
+            "ray_address": cfg.ray_address, "codebook": cfg.codebook, **cfg.corpus}
+    return build(BuildCorpusConfig, data, "pipeline.corpus")  # type: ignore[return-value]
+
+
+def stage_config(cfg: PipelineConfig, stage: str, step: TrainStep, **paths: str | None) -> TrainFlowConfig:
+    """The training step's config for `stage`."""
+    data = {"stage": stage, "corpus": str(Path(cfg.out) / "corpus"), "out": str(Path(cfg.out) / stage),
+            "preset": cfg.preset, "preset_overrides": cfg.preset_overrides, "seed": cfg.seed,
+            "ray_address": cfg.ray_address, **step.model_dump(), **paths}
+    return build(TrainFlowConfig, data, f"pipeline.{stage}")  # type: ignore[return-value]
+
+
+def echo_labels_config(cfg: PipelineConfig) -> Any:
+    """The echo-labels step's config (options from `echo_labels:`)."""
+    out = Path(cfg.out)
+    data = {"corpus": str(out / "corpus"), "s2t": str(out / "s2t" / "model"),
+            "t2c": str(out / "t2c" / "model"), "out": str(out / "echo-labels"),
+            "ray_address": cfg.ray_address, **cfg.echo_labels}
+    return build(EchoLabelsConfig, data, "pipeline.echo_labels")
+
+
+def evaluate_config(cfg: PipelineConfig) -> Any:
+    """The evaluation step's config (options from `evaluate:`)."""
+    out = Path(cfg.out)
+    data = {"model": str(out / "echo" / "model"), "t2c": str(out / "t2c" / "model"),
+            "eval_set": cfg.eval_set, "out": str(out / "eval" / "report.json"), **cfg.evaluate}
+    return build(EvaluateConfig, data, "pipeline.evaluate")
+
+
+def validate(cfg: PipelineConfig) -> None:
+    """Build every step's config up front, so a bad field fails before any work (naming the field)."""
+    corpus_config(cfg)
+    for stage in ("s2t", "t2c", "echo"):
+        stage_config(cfg, stage, getattr(cfg, stage))
+    echo_labels_config(cfg)
+    if cfg.eval_set:
+        evaluate_config(cfg)
+
+
+def load_pipeline_config(path: Path, **overrides: Any) -> PipelineConfig:
+    """A pipeline config from YAML (unknown or bad fields are named in the error)."""
+    data = {**load_yaml(path), **{k: v for k, v in overrides.items() if v is not None}}
+    cfg = build(PipelineConfig, data, str(path))
+    validate(cfg)  # type: ignore[arg-type]
+    return cfg  # type: ignore[return-value]
