@@ -1,47 +1,30 @@
-"""The `echox` command line: one subcommand per job; user mistakes print a message, not a traceback."""
+"""The `echox` command line: one subcommand per job; user mistakes print a message, not a traceback.
+
+Options come from pydantic models (the flows' configs, echox/commands.py for the rest): each is declared
+once with its default and description. Every command validates its options (and what its input files
+alone can show) before it starts Prefect or Ray, so a mistake fails in about a second.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from echox import runtime
-from echox.cli_echo import add_echo_eval, add_echo_labels, add_speak
-from echox.cli_eval import add_evaluate
+from echox.cli_echo import ECHO_COMMANDS
+from echox.cli_eval import EVAL_COMMANDS
+from echox.cli_options import Command, Flag, add_commands, given
+from echox.commands import AskOptions, DemoOptions, PipelineOptions, ServeOptions, ServerOptions, T2COptions
+from echox.config import BuildCorpusConfig, TrainFlowConfig, build
 from echox.errors import EchoxError
 
-Handler = Callable[[argparse.Namespace], int]
 
-
-def _add_build_corpus(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("build-corpus", help="QA text → speech → units → Arrow corpus shards")
-    p.add_argument("--source", required=True, help="QA JSONL, Parquet file or datasets directory")
-    p.add_argument("--out", required=True, help="output corpus directory")
-    p.add_argument("--tts", choices=["piper", "espeak"], default="piper")
-    p.add_argument("--voices", nargs="+", default=None, help="voices to choose from per record")
-    p.add_argument("--units", choices=["mfcc", "wav2vec2"], default="mfcc")
-    p.add_argument("--feature-checkpoint", default=None, help="local wav2vec2/HuBERT checkpoint")
-    p.add_argument("--feature-layer", type=int, default=11)
-    p.add_argument("--num-units", type=int, default=100, help="k-means K (paper: 1000)")
-    p.add_argument("--codebook", default=None, help="reuse an existing codebook.npz")
-    p.add_argument("--shard-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads-per-worker", type=int, default=None)
-    p.add_argument("--ray-address", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-reject-fraction", type=float, default=0.25)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no per-shard progress")
-    p.set_defaults(handler=_run_build_corpus)
-
-
-def _run_build_corpus(args: argparse.Namespace) -> int:
-    from echox.config import BuildCorpusConfig, from_cli
-
-    cfg = from_cli(BuildCorpusConfig, vars(args), "build-corpus")
+def _run_build_corpus(cfg: BuildCorpusConfig) -> int:
     from tasks.build_corpus import inspect_build
 
     inspect_build(cfg)  # every mistake the input shows, in about a second, before Prefect or Ray start
@@ -53,53 +36,7 @@ def _run_build_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train stage I (s2t), II (t2c) or III (echo) under DDP")
-    p.add_argument("--stage", required=True, choices=["s2t", "t2c", "echo"])
-    p.add_argument("--corpus", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--preset", default="tiny", help="tiny, smollm2-135m, llama-3b, llama-8b")
-    p.add_argument("--set", dest="preset_overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a preset field, e.g. --set llm_path=/models/llama (repeatable)")
-    p.add_argument("--echo-labels", default=None)
-    p.add_argument("--s2t", default=None, help="stage-I checkpoint (echo stage)")
-    p.add_argument("--t2c", default=None, help="stage-II checkpoint (echo stage)")
-    p.add_argument("--init-checkpoint", default=None)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--use-gpu", action="store_true")
-    p.add_argument("--launcher", choices=["ray", "local"], default="ray")
-    p.add_argument("--ray-address", default=None)
-    p.add_argument("--max-steps", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup-steps", type=int, default=20)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--ckpt-every", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--unit-vocab-size", type=int, default=0, metavar="N",
-                   help="stage t2c: predict the unit-words of a BPE unit language of N > K words trained "
-                        "on the corpus (0: raw units)")
-    p.set_defaults(handler=_run_train)
-
-
-def _overrides(pairs: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise EchoxError(f"--set expects FIELD=VALUE, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    from echox.config import TrainFlowConfig, from_cli
-
-    cfg = from_cli(TrainFlowConfig, vars(args), "train", preset_overrides=_overrides(args.preset_overrides))
+def _run_train(cfg: TrainFlowConfig) -> int:
     from tasks.train_stage import check_train_inputs
 
     check_train_inputs(cfg)
@@ -110,64 +47,35 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_ask(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ask", help="answer a spoken question with a stage-I (or echo) checkpoint")
-    p.add_argument("--model", required=True)
-    p.add_argument("--audio", required=True, help="a WAV file (any rate; resampled to 16 kHz)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(handler=_run_ask)
-
-
-def _run_ask(args: argparse.Namespace) -> int:
+def _run_ask(opts: AskOptions) -> int:
     from tasks.inference import answer, check_window, load_audio, load_s2t
 
-    model = load_s2t(args.model)
-    audio = load_audio(args.audio)
-    check_window(model, audio, args.audio)
-    text = answer(model, audio, max_new_tokens=args.max_new_tokens, sample=args.sample,
-                  temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    print(text)
+    model = load_s2t(opts.model)
+    audio = load_audio(opts.audio)
+    check_window(model, audio, opts.audio)
+    print(answer(model, audio, max_new_tokens=opts.max_new_tokens, sample=opts.sample,
+                 temperature=opts.temperature, top_p=opts.top_p, seed=opts.seed))
     return 0
 
 
-def _add_t2c(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("t2c", help="units for a text with a stage-II checkpoint")
-    p.add_argument("--model", required=True)
-    p.add_argument("--text", required=True)
-    p.add_argument("--max-units", type=int, default=1000)
-    p.set_defaults(handler=_run_t2c)
-
-
-def _run_t2c(args: argparse.Namespace) -> int:
+def _run_t2c(opts: T2COptions) -> int:
     from tasks.inference import load_checkpoint_model, text_to_units
 
-    units, truncated = text_to_units(load_checkpoint_model(args.model, "t2c"), args.text, args.max_units)
+    units, truncated = text_to_units(load_checkpoint_model(opts.model, "t2c"), opts.text, opts.max_units)
     print(" ".join(map(str, units)))
     if truncated:
-        print(f"(stopped at the --max-units guard of {args.max_units})", file=sys.stderr)
+        print(f"(stopped at the --max-units guard of {opts.max_units})", file=sys.stderr)
     return 0
 
 
-def _add_pipeline(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pipeline", help="run the whole DAG from a YAML config")
-    p.add_argument("--config", required=True, type=Path)
-    p.add_argument("--out", default=None, help="override the config's output directory")
-    p.set_defaults(handler=_run_pipeline)
-
-
-def _run_pipeline(args: argparse.Namespace) -> int:
+def _run_pipeline(opts: PipelineOptions) -> int:
     from flows.pipeline_config import load_pipeline_config
 
-    cfg = load_pipeline_config(args.config, out=args.out)
+    cfg = load_pipeline_config(Path(opts.config), out=opts.out)
     runtime.ensure_prefect_api()  # after validation, before prefect is imported (it reads settings then)
     from flows.pipeline import pipeline
 
-    paths = pipeline(config=cfg)
-    _print_outputs(paths)
+    _print_outputs(pipeline(config=cfg))
     return 0
 
 
@@ -183,74 +91,52 @@ def _print_outputs(paths: dict) -> None:
         print("\n" + format_report(json.loads(Path(paths["report"]).read_text())))
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the whole DAG on the bundled sample (configs/demo.yaml), with the UI")
-    p.add_argument("--config", default=Path("configs/demo.yaml"), type=Path)
-    p.add_argument("--no-server", action="store_true", help="do not leave a Prefect UI running")
-    p.set_defaults(handler=_run_demo)
-
-
-def _run_demo(args: argparse.Namespace) -> int:
+def _run_demo(opts: DemoOptions) -> int:
     import os
 
     from echox import server
     from flows.pipeline_config import load_pipeline_config
 
-    cfg = load_pipeline_config(args.config)
+    cfg = load_pipeline_config(Path(opts.config))
     # Before prefect is imported: its settings are read once, at import.
-    if args.no_server or runtime.use_local_server():
+    if opts.no_server or runtime.use_local_server():
         runtime.ensure_prefect_api()
     else:  # leave a UI running after the demo, so its runs and artifacts can be browsed
         os.environ["PREFECT_API_URL"] = server.ensure_background(runtime.state_dir())
     from flows.pipeline import pipeline
 
-    ui = os.environ.get("PREFECT_API_URL", "")
-    print(f"echox demo: the whole DAG on {cfg.source} → {cfg.out}\nPrefect UI: {ui.removesuffix('/api')}",
-          flush=True)
-    paths = pipeline(config=cfg)
-    _print_outputs(paths)
-    print(f"\nPrefect UI (runs, logs, artifacts): {ui.removesuffix('/api')}  — stop it: echox server --stop")
+    ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
+    print(f"echox demo: the whole DAG on {cfg.source} → {cfg.out}\nPrefect UI: {ui}", flush=True)
+    _print_outputs(pipeline(config=cfg))
+    print(f"\nPrefect UI (runs, logs, artifacts): {ui}  — stop it: echox server --stop")
     return 0
 
 
-def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve the deployments of prefect.yaml (schedules, UI-triggered runs)")
-    p.add_argument("--file", default=Path("prefect.yaml"), type=Path)
-    p.set_defaults(handler=_run_serve)
-
-
-def _run_serve(args: argparse.Namespace) -> int:
+def _run_serve(opts: ServeOptions) -> int:
     runtime.ensure_prefect_api()  # before prefect is imported (it reads its settings then)
     from prefect import serve
 
     from flows.deployments import to_deployments
 
-    deployments = to_deployments(args.file)
+    deployments = to_deployments(Path(opts.file))
     print(f"serving {len(deployments)} deployments: " + ", ".join(d.name for d in deployments), flush=True)
     serve(*deployments)
     return 0
 
 
-def _add_server(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("server", help="start a local Prefect server (UI + API) on 127.0.0.1")
-    p.add_argument("--port", type=int, default=4200)
-    p.add_argument("--stop", action="store_true", help="stop the server that `echox demo` left running")
-    p.set_defaults(handler=_run_server)
-
-
-def _run_server(args: argparse.Namespace) -> int:
+def _run_server(opts: ServerOptions) -> int:
     from echox import server
 
     state = runtime.state_dir()
-    if args.stop:
+    if opts.stop:
         print(server.stop_background(state))
         return 0
-    url = server.api_url(port=args.port)
+    url = server.api_url(port=opts.port)
     if server.is_healthy(url):
         print(f"a Prefect server already answers at {url}; UI: {url[:-4]}")
         return 0
     log = state / "prefect-server.log"
-    proc = server.start(state, args.port, log=log)
+    proc = server.start(state, opts.port, log=log)
     try:
         server.wait_healthy(url, proc)
         print(f"Prefect UI:  {url[:-4]}\nPrefect API: {url}\nlog: {log}\n"
@@ -265,14 +151,70 @@ def _run_server(args: argparse.Namespace) -> int:
         return 0
 
 
+COMMANDS = [
+    Command("build-corpus", BuildCorpusConfig, _run_build_corpus,  # type: ignore[arg-type]
+            help="QA text → speech → units → Arrow corpus shards",
+            description="Build a speech corpus from a QA source: spoken forms, TTS, frame features, k-means "
+                        "units, Arrow shards, rejects and a manifest. A rerun resumes; --overwrite replaces "
+                        "only a previous build's own files.",
+            flags={"progress": Flag(negate="--quiet", help="no per-shard progress")}),
+    Command("train", TrainFlowConfig, _run_train,  # type: ignore[arg-type]
+            help="train stage I (s2t), II (t2c) or III (echo) under DDP",
+            description="Train one stage under DDP (Ray Train, or one local process). Checkpoints, metrics "
+                        "and the final model go to --out; --resume continues from the last verified "
+                        "checkpoint.",
+            flags={"preset_overrides": Flag(flag="--set", help="override a preset field, e.g. --set "
+                                            "llm_path=/models/llama (repeatable)")}),
+    Command("ask", AskOptions, _run_ask, help="answer a spoken question with a stage-I (or echo) checkpoint"),  # type: ignore[arg-type]
+    Command("t2c", T2COptions, _run_t2c, help="units for a text with a stage-II checkpoint"),  # type: ignore[arg-type]
+    Command("pipeline", PipelineOptions, _run_pipeline, help="run the whole DAG from a YAML config",  # type: ignore[arg-type]
+            description="Run the whole DAG: corpus → stage I ∥ stage II → echo labels → echo training → "
+                        "evaluation. Finished steps whose outputs verify are skipped on a rerun."),
+    Command("demo", DemoOptions, _run_demo,  # type: ignore[arg-type]
+            help="the whole DAG on the bundled sample (configs/demo.yaml), with the UI"),
+    Command("server", ServerOptions, _run_server,  # type: ignore[arg-type]
+            help="start a local Prefect server (UI + API) on 127.0.0.1"),
+    Command("serve", ServeOptions, _run_serve,  # type: ignore[arg-type]
+            help="serve the deployments of prefect.yaml (schedules, UI-triggered runs)"),
+    *EVAL_COMMANDS, *ECHO_COMMANDS,
+]
+
+
+def version() -> str:
+    """The installed echox version (the source tree's when not installed)."""
+    try:
+        return metadata.version("echox")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     ap = argparse.ArgumentParser(prog="echox", description="EchoX echo-training data pipeline and trainer")
-    sub = ap.add_subparsers(dest="command", required=True)
-    for add in (_add_build_corpus, _add_train, _add_ask, _add_t2c, _add_pipeline, _add_demo, _add_server,
-                _add_serve, add_evaluate, add_echo_labels, add_speak, add_echo_eval):
-        add(sub)
+    ap.add_argument("--version", action="version", version=f"echox {version()}")
+    add_commands(ap.add_subparsers(dest="command", required=True), COMMANDS)
     return ap
+
+
+def _pairs(pairs: list[str], flag: str) -> dict[str, Any]:
+    """FIELD=VALUE options as a dict (values read as YAML scalars)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise EchoxError(f"{flag} expects FIELD=VALUE, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def options(args: argparse.Namespace) -> Any:
+    """The command's validated options model (ConfigError naming each bad field)."""
+    data = given(args)
+    if isinstance(data.get("preset_overrides"), list):
+        data["preset_overrides"] = _pairs(data["preset_overrides"], "--set")
+    return build(args.options_model, data, args.command)
 
 
 class _NoUserErrorTraceback(logging.Filter):
@@ -299,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runtime.configure()
     quiet_user_errors()
     try:
-        return args.handler(args)  # each handler validates its options before it starts Prefect
+        return args.handler(options(args))  # each handler validates its inputs before it starts Prefect
     except EchoxError as e:
         print(f"echox {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from echox import runtime
+from echox.cli_options import Command, Flag
+from echox.commands import EchoEvalOptions, SpeakOptions
+from echox.config import EchoLabelsConfig
 from echox.errors import InputError
 
 
-def add_echo_labels(sub: argparse._SubParsersAction) -> None:
-    """Register `echox echo-labels`."""
-    p = sub.add_parser("echo-labels", help="echo pseudo-labels: Y′ of the S2T states, T2C units per segment")
-    p.add_argument("--corpus", required=True, help="corpus directory built by build-corpus")
-    p.add_argument("--s2t", required=True, help="stage-I checkpoint (model or run directory)")
-    p.add_argument("--t2c", required=True, help="stage-II checkpoint (model or run directory)")
-    p.add_argument("--out", required=True, help="output directory (opens with datasets.load_from_disk)")
-    p.add_argument("--workers", type=int, default=2, help="Ray actors, each holding both models")
-    p.add_argument("--batch-size", type=int, default=8, help="corpus rows per S2T forward")
-    p.add_argument("--max-units", type=int, default=1000, help="T2C length guard per segment (else reject)")
-    p.add_argument("--cpus-per-actor", type=int, default=1)
-    p.add_argument("--num-gpus-per-actor", type=float, default=0.0)
-    p.add_argument("--ray-address", default=None)
-    p.add_argument("--overwrite", action="store_true", help="replace an output holding a different run")
-    p.add_argument("--quiet", action="store_true", help="no per-shard progress")
-    p.set_defaults(handler=_run_echo_labels)
-
-
-def _run_echo_labels(args: argparse.Namespace) -> int:
-    from echox import runtime
-    from echox.config import EchoLabelsConfig, from_cli
-
-    cfg = from_cli(EchoLabelsConfig, vars(args), "echo-labels")
+def _run_echo_labels(cfg: EchoLabelsConfig) -> int:
     runtime.ensure_prefect_api()  # after validation, before prefect is imported (it reads settings then)
     from flows.echo_labels import echo_labels
 
@@ -39,24 +20,7 @@ def _run_echo_labels(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_speak(sub: argparse._SubParsersAction) -> None:
-    """Register `echox speak`."""
-    p = sub.add_parser("speak", help="stream a spoken answer: text and units segment by segment")
-    p.add_argument("--model", required=True, help="echo checkpoint (model or run directory)")
-    p.add_argument("--audio", required=True, help="a WAV file (any rate; resampled to 16 kHz)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--max-units", type=int, default=1000, help="unit guard per segment")
-    p.add_argument("--vocoder", default=None, help="unit vocoder checkpoint (not supported yet)")
-    p.add_argument("--out-wav", default=None, help="waveform output (needs --vocoder)")
-    p.add_argument("--lookahead", type=int, default=5, help="segment trigger: local-maximum window")
-    p.add_argument("--min-len-peak", type=int, default=50, help="segment trigger: tokens for a peak cut")
-    p.add_argument("--min-len-thresh", type=int, default=20, help="segment trigger: tokens for a cut above "
-                   "--thresh")
-    p.add_argument("--thresh", type=float, default=0.1, help="segment trigger: cosine similarity to '.'")
-    p.set_defaults(handler=_run_speak)
-
-
-def _run_speak(args: argparse.Namespace) -> int:
+def _run_speak(args: SpeakOptions) -> int:
     from tasks.inference import check_window, load_audio, load_checkpoint_model
     from tasks.speak import check_vocoder, format_segment, speak
 
@@ -79,23 +43,7 @@ def _run_speak(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_echo_eval(sub: argparse._SubParsersAction) -> None:
-    """Register `echox echo-eval`."""
-    p = sub.add_parser("echo-eval", help="Echo decoder unit accuracy against the pseudo-labels")
-    p.add_argument("--corpus", required=True)
-    p.add_argument("--echo-labels", required=True)
-    p.add_argument("--model", default=None, help="trained echo checkpoint (model or run directory)")
-    p.add_argument("--s2t", default=None, help="with --t2c: also score the step-0 echo model (baseline)")
-    p.add_argument("--t2c", default=None)
-    p.add_argument("--seed", type=int, default=0, help="seed of the step-0 adapter (the training seed)")
-    p.add_argument("--max-examples", type=int, default=None, help="score this many (row, segment) examples")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--first", type=int, default=5, help="also score each example's first N targets")
-    p.add_argument("--threads", type=int, default=None)
-    p.set_defaults(handler=_run_echo_eval)
-
-
-def _run_echo_eval(args: argparse.Namespace) -> int:
+def _run_echo_eval(args: EchoEvalOptions) -> int:
     import torch
 
     from tasks.inference import load_checkpoint_model
@@ -121,3 +69,16 @@ def _run_echo_eval(args: argparse.Namespace) -> int:
         print(f"  {label:<52} {acc:>8.4f} {head:>8.4f}")
     sys.stdout.flush()
     return 0
+
+
+ECHO_COMMANDS = [
+    Command("echo-labels", EchoLabelsConfig, _run_echo_labels,  # type: ignore[arg-type]
+            help="echo pseudo-labels: Y′ of the S2T states, T2C units per segment",
+            description="Echo pseudo-labels of a corpus: Y′ from the stage-I hidden states, segmented into "
+                        "sentences, T2C units per segment; model-holding Ray actors, one task a shard.",
+            flags={"progress": Flag(negate="--quiet", help="no per-shard progress")}),
+    Command("speak", SpeakOptions, _run_speak,  # type: ignore[arg-type]
+            help="stream a spoken answer: text and units segment by segment"),
+    Command("echo-eval", EchoEvalOptions, _run_echo_eval,  # type: ignore[arg-type]
+            help="Echo decoder unit accuracy against the pseudo-labels"),
+]

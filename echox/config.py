@@ -92,17 +92,6 @@ def build(model: type[Frozen], data: dict, where: str) -> Frozen:
         raise ConfigError(format_validation_error(e, where)) from e
 
 
-def from_cli(model: type[Frozen], options: dict, where: str, **fields: object) -> Frozen:
-    """Validate an `echox` command's parsed options (`vars(args)`) plus `fields` into `model`.
-
-    argparse's own keys are dropped, and `--quiet` becomes `progress=False`.
-    """
-    data = {k: v for k, v in options.items() if k not in ("handler", "command", "quiet")}
-    if "quiet" in options:
-        data["progress"] = not options["quiet"]
-    return build(model, {**data, **fields}, where)
-
-
 class TrainStep(Frozen):
     """Training options of one pipeline stage."""
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from echox.errors import EchoxError
@@ -77,3 +80,52 @@ def ray_init_kwargs(num_cpus: int | None, *, object_store_mb: int = 512) -> dict
     if num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     return kwargs
+
+
+class RaySession:
+    """The Ray a `ray_session` uses: started by it (and stopped by it) or found running."""
+
+    def __init__(self, started: bool) -> None:
+        self.started = started
+        self._stopper: threading.Thread | None = None
+
+    def stop_in_background(self) -> None:
+        """Begin stopping a Ray this session started while the caller goes on (no-op otherwise)."""
+        import ray
+
+        if self.started and self._stopper is None:
+            self._stopper = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+            self._stopper.start()
+
+    def close(self) -> None:
+        """Stop a Ray this session started (waiting for a background stop)."""
+        import ray
+
+        if not self.started:
+            return
+        if self._stopper is not None:
+            self._stopper.join()
+        else:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, *, num_cpus: int | None = None, object_store_mb: int = 512,
+                runtime_env: dict | None = None) -> Iterator[RaySession]:
+    """Use the Ray this process already has (tests, notebooks, a pipeline); else join the cluster at
+    `address`, or start a bounded local Ray. What the session started, it stops on exit."""
+    configure()  # RAY_AUTH_MODE and friends must be set before ray.init
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        extra = {"runtime_env": runtime_env} if runtime_env else {}
+        if address:
+            ray.init(address=address, configure_logging=False, **extra)
+        else:
+            ray.init(**ray_init_kwargs(num_cpus, object_store_mb=object_store_mb), **extra)
+    session = RaySession(started)
+    try:
+        yield session
+    finally:
+        session.close()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
@@ -15,20 +13,10 @@ from prefect_ray.context import remote_options
 
 from echox.config import BuildCorpusConfig
 from echox.errors import EchoxError, InputError
-from echox.runtime import ray_init_kwargs
+from echox.runtime import ray_session
+from flows.policy import RAY_OPTIONS, RETRY
 from tasks import build_corpus as stages
 
-
-def transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry unexpected failures only: a user mistake (EchoxError) would fail the same way again."""
-    return not isinstance(getattr(state, "data", None), EchoxError)
-
-
-# Two retry layers, both safe because every stage skips work whose verified output exists:
-# Prefect retries a task that raised (with backoff); Ray reruns a task whose worker process died
-# (SIGKILL, OOM), under the same Prefect task run id — Prefect 3.9 then simply runs it again.
-RETRY = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": transient}
-RAY_OPTIONS = {"max_retries": 3, "retry_exceptions": False}
 # Per-shard tasks carry no tags: Prefect 3.9 acquires a tag concurrency slot for every tagged task
 # run, which cost ~2 s per task on a local server (measured; 10 shards on one worker lost ~18 s).
 # The flow runs are named for filtering instead; Ray bounds the parallelism.
@@ -87,21 +75,6 @@ def corpus_shards_flow(config: BuildCorpusConfig, num_shards: int) -> dict:
     return {"stage1": stage1, "entries": entries, "codebook_sha": codebook_sha}
 
 
-def start_ray(config: BuildCorpusConfig) -> None:
-    """Start local Ray with `workers` CPUs, or connect to the cluster at `ray_address`.
-
-    Started here rather than by the task runner (which uses a running Ray as is), so the driver can
-    stop it in the background once the workers are done.
-    """
-    import ray
-
-    if config.ray_address:
-        get_run_logger().info(f"Connecting to an existing Ray instance at {config.ray_address}")
-        ray.init(config.ray_address, configure_logging=False)
-    else:
-        ray.init(**ray_init_kwargs(config.workers))
-
-
 def _counts_table(manifest: dict) -> list[dict]:
     t = manifest["totals"]
     rows = [{"what": "source records", "count": t["source_records"]},
@@ -129,30 +102,23 @@ def build_corpus(config: BuildCorpusConfig) -> str:
     stages.check_out_path(out, Path(config.source) if Path(config.source).exists() else None)
     if not Path(config.source).exists():  # before the lock creates the output directory
         raise InputError(f"source not found: {config.source}")
-    import ray
-
     lock = stages.acquire_lock(out)
     try:
         identity = stages.plan_build(config)  # before Ray starts: a user mistake fails in a second
     except EchoxError:
         lock.release(remove_created=True)  # a refused folder is left as it was found
         raise
-    owns_ray = not ray.is_initialized()  # a caller's Ray (tests, notebooks) is used and left running
-    shutdown = threading.Thread(target=ray.shutdown, name="ray-shutdown")
     try:
         _report(config, f"build-corpus: {identity['num_source_records']} records → "
                         f"{identity['num_shards']} shards in {out}")
-        if owns_ray:
-            start_ray(config)
-        parts = corpus_shards_flow.with_options(task_runner=RayTaskRunner())(
-            config=config, num_shards=identity["num_shards"])
-        if owns_ray:  # the workers are done: stop them while the driver writes the manifest
-            shutdown.start()
-        manifest = stages.finalize_build(config, identity, parts["stage1"], parts["entries"],
-                                         parts["codebook_sha"])
+        # A caller's Ray (tests, notebooks, the pipeline) is used and left running.
+        with ray_session(config.ray_address, num_cpus=config.workers) as ray:
+            parts = corpus_shards_flow.with_options(task_runner=RayTaskRunner())(
+                config=config, num_shards=identity["num_shards"])
+            ray.stop_in_background()  # the workers are done: stop them while the driver writes the manifest
+            manifest = stages.finalize_build(config, identity, parts["stage1"], parts["entries"],
+                                             parts["codebook_sha"])
     finally:
-        if owns_ray:
-            shutdown.join() if shutdown.ident else ray.shutdown()  # started, or failed before it
         lock.release()
     create_table_artifact(key="corpus-counts", table=_counts_table(manifest),
                           description=f"Corpus build counts for {out}")

@@ -15,16 +15,10 @@ from prefect_ray.context import remote_options
 
 from echox.config import EchoLabelsConfig
 from echox.errors import EchoxError
-from echox.runtime import ray_init_kwargs
+from echox.runtime import ray_session
+from flows.policy import RETRY
 from tasks import echo_labels as stages
 
-
-def _retryable(task: object, task_run: object, state: object) -> bool:
-    """Retry what may pass on a second try (a lost worker), not a user mistake (an EchoxError)."""
-    return not isinstance(getattr(state, "data", None), EchoxError)
-
-
-RETRY = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _retryable}
 NAMESPACE = "echox-echo-labels"
 
 
@@ -107,13 +101,6 @@ def echo_shards_flow(config: EchoLabelsConfig, jobs: list[dict]) -> list[dict]:
     return entries
 
 
-def ray_runner(config: EchoLabelsConfig) -> RayTaskRunner:
-    """Local Ray with the actors' CPUs, or the cluster at `ray_address`."""
-    if config.ray_address:
-        return RayTaskRunner(address=config.ray_address, init_kwargs={"configure_logging": False})
-    return RayTaskRunner(init_kwargs=ray_init_kwargs(config.workers * config.cpus_per_actor))
-
-
 @flow(name="echo-labels", flow_run_name="echo-labels")
 def echo_labels(config: EchoLabelsConfig) -> str:
     """Echo pseudo-labels of a corpus; returns the output directory."""
@@ -134,8 +121,9 @@ def echo_labels(config: EchoLabelsConfig) -> str:
         else:
             _report(config, f"echo-labels: {plan['corpus']['rows']} rows in {len(plan['jobs'])} shards "
                             f"→ {out} ({config.workers} actors)")
-            entries = echo_shards_flow.with_options(task_runner=ray_runner(config))(
-                config=config, jobs=plan["jobs"])
+            with ray_session(config.ray_address, num_cpus=config.workers * config.cpus_per_actor):
+                entries = echo_shards_flow.with_options(task_runner=RayTaskRunner())(
+                    config=config, jobs=plan["jobs"])
             manifest = stages.finalize_run(config.out, plan, entries)
     finally:
         lock.release()

@@ -83,14 +83,11 @@ def train_stages(cfg: PipelineConfig) -> None:
         else:
             todo.append(tc)
     if _parallel(cfg) and len(todo) == 2:
-        import ray
+        from echox.runtime import ray_session
 
-        from echox.runtime import ray_init_kwargs
-
-        if not ray.is_initialized():  # one Ray for both trainers, so neither shuts it down
-            ray.init(address=cfg.ray_address, **({} if cfg.ray_address else ray_init_kwargs(None)))
-        futures = [(tc, train_task.submit(tc)) for tc in todo]
-        results = [(tc, fut.result()) for tc, fut in futures]
+        with ray_session(cfg.ray_address):  # one Ray for both trainers, so neither shuts it down
+            futures = [(tc, train_task.submit(tc)) for tc in todo]
+            results = [(tc, fut.result()) for tc, fut in futures]
     else:
         results = [(tc, train_task(tc)) for tc in todo]
     for tc, summary in results:

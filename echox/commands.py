@@ -1,0 +1,88 @@
+"""Options of the `echox` commands that run no flow (the flow commands take their flow's config model).
+
+Each option is declared here once, with its default and description; echox/cli_options.py turns the
+models into argparse options, and a handler receives the validated model."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from echox.config import Frozen
+
+
+class AskOptions(Frozen):
+    """`echox ask`: the S2T answer to a spoken question."""
+
+    model: str = Field(description="Stage-I (or echo) checkpoint: a model directory or its run directory.")
+    audio: str = Field(description="A WAV/FLAC file of the question (any rate; resampled to 16 kHz).")
+    max_new_tokens: int = Field(64, ge=1, description="Longest answer, in text tokens.")
+    sample: bool = Field(False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(0.8, gt=0, description="Sampling temperature (with --sample).")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass (with --sample).")
+    seed: int = Field(0, description="Seed of the sampling (with --sample).")
+
+
+class T2COptions(Frozen):
+    """`echox t2c`: units for a text."""
+
+    model: str = Field(description="Stage-II (T2C) checkpoint: a model directory or its run directory.")
+    text: str = Field(description="The text to turn into units.")
+    max_units: int = Field(1000, ge=1, description="Length guard: stop after this many units.")
+
+
+class SpeakOptions(Frozen):
+    """`echox speak`: stream a spoken answer, text and units segment by segment."""
+
+    model: str = Field(description="Echo checkpoint: a model directory or its run directory.")
+    audio: str = Field(description="A WAV/FLAC file of the question (any rate; resampled to 16 kHz).")
+    max_new_tokens: int = Field(256, ge=1, description="Longest answer, in text tokens.")
+    max_units: int = Field(1000, ge=1, description="Unit length guard per segment.")
+    vocoder: str | None = Field(None, description="Unit vocoder checkpoint (not supported yet).")
+    out_wav: str | None = Field(None, description="Waveform output (needs --vocoder).")
+    lookahead: int = Field(5, ge=0, description="Segment trigger: the local-maximum window, in tokens.")
+    min_len_peak: int = Field(50, ge=1, description="Segment trigger: tokens before a cut at a peak.")
+    min_len_thresh: int = Field(20, ge=1, description="Segment trigger: tokens before a cut above --thresh.")
+    thresh: float = Field(0.1, description="Segment trigger: cosine similarity to '.' that allows a cut.")
+
+
+class EchoEvalOptions(Frozen):
+    """`echox echo-eval`: Echo decoder unit accuracy against the pseudo-labels (teacher-forced)."""
+
+    corpus: str = Field(description="Corpus directory built by build-corpus.")
+    echo_labels: str = Field(description="Echo pseudo-label directory (echo-labels --out).")
+    model: str | None = Field(None, description="Trained echo checkpoint (model or run directory).")
+    s2t: str | None = Field(None, description="With --t2c: also score the step-0 echo model (baseline).")
+    t2c: str | None = Field(None, description="Stage-II checkpoint of the step-0 baseline.")
+    seed: int = Field(0, description="Seed of the step-0 adapter (the training seed).")
+    max_examples: int | None = Field(None, ge=1, description="Score this many (row, segment) examples.")
+    batch_size: int = Field(8, ge=1, description="Examples per forward pass.")
+    first: int = Field(5, ge=1, description="Also score each example's first N targets.")
+    threads: int | None = Field(None, ge=1, description="Torch threads (default: torch's choice).")
+
+
+class PipelineOptions(Frozen):
+    """`echox pipeline`: the whole DAG from a YAML config."""
+
+    config: str = Field(description="Pipeline YAML (configs/*.yaml).")
+    out: str | None = Field(None, description="Override the config's output directory.")
+
+
+class DemoOptions(Frozen):
+    """`echox demo`: the pipeline on the bundled sample, with a Prefect UI left running."""
+
+    config: str = Field("configs/demo.yaml", description="Pipeline YAML of the demo.")
+    no_server: bool = Field(False, description="Do not leave a Prefect UI running afterwards.")
+
+
+class ServerOptions(Frozen):
+    """`echox server`: a local Prefect server (UI + API) on 127.0.0.1."""
+
+    port: int = Field(4200, ge=1, le=65535, description="TCP port of the UI and API.")
+    stop: bool = Field(False, description="Stop the server started from this folder (by echox server or "
+                       "echox demo).")
+
+
+class ServeOptions(Frozen):
+    """`echox serve`: serve the deployments of prefect.yaml."""
+
+    file: str = Field("prefect.yaml", description="The deployments file.")
