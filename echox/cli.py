@@ -219,12 +219,15 @@ def _run_serve(args: argparse.Namespace) -> int:
 def _add_server(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("server", help="start a local Prefect server (UI + API) on 127.0.0.1")
     p.add_argument("--port", type=int, default=4200)
-    p.add_argument("--stop", action="store_true", help="stop the server that `echox demo` left running")
+    p.add_argument("--stop", action="store_true",
+                   help="stop the server started from this folder (by `echox server` or `echox demo`)")
     p.set_defaults(handler=_run_server)
 
 
 def _run_server(args: argparse.Namespace) -> int:
-    from echox import server
+    import signal
+
+    from echox import runs, server
 
     state = runtime.state_dir()
     if args.stop:
@@ -235,19 +238,26 @@ def _run_server(args: argparse.Namespace) -> int:
         print(f"a Prefect server already answers at {url}; UI: {url[:-4]}")
         return 0
     log = state / "prefect-server.log"
-    proc = server.start(state, args.port, log=log)
+    # The watchdog stops the server if this process is killed outright (SIGKILL skips `finally`).
+    proc = server.start(state, args.port, log=log, watch=True)
+    server.record(state, proc, args.port, "echox server")  # so `echox server --stop` finds it
     try:
-        server.wait_healthy(url, proc)
-        print(f"Prefect UI:  {url[:-4]}\nPrefect API: {url}\nlog: {log}\n"
-              f"echox commands on this machine report to it automatically "
-              f"(elsewhere: export PREFECT_API_URL={url}). Ctrl-C stops it.", flush=True)
-        return proc.wait()
-    except (KeyboardInterrupt, RuntimeError) as e:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if isinstance(e, RuntimeError):
-            raise EchoxError(f"{e}; see {log}") from e
+        with server.sigterm_raises():
+            server.wait_healthy(url, proc)
+            runs.mark_crashed(url)
+            print(f"Prefect UI:  {url[:-4]}\nPrefect API: {url}\nlog: {log}\n"
+                  f"echox commands on this machine report to it automatically "
+                  f"(elsewhere: export PREFECT_API_URL={url}). Ctrl-C or `echox server --stop` stops it.",
+                  flush=True)
+            rc = proc.wait()
+        return 0 if rc in (0, -signal.SIGTERM) else rc  # SIGTERM: `echox server --stop`
+    except (KeyboardInterrupt, server.Terminated):
         return 0
+    except RuntimeError as e:
+        raise EchoxError(f"{e}; see {log}") from e
+    finally:
+        server.stop(proc)
+        server.forget(state, proc)
 
 
 def parser() -> argparse.ArgumentParser:
