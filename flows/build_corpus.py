@@ -15,6 +15,7 @@ from prefect_ray.context import remote_options
 
 from echox.config import BuildCorpusConfig
 from echox.errors import EchoxError, InputError
+from echox.runs import record_process
 from echox.runtime import ray_init_kwargs
 from tasks import build_corpus as stages
 
@@ -69,7 +70,7 @@ def _gather(futures: list, config: BuildCorpusConfig, what: str, artifact_id: ob
     return [results[k] for k in sorted(results)]
 
 
-@flow(name="corpus-shards", flow_run_name="corpus-shards")
+@flow(name="corpus-shards", flow_run_name="corpus-shards", on_running=[record_process])
 def corpus_shards_flow(config: BuildCorpusConfig, num_shards: int) -> dict:
     """The Ray-parallel part: synthesize every shard, fit the codebook, label every shard."""
     progress = create_progress_artifact(progress=0.0, key="corpus-synthesis",
@@ -112,7 +113,7 @@ def _counts_table(manifest: dict) -> list[dict]:
     return rows + [{"what": f"rejected: {r}", "count": n} for r, n in manifest["rejects_by_reason"].items()]
 
 
-@flow(name="build-corpus", flow_run_name="build-corpus")
+@flow(name="build-corpus", flow_run_name="build-corpus", on_running=[record_process])
 def build_corpus(config: BuildCorpusConfig) -> str:
     """Build a speech corpus from a QA source; returns the corpus directory."""
     out = Path(config.out)

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from echox.config import Frozen
 from echox.errors import EchoxError
+from echox.runs import record_process
 from echox.runtime import ray_init_kwargs
 from tasks import echo_labels as stages
 
@@ -115,7 +116,7 @@ def _run_jobs(config: EchoLabelsConfig, jobs: list[dict], names: list[str], prog
     return [entries[k] for k in sorted(entries)]
 
 
-@flow(name="echo-label-shards", flow_run_name="echo-label-shards")
+@flow(name="echo-label-shards", flow_run_name="echo-label-shards", on_running=[record_process])
 def echo_shards_flow(config: EchoLabelsConfig, jobs: list[dict]) -> list[dict]:
     """The Ray-parallel part: start the actors, label every shard through them, stop the actors."""
     progress = create_progress_artifact(progress=0.0, key="echo-labelling",
@@ -135,7 +136,7 @@ def ray_runner(config: EchoLabelsConfig) -> RayTaskRunner:
     return RayTaskRunner(init_kwargs=ray_init_kwargs(config.workers * config.cpus_per_actor))
 
 
-@flow(name="echo-labels", flow_run_name="echo-labels")
+@flow(name="echo-labels", flow_run_name="echo-labels", on_running=[record_process])
 def echo_labels(config: EchoLabelsConfig) -> str:
     """Echo pseudo-labels of a corpus; returns the output directory."""
     from tasks.build_corpus import acquire_lock

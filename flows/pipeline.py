@@ -14,6 +14,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from echox.config import BuildCorpusConfig, PipelineConfig, TrainFlowConfig, TrainStep, build, load_yaml
+from echox.runs import record_process
 
 
 def corpus_config(cfg: PipelineConfig) -> BuildCorpusConfig:
@@ -144,7 +145,7 @@ def train_stages(cfg: PipelineConfig) -> None:
         publish(tc, summary)
 
 
-@flow(name="pipeline", flow_run_name="pipeline")
+@flow(name="pipeline", flow_run_name="pipeline", on_running=[record_process])
 def pipeline(config: PipelineConfig) -> dict:
     """Run the whole DAG; returns the paths of every step's output."""
     from flows.build_corpus import build_corpus
