@@ -125,7 +125,9 @@ def _run_serve(opts: ServeOptions) -> int:
 
 
 def _run_server(opts: ServerOptions) -> int:
-    from echox import server
+    import signal
+
+    from echox import runs, server
 
     state = runtime.state_dir()
     if opts.stop:
@@ -136,19 +138,26 @@ def _run_server(opts: ServerOptions) -> int:
         print(f"a Prefect server already answers at {url}; UI: {url[:-4]}")
         return 0
     log = state / "prefect-server.log"
-    proc = server.start(state, opts.port, log=log)
+    # The watchdog stops the server if this process is killed outright (SIGKILL skips `finally`).
+    proc = server.start(state, opts.port, log=log, watch=True)
+    server.record(state, proc, opts.port, "echox server")  # so `echox server --stop` finds it
     try:
-        server.wait_healthy(url, proc)
-        print(f"Prefect UI:  {url[:-4]}\nPrefect API: {url}\nlog: {log}\n"
-              f"echox commands on this machine report to it automatically "
-              f"(elsewhere: export PREFECT_API_URL={url}). Ctrl-C stops it.", flush=True)
-        return proc.wait()
-    except (KeyboardInterrupt, RuntimeError) as e:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if isinstance(e, RuntimeError):
-            raise EchoxError(f"{e}; see {log}") from e
+        with server.sigterm_raises():
+            server.wait_healthy(url, proc)
+            runs.mark_crashed(url)
+            print(f"Prefect UI:  {url[:-4]}\nPrefect API: {url}\nlog: {log}\n"
+                  f"echox commands on this machine report to it automatically "
+                  f"(elsewhere: export PREFECT_API_URL={url}). Ctrl-C or `echox server --stop` stops it.",
+                  flush=True)
+            rc = proc.wait()
+        return 0 if rc in (0, -signal.SIGTERM) else rc  # SIGTERM: `echox server --stop`
+    except (KeyboardInterrupt, server.Terminated):
         return 0
+    except RuntimeError as e:
+        raise EchoxError(f"{e}; see {log}") from e
+    finally:
+        server.stop(proc)
+        server.forget(state, proc)
 
 
 COMMANDS = [

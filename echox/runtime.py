@@ -42,22 +42,33 @@ def ensure_prefect_api() -> str:
     Prefect's own ephemeral server lives inside one process, so each Ray worker would start a
     private one of its own (slow, and its task runs would not show with the flow). Instead: use
     the configured URL, else a running `echox server`, else start a temporary server for this
-    process (stopped at exit). Call before Ray starts, so workers inherit the variable.
+    process (stopped at exit, and by a watchdog if this process is killed). Flow runs left Running
+    by a dead process are marked Crashed. Call before Ray starts, so workers inherit the variable.
     """
     import atexit
 
-    from echox import server
+    from echox import runs, server
 
     url = use_local_server()
-    if url:
-        return url
-    try:
-        proc, url = server.start_temporary(state_dir())
-    except RuntimeError as e:
-        raise EchoxError(f"could not start a Prefect server: {e} (or set PREFECT_API_URL)") from e
-    atexit.register(server.stop, proc)
-    os.environ["PREFECT_API_URL"] = url
+    if not url:
+        try:
+            proc, url = server.start_temporary(state_dir())
+        except RuntimeError as e:
+            raise EchoxError(f"could not start a Prefect server: {e} (or set PREFECT_API_URL)") from e
+        atexit.register(_stop_temporary, proc)
+        os.environ["PREFECT_API_URL"] = url
+    runs.mark_crashed(url)
     return url
+
+
+def _stop_temporary(proc: object) -> None:
+    """Stop this run's private server at exit; name its log if it did not stop cleanly."""
+    import sys
+
+    from echox import server
+
+    if not server.stop(proc) and getattr(proc, "log", None):  # type: ignore[arg-type]
+        print(f"echox: the temporary Prefect server did not stop cleanly; see {proc.log}", file=sys.stderr)
 
 
 def use_local_server() -> str | None:
@@ -73,13 +84,46 @@ def use_local_server() -> str | None:
     return None
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def bind_host() -> str:
+    """Where a Ray that echox starts listens: ECHOX_BIND_HOST, default 127.0.0.1 (loopback only)."""
+    return os.environ.get("ECHOX_BIND_HOST", "").strip() or "127.0.0.1"
+
+
 def ray_init_kwargs(num_cpus: int | None, *, object_store_mb: int = 512) -> dict:
-    """Arguments for a local ray.init: bounded CPUs and object store, no dashboard."""
+    """Arguments for a local ray.init: bounded CPUs and object store, no dashboard, loopback only.
+
+    Only for a Ray that echox starts itself; joining a cluster (`ray_address`) uses none of this.
+    ECHOX_BIND_HOST=<this machine's IP> (or 0.0.0.0: Ray's own choice) lets other machines reach it.
+    """
     kwargs: dict = {"include_dashboard": False, "object_store_memory": object_store_mb << 20,
                     "log_to_driver": True, "configure_logging": False}
     if num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
+    host = bind_host()
+    if host in LOOPBACK:
+        _ray_single_machine()
+        kwargs["_node_ip_address"] = "127.0.0.1"
+    elif host not in ("0.0.0.0", "::"):
+        kwargs["_node_ip_address"] = host
     return kwargs
+
+
+def _ray_single_machine() -> None:
+    """Put Ray in single-machine mode: GCS, raylet, workers and agents listen on 127.0.0.1 only.
+
+    Ray turns a node address of 127.0.0.1 into the machine's external IP (and then listens on every
+    interface) unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, its switch for one-machine use, which it
+    reads once at import: set it for the processes Ray spawns and for an already imported Ray.
+    """
+    import sys
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
 
 
 class RaySession:

@@ -13,6 +13,7 @@ from prefect_ray.context import remote_options
 
 from echox.config import BuildCorpusConfig
 from echox.errors import EchoxError, InputError
+from echox.runs import record_process
 from echox.runtime import ray_session
 from flows.policy import RAY_OPTIONS, RETRY
 from tasks import build_corpus as stages
@@ -57,7 +58,7 @@ def _gather(futures: list, config: BuildCorpusConfig, what: str, artifact_id: ob
     return [results[k] for k in sorted(results)]
 
 
-@flow(name="corpus-shards", flow_run_name="corpus-shards")
+@flow(name="corpus-shards", flow_run_name="corpus-shards", on_running=[record_process])
 def corpus_shards_flow(config: BuildCorpusConfig, num_shards: int) -> dict:
     """The Ray-parallel part: synthesize every shard, fit the codebook, label every shard."""
     progress = create_progress_artifact(progress=0.0, key="corpus-synthesis",
@@ -95,7 +96,7 @@ def _report_repairs(config: BuildCorpusConfig, rebuilt: list[str]) -> None:
                           description=f"Damaged files rebuilt in {config.out}")
 
 
-@flow(name="build-corpus", flow_run_name="build-corpus")
+@flow(name="build-corpus", flow_run_name="build-corpus", on_running=[record_process])
 def build_corpus(config: BuildCorpusConfig) -> str:
     """Build a speech corpus from a QA source; returns the corpus directory."""
     out = Path(config.out)

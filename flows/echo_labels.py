@@ -15,6 +15,7 @@ from prefect_ray.context import remote_options
 
 from echox.config import EchoLabelsConfig
 from echox.errors import EchoxError
+from echox.runs import record_process
 from echox.runtime import ray_session
 from flows.policy import RETRY
 from tasks import echo_labels as stages
@@ -88,7 +89,7 @@ def _run_jobs(config: EchoLabelsConfig, jobs: list[dict], names: list[str], prog
     return [entries[k] for k in sorted(entries)]
 
 
-@flow(name="echo-label-shards", flow_run_name="echo-label-shards")
+@flow(name="echo-label-shards", flow_run_name="echo-label-shards", on_running=[record_process])
 def echo_shards_flow(config: EchoLabelsConfig, jobs: list[dict]) -> list[dict]:
     """The Ray-parallel part: start the actors, label every shard through them, stop the actors."""
     progress = create_progress_artifact(progress=0.0, key="echo-labelling",
@@ -101,7 +102,7 @@ def echo_shards_flow(config: EchoLabelsConfig, jobs: list[dict]) -> list[dict]:
     return entries
 
 
-@flow(name="echo-labels", flow_run_name="echo-labels")
+@flow(name="echo-labels", flow_run_name="echo-labels", on_running=[record_process])
 def echo_labels(config: EchoLabelsConfig) -> str:
     """Echo pseudo-labels of a corpus; returns the output directory."""
     from tasks.out_dir import acquire_lock

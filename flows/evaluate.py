@@ -14,6 +14,7 @@ from prefect.artifacts import (
 
 from echox.config import EvaluateConfig
 from echox.errors import InputError
+from echox.runs import record_process
 from tasks import evaluate as ev
 
 
@@ -60,7 +61,7 @@ def publish(report: dict) -> None:
                              description="Spoken-QA evaluation summary")
 
 
-@flow(name="evaluate", flow_run_name="evaluate")
+@flow(name="evaluate", flow_run_name="evaluate", on_running=[record_process])
 def evaluate(config: EvaluateConfig) -> str:
     """Spoken-QA evaluation of a checkpoint; returns the path of the JSON report."""
     import json

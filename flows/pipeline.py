@@ -13,6 +13,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from echox.config import BuildCorpusConfig, PipelineConfig, TrainFlowConfig
+from echox.runs import record_process
 from flows.pipeline_config import (  # noqa: F401 - load_pipeline_config is part of this module's interface
     corpus_config,
     echo_labels_config,
@@ -94,7 +95,7 @@ def train_stages(cfg: PipelineConfig) -> None:
         publish(tc, summary)
 
 
-@flow(name="pipeline", flow_run_name="pipeline")
+@flow(name="pipeline", flow_run_name="pipeline", on_running=[record_process])
 def pipeline(config: PipelineConfig) -> dict:
     """Run the whole DAG; returns the paths of every step's output."""
     from flows.build_corpus import build_corpus

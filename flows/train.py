@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from echox import runtime
 from echox.config import TrainFlowConfig
 from echox.plots import loss_curve_markdown, read_metrics
+from echox.runs import record_process
 
 LOSS_KEYS = {"s2t": ("loss", "ce", "ctc"), "t2c": ("loss",), "echo": ("loss", "s2t", "echo", "denoise")}
 
@@ -60,7 +61,7 @@ def publish(cfg: TrainFlowConfig, summary: dict) -> None:
     create_table_artifact(key=f"{key}-metrics", table=rows, description=f"Stage {cfg.stage}: {cfg.out}")
 
 
-@flow(name="train", flow_run_name="train-{cfg.stage}")
+@flow(name="train", flow_run_name="train-{cfg.stage}", on_running=[record_process])
 def train(cfg: TrainFlowConfig) -> str:
     """Train one stage; returns the directory of the final model."""
     summary = train_task(cfg)
@@ -70,7 +71,7 @@ def train(cfg: TrainFlowConfig) -> str:
     return model_dir
 
 
-@flow(name="retrain", flow_run_name="retrain-{stage}-{data_version}")
+@flow(name="retrain", flow_run_name="retrain-{stage}-{data_version}", on_running=[record_process])
 def retrain(stage: str, data_version: str, corpus: str, out_root: str = "outputs/retrain",
             init_checkpoint: str | None = None, preset: str = "tiny", max_steps: int = 200,
             workers: int = 2, use_gpu: bool = False, s2t: str | None = None, t2c: str | None = None,
