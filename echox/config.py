@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from echox.errors import ConfigError
 
@@ -109,10 +110,17 @@ class TrainStep(Frozen):
                                  "unit language of N unit-words trained on the corpus's answer units")
 
 
+def _stage_choices(schema: dict[str, Any]) -> None:
+    """The registered stages as the field's JSON-schema enum (the Prefect form), read when it is made."""
+    from models.stages import stage_names
+
+    schema["enum"] = list(stage_names())
+
+
 class TrainFlowConfig(TrainStep):
     """Parameters of one training stage (I: s2t, II: t2c, III: echo): the step options plus paths."""
 
-    stage: Literal["s2t", "t2c", "echo"] = Field(description="Training stage.")
+    stage: str = Field(description="Training stage.", json_schema_extra=_stage_choices)
     corpus: str = Field(description="Corpus directory built by build-corpus.")
     out: str = Field(description="Run directory: checkpoints/, metrics.jsonl, model/.")
     preset: str = Field("tiny", description="Model preset: tiny, smollm2-135m, llama-3b, llama-8b.")
@@ -129,11 +137,27 @@ class TrainFlowConfig(TrainStep):
     cache_dir: str | None = Field(None, description="Where base LLM directories are built and cached "
                                   "(default: the state folder).")
 
+    @field_validator("stage")
+    @classmethod
+    def _stage_is_registered(cls, stage: str) -> str:
+        """A stage of the registry (models/stages.py), worded as pydantic words a Literal's error."""
+        from models.stages import stage_names
+
+        if stage not in stage_names():
+            names = [repr(n) for n in stage_names()]
+            expected = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return stage
+
     @model_validator(mode="after")
     def _unit_vocab_is_t2c_only(self) -> TrainFlowConfig:
         """unit_vocab_size shapes the T2C's vocabulary; other stages would silently ignore it."""
-        if self.unit_vocab_size and self.stage != "t2c":
-            raise ValueError(f"unit_vocab_size (--unit-vocab-size) is a stage t2c option, not {self.stage}")
+        from models.stages import get_stage, stages_with
+
+        if self.unit_vocab_size and "unit_vocab_size" not in get_stage(self.stage).options:
+            accepting = " or ".join(stages_with("unit_vocab_size"))
+            raise ValueError(f"unit_vocab_size (--unit-vocab-size) is a stage {accepting} option, "
+                             f"not {self.stage}")
         return self
 
 

@@ -15,11 +15,14 @@ from prefect import flow, get_run_logger
 from echox.config import BuildCorpusConfig, PipelineConfig, TrainFlowConfig
 from echox.runs import record_process
 from flows.pipeline_config import (  # noqa: F401 - load_pipeline_config is part of this module's interface
+    ECHO_STAGE,
+    FIRST_STAGES,
     corpus_config,
     echo_labels_config,
     evaluate_config,
     load_pipeline_config,
     stage_config,
+    stage_inputs,
     validate,
 )
 
@@ -78,7 +81,7 @@ def train_stages(cfg: PipelineConfig) -> None:
     from flows.train import publish, train_task
 
     todo = []
-    for tc in (stage_config(cfg, "s2t", cfg.s2t), stage_config(cfg, "t2c", cfg.t2c)):
+    for tc in (stage_config(cfg, s, getattr(cfg, s), **stage_inputs(cfg, s)) for s in FIRST_STAGES):
         if training_done(tc):
             get_run_logger().info(f"{tc.stage}: final checkpoint verifies, skipped")
         else:
@@ -115,13 +118,12 @@ def pipeline(config: PipelineConfig) -> dict:
         log.info("echo labels: manifest verifies, skipped")
     else:
         echo_labels(config=echo_labels_config(config))
-    echo_cfg = stage_config(config, "echo", config.echo, echo_labels=str(out / "echo-labels"),
-                            s2t=str(out / "s2t" / "model"), t2c=str(out / "t2c" / "model"))
+    echo_cfg = stage_config(config, ECHO_STAGE, config.echo, **stage_inputs(config, ECHO_STAGE))
     if training_done(echo_cfg):
         log.info("echo: final checkpoint verifies, skipped")
     else:
         train(cfg=echo_cfg)
-    paths = {name: str(out / name) for name in ("corpus", "s2t", "t2c", "echo-labels", "echo")}
+    paths = {name: str(out / name) for name in ("corpus", *FIRST_STAGES, "echo-labels", ECHO_STAGE)}
     if config.eval_set:
         from flows.evaluate import evaluate
 

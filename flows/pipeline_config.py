@@ -17,6 +17,10 @@ from echox.config import (
     load_yaml,
 )
 
+# The EchoX DAG's training stages: two independent ones, then echo training, which needs both.
+FIRST_STAGES = ("s2t", "t2c")
+ECHO_STAGE = "echo"
+
 
 def corpus_config(cfg: PipelineConfig) -> BuildCorpusConfig:
     """The corpus step's config (options from `corpus:`)."""
@@ -31,6 +35,15 @@ def stage_config(cfg: PipelineConfig, stage: str, step: TrainStep, **paths: str 
             "preset": cfg.preset, "preset_overrides": cfg.preset_overrides, "seed": cfg.seed,
             "ray_address": cfg.ray_address, **step.model_dump(), **paths}
     return build(TrainFlowConfig, data, f"pipeline.{stage}")  # type: ignore[return-value]
+
+
+def stage_inputs(cfg: PipelineConfig, stage: str) -> dict[str, str]:
+    """The pipeline's paths for what `stage` needs (models/stages.py): echo labels, stage checkpoints."""
+    from models.stages import get_stage
+
+    out = Path(cfg.out)
+    paths = {"echo_labels": out / "echo-labels", "s2t": out / "s2t" / "model", "t2c": out / "t2c" / "model"}
+    return {name: str(path) for name, path in paths.items() if name in get_stage(stage).needs}
 
 
 def echo_labels_config(cfg: PipelineConfig) -> Any:
@@ -53,7 +66,7 @@ def evaluate_config(cfg: PipelineConfig) -> Any:
 def validate(cfg: PipelineConfig) -> None:
     """Build every step's config up front, so a bad field fails before any work (naming the field)."""
     corpus_config(cfg)
-    for stage in ("s2t", "t2c", "echo"):
+    for stage in (*FIRST_STAGES, ECHO_STAGE):
         stage_config(cfg, stage, getattr(cfg, stage))
     echo_labels_config(cfg)
     if cfg.eval_set:

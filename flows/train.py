@@ -12,7 +12,12 @@ from echox.config import TrainFlowConfig
 from echox.plots import loss_curve_markdown, read_metrics
 from echox.runs import record_process
 
-LOSS_KEYS = {"s2t": ("loss", "ce", "ctc"), "t2c": ("loss",), "echo": ("loss", "s2t", "echo", "denoise")}
+
+def loss_keys(stage: str) -> tuple[str, ...]:
+    """The metrics the stage's loss curve shows (its registry entry's loss_keys)."""
+    from models.stages import get_stage
+
+    return get_stage(stage).loss_keys
 
 
 def train_config(cfg: TrainFlowConfig) -> object:
@@ -30,13 +35,11 @@ def train_config(cfg: TrainFlowConfig) -> object:
 @task(name="train-stage", task_run_name="train-{cfg.stage}", tags=["train"])
 def train_task(cfg: TrainFlowConfig) -> dict:
     """Prepare the model factory and run the DDP trainer; returns the run summary."""
+    from models.stages import get_stage
     from tasks.train import run_local, run_ray
-    from tasks.train_stage import prepare_stage
+    from tasks.train_stage import check_stage_needs, prepare_stage
 
-    if cfg.stage == "echo" and not cfg.echo_labels:
-        from echox.errors import ConfigError
-
-        raise ConfigError("stage echo needs --echo-labels (run echox echo-labels first)")
+    check_stage_needs(cfg.stage, get_stage(cfg.stage).needs, cfg)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else runtime.state_dir() / "models"
     build = prepare_stage(cfg.stage, cfg.preset, cfg.preset_overrides, Path(cfg.corpus), cache,
                           seed=cfg.seed, s2t=cfg.s2t, t2c=cfg.t2c, init_checkpoint=cfg.init_checkpoint,
@@ -54,7 +57,7 @@ def publish(cfg: TrainFlowConfig, summary: dict) -> None:
         return
     key = f"train-{cfg.stage}"
     create_markdown_artifact(key=f"{key}-loss", description=f"Stage {cfg.stage} loss curve",
-                             markdown=loss_curve_markdown(metrics, f"{cfg.stage} loss", LOSS_KEYS[cfg.stage]))
+                             markdown=loss_curve_markdown(metrics, f"{cfg.stage} loss", loss_keys(cfg.stage)))
     first, last = metrics[0], metrics[-1]
     rows = [{"metric": k, "first": round(first[k], 5), "last": round(last[k], 5)}
             for k in last if isinstance(last[k], int | float) and k in first]

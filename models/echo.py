@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from echox.errors import CheckpointError
-from models.io import BuildInfo
+from models.build_info import BuildInfo
 from models.llm import llm_ffn_width
 from models.s2t import S2TModel
 from models.t2c import T2CDecoder, T2CModel, targets_to_units, units_to_targets
 
 if TYPE_CHECKING:
-    from tasks.units import UnitLanguage
+    from models.unit_language import UnitLanguage
 
 
 class DenoisingAdapter(nn.Module):

@@ -9,6 +9,7 @@ from torch import nn
 
 from echox.errors import ConfigError
 from models.presets import preset_from_dict
+from models.stages import StageInputs, get_stage
 
 
 def build_for_stage(
@@ -23,29 +24,19 @@ def build_for_stage(
     unit_language: str | None = None,
     seed: int = 0,
 ) -> nn.Module:
-    """Fresh model of `stage`; echo starts from the stage-I and stage-II checkpoints. `unit_language`
-    (a unit-BPE tokenizer JSON) makes a fresh T2C predict unit-words."""
+    """Fresh model of `stage` (models/stages.py), from the checkpoints it needs (echo: stage I and II).
+    `unit_language` (a unit-BPE tokenizer JSON) makes a fresh T2C predict unit-words."""
     from models.io import load_model
 
+    spec = get_stage(stage)
     if init_checkpoint:
         return load_model(Path(init_checkpoint), expect_stage=stage)
-    spec = preset_from_dict(preset)
-    if stage == "s2t":
-        from models.s2t import build_s2t
-
-        return build_s2t(spec, Path(llm_dir), seed=seed)
-    if stage == "t2c":
-        from models.t2c import build_t2c
-
-        if not num_units:
-            raise ConfigError("stage t2c needs num_units (from the corpus manifest)")
-        return build_t2c(spec, Path(llm_dir), num_units, unit_language=unit_language, seed=seed)
-    if stage == "echo":
-        from models.echo import build_echo
-
-        if not (s2t_checkpoint and t2c_checkpoint):
-            raise ConfigError("stage echo needs --s2t and --t2c checkpoints")
-        s2t = load_model(Path(s2t_checkpoint), expect_stage="s2t")
-        t2c = load_model(Path(t2c_checkpoint), expect_stage="t2c")
-        return build_echo(s2t, t2c, seed=seed)
-    raise ConfigError(f"unknown stage {stage!r}; expected s2t, t2c or echo")
+    if "num_units" in spec.needs and not num_units:
+        raise ConfigError(f"stage {stage} needs num_units (from the corpus manifest)")
+    paths = {"s2t": s2t_checkpoint, "t2c": t2c_checkpoint}
+    wanted = [name for name in paths if name in spec.needs]
+    if not all(paths[name] for name in wanted):
+        raise ConfigError(f"stage {stage} needs {' and '.join('--' + n for n in wanted)} checkpoints")
+    loaded = {name: load_model(Path(str(paths[name])), expect_stage=name) for name in wanted}
+    inputs = StageInputs(num_units=num_units, unit_language=unit_language, seed=seed, **loaded)
+    return spec.build(preset_from_dict(preset), Path(llm_dir), inputs)

@@ -21,34 +21,21 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from echox.errors import CheckpointError
+from models.build_info import BuildInfo
 from models.presets import ModelPreset, preset_from_dict, preset_to_dict
+from models.stages import get_stage, stage_names
 
 FORMAT = "echox-model"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LLM_SUBDIR = "llm"
-STAGES = ("s2t", "t2c", "echo")
-
-
-@dataclass(frozen=True)
-class BuildInfo:
-    """How a model was built: what a checkpoint must record to rebuild it."""
-
-    stage: str
-    preset: ModelPreset
-    llm_dir: str
-    external: frozenset[str] = frozenset()
-    """State-dict keys loaded unchanged (and frozen) from llm_dir / encoder_path: not saved."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Stage-specific constructor arguments (T2C/Echo: num_units, optional unit_language JSON)."""
 
 
 def _info(model: nn.Module) -> BuildInfo:
@@ -60,7 +47,7 @@ def _info(model: nn.Module) -> BuildInfo:
 
 
 def save_model(model: nn.Module, out_dir: Path) -> Path:
-    """Write `model` (S2T, T2C or Echo) to `out_dir` atomically; returns out_dir."""
+    """Write `model` (of any registered stage) to `out_dir` atomically; returns out_dir."""
     from safetensors.torch import save_file
 
     model = getattr(model, "module", model)
@@ -110,7 +97,7 @@ def read_config(path: Path) -> dict[str, Any]:
         config = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
-    if config.get("format") != FORMAT or config.get("stage") not in STAGES:
+    if config.get("format") != FORMAT or config.get("stage") not in stage_names():
         raise CheckpointError(f"{path} is not an echox model checkpoint (format {config.get('format')!r})")
     if config.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {config.get('version')} is not supported")
@@ -120,18 +107,8 @@ def read_config(path: Path) -> dict[str, Any]:
 def _build(
     stage: str, preset: ModelPreset, llm_dir: Path, extra: dict[str, Any], load_weights: bool
 ) -> nn.Module:
-    """The stage's model built as training builds it."""
-    from models.echo import build_echo
-    from models.s2t import build_s2t
-    from models.t2c import build_t2c
-
-    if stage == "s2t":
-        return build_s2t(preset, llm_dir, load_weights=load_weights)
-    t2c = build_t2c(preset, llm_dir, int(extra["num_units"]), unit_language=extra.get("unit_language"),
-                    load_weights=load_weights)
-    if stage == "t2c":
-        return t2c
-    return build_echo(build_s2t(preset, llm_dir, load_weights=load_weights), t2c)
+    """The stage's model built as training builds it (the stage registry knows how)."""
+    return get_stage(stage).rebuild(preset, llm_dir, extra, load_weights)
 
 
 def load_model(

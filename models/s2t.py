@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.io import BuildInfo
+from models.build_info import BuildInfo
 from models.llm import ChatFormat, apply_lora, decoder_and_head, load_llm, load_tokenizer
 from models.presets import ModelPreset
 from models.speech import (

@@ -6,8 +6,8 @@ projection either way. Unit embeddings are trained; the head predicts units + EO
 
 Unit-side ids: 0..N-1 targets, N = EOS (also the head's EOS class), N+1 = SEP (unit start), N+2 = PAD.
 The targets are the K raw units (N = K), or with an optional unit language (a BPE over unit strings,
-tasks/units.py) its N unit-words, about half as many per utterance; T2CModel maps raw units to targets
-and back exactly, so everything outside the decoder sees raw units.
+models/unit_language.py) its N unit-words, about half as many per utterance; T2CModel maps raw units to
+targets and back exactly, so everything outside the decoder sees raw units.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from echox.errors import InputError
-from models.io import BuildInfo
+from models.build_info import BuildInfo
 from models.llm import load_tokenizer
 from models.presets import ModelPreset
 from models.speech import read_weights
 
 if TYPE_CHECKING:
-    from tasks.units import UnitLanguage
+    from models.unit_language import UnitLanguage
 
 IGNORE = -100
 
@@ -259,7 +259,7 @@ def input_embedding(llm_dir: Path) -> Tensor:
 
 def read_unit_language(text: str, num_units: int) -> UnitLanguage:
     """A unit language from its tokenizer JSON, checked to spell every one of the K raw units."""
-    from tasks.units import UnitLanguage
+    from models.unit_language import UnitLanguage
 
     language = UnitLanguage.from_str(text)
     language.encode(range(num_units))  # InputError naming the units it lacks

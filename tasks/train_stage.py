@@ -32,11 +32,15 @@ def corpus_num_units(corpus_dir: Path) -> int:
 
 def check_unit_vocab_size(stage: str, unit_vocab_size: int, num_units: int | None,
                           init_checkpoint: str | None = None) -> None:
-    """ConfigError unless a unit vocabulary (0 = none) fits: stage t2c, a fresh model, more than K words."""
+    """ConfigError unless a unit vocabulary (0 = none) fits: a stage that accepts one, a fresh model, more
+    than K words."""
+    from models.stages import get_stage, stages_with
+
     if not unit_vocab_size:
         return
-    if stage != "t2c" or num_units is None:
-        raise ConfigError(f"unit_vocab_size (--unit-vocab-size) applies to stage t2c only, not {stage}")
+    if "unit_vocab_size" not in get_stage(stage).options or num_units is None:
+        raise ConfigError(f"unit_vocab_size (--unit-vocab-size) applies to stage "
+                          f"{' or '.join(stages_with('unit_vocab_size'))} only, not {stage}")
     if init_checkpoint:
         raise ConfigError("unit_vocab_size trains a new unit language; a T2C started from --init-checkpoint "
                           "keeps the one it was trained with")
@@ -77,15 +81,17 @@ def prepare_stage(stage: str, preset_name: str, overrides: dict[str, Any], corpu
     from models.factory import build_for_stage
     from models.llm import prepare_base_llm
     from models.presets import preset_to_dict, resolve_preset
+    from models.stages import get_stage
 
     for name, path in (("--s2t", s2t), ("--t2c", t2c), ("checkpoint", init_checkpoint)):
         if path and not Path(path).exists():
             raise InputError(f"{name} checkpoint not found: {path}")
-    units = corpus_num_units(corpus_dir) if stage == "t2c" else None
+    needs = get_stage(stage).needs
+    units = corpus_num_units(corpus_dir) if "num_units" in needs else None
     check_unit_vocab_size(stage, unit_vocab_size, units, init_checkpoint)
     preset = resolve_preset(preset_name, **overrides)
-    texts = corpus_texts(corpus_dir) if preset.llm == "random" else None
-    llm_dir = "" if stage == "echo" else str(
+    texts = corpus_texts(corpus_dir) if preset.llm == "random" and "base_llm" in needs else None
+    llm_dir = "" if "base_llm" not in needs else str(
         prepare_base_llm(preset, corpus_texts=texts, cache_dir=cache_dir, seed=seed))
     language = corpus_unit_language(corpus_dir, unit_vocab_size, units) if unit_vocab_size and units else None
     return functools.partial(build_for_stage, stage, preset_to_dict(preset), llm_dir, num_units=units,
@@ -97,17 +103,25 @@ def prepare_stage(stage: str, preset_name: str, overrides: dict[str, Any], corpu
 def check_train_inputs(cfg: Any) -> None:
     """What a `TrainFlowConfig`'s inputs alone show wrong, in the driver before Prefect or Ray start."""
     from models.presets import resolve_preset
+    from models.stages import get_stage
 
     resolve_preset(cfg.preset, **cfg.preset_overrides)
+    needs = get_stage(cfg.stage).needs
     units = corpus_num_units(Path(cfg.corpus))  # a finished corpus build, not a failed one
-    if cfg.stage == "echo":
-        if not cfg.echo_labels:
-            raise ConfigError("stage echo needs --echo-labels (run echox echo-labels first)")
-        if not cfg.s2t or not cfg.t2c:
-            raise ConfigError("stage echo needs --s2t and --t2c (the stage I and II checkpoints)")
+    check_stage_needs(cfg.stage, needs, cfg)
     for name, path in (("--echo-labels", cfg.echo_labels), ("--s2t", cfg.s2t), ("--t2c", cfg.t2c),
                        ("--init-checkpoint", cfg.init_checkpoint)):
         if path and not Path(path).exists():
             raise InputError(f"{name} not found: {path}")
-    check_unit_vocab_size(cfg.stage, cfg.unit_vocab_size, units if cfg.stage == "t2c" else None,
+    check_unit_vocab_size(cfg.stage, cfg.unit_vocab_size, units if "num_units" in needs else None,
                           cfg.init_checkpoint)
+
+
+def check_stage_needs(stage: str, needs: frozenset[str], cfg: Any) -> None:
+    """ConfigError when the flow config lacks a path the stage needs (echo labels, stage checkpoints)."""
+    if "echo_labels" in needs and not cfg.echo_labels:
+        raise ConfigError(f"stage {stage} needs --echo-labels (run echox echo-labels first)")
+    wanted = [name for name in ("s2t", "t2c") if name in needs]
+    if not all(getattr(cfg, name) for name in wanted):
+        raise ConfigError(f"stage {stage} needs {' and '.join('--' + n for n in wanted)} "
+                          "(the stage I and II checkpoints)")

@@ -13,6 +13,7 @@ import sys
 for name in ("prefect", "ray", "fairseq2", "datasets"):
     sys.modules[name] = None  # makes any import of them fail
 import models, models.presets, models.llm, models.speech, models.s2t, models.t2c, models.echo, models.io
+import models.build_info, models.unit_language, models.collate, models.stages, models.factory
 import tasks.collate
 print("ok")
 """

@@ -1,0 +1,223 @@
+"""Training stages by name: what each one builds, how it batches and measures examples, which losses it
+logs and which inputs it needs. Every stage dispatcher (the model factory, models/io.py, the collators,
+the training loop, the train flow, the config's `stage` choices) reads this registry.
+
+Adding a stage is a model file and one `StageSpec` here (or `register_stage` from a plugin or a test).
+This module imports no torch: the specs hold the small functions below, which import their model module
+only when called, so the config and the CLI can list the stages cheaply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from echox.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from models.presets import ModelPreset
+
+NEEDS = {
+    "base_llm": "the preset's base LLM directory, built or reused by the driver",
+    "num_units": "K of the corpus codebook, read from its manifest",
+    "echo_labels": "an echo pseudo-label directory (--echo-labels)",
+    "s2t": "a stage-I checkpoint (--s2t), loaded and handed to the builder",
+    "t2c": "a stage-II checkpoint (--t2c), loaded and handed to the builder",
+}
+"""Inputs a stage may require; the driver checks and prepares each one the stage lists."""
+
+OPTIONS = {
+    "unit_vocab_size": "--unit-vocab-size N: a BPE unit language of N unit-words trained on the corpus",
+}
+"""Optional inputs a stage may accept; any other stage refuses them."""
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What the driver hands a stage's builder besides the preset and the base LLM directory."""
+
+    num_units: int | None = None
+    """K of the corpus codebook (stages that need "num_units")."""
+    unit_language: str | None = None
+    """Tokenizer JSON of a unit language (stages with the "unit_vocab_size" option), or None."""
+    s2t: Any = None
+    """The loaded stage-I model (stages that need "s2t")."""
+    t2c: Any = None
+    """The loaded stage-II model (stages that need "t2c")."""
+    seed: int = 0
+    """Seed of the fresh weights."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One training stage: a name and the functions every dispatcher calls for it."""
+
+    name: str
+    """What `--stage`, checkpoints' config.json and the summary call it."""
+    description: str
+    """One line for help texts and docs."""
+    build: Callable[[ModelPreset, Path, StageInputs], nn.Module]
+    """A fresh trainable model from (preset, base LLM directory, inputs); stamps `model.build_info`."""
+    rebuild: Callable[[ModelPreset, Path, dict[str, Any], bool], nn.Module]
+    """The skeleton a checkpoint loads into: (preset, LLM directory, BuildInfo.extra, load_weights)."""
+    collate: Callable[[list[dict[str, Any]], Any], dict[str, Any]]
+    """(rows, model) → the batch: keyword arguments of `model.forward`."""
+    example_length: Callable[[dict[str, Any]], int]
+    """≈ tokens of a row, for length bucketing."""
+    loss_keys: tuple[str, ...] = ("loss",)
+    """Metrics the train flow plots: the loss and the parts `model.forward` returns."""
+    needs: frozenset[str] = frozenset()
+    """Required inputs, from NEEDS."""
+    options: frozenset[str] = frozenset()
+    """Optional inputs it accepts, from OPTIONS."""
+    save: Callable[[nn.Module, Path], Any] | None = None
+    """Saver of the final model; None: models.io.save_model (which load_model reads back)."""
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"stage name must be letters, digits, '-' or '_', got {self.name!r}")
+        for what, given, known in (("needs", self.needs, NEEDS), ("options", self.options, OPTIONS)):
+            if not set(given) <= set(known):
+                raise ConfigError(f"stage {self.name}: unknown {what} {sorted(set(given) - set(known))}; "
+                                  f"known: {sorted(known)}")
+        if "loss" not in self.loss_keys:
+            raise ConfigError(f"stage {self.name}: loss_keys must include 'loss', got {self.loss_keys}")
+
+
+# ---- the EchoX stages: small functions that import their model module when called ----------------------
+
+def _build_s2t(preset: ModelPreset, llm_dir: Path, inputs: StageInputs) -> nn.Module:
+    """Stage I from the base LLM."""
+    from models.s2t import build_s2t
+
+    return build_s2t(preset, llm_dir, seed=inputs.seed)
+
+
+def _rebuild_s2t(preset: ModelPreset, llm_dir: Path, extra: dict[str, Any], load_weights: bool) -> nn.Module:
+    """Stage-I skeleton of a checkpoint."""
+    from models.s2t import build_s2t
+
+    return build_s2t(preset, llm_dir, load_weights=load_weights)
+
+
+def _build_t2c(preset: ModelPreset, llm_dir: Path, inputs: StageInputs) -> nn.Module:
+    """Stage II over the corpus's K units (or a unit language's unit-words)."""
+    from models.t2c import build_t2c
+
+    if not inputs.num_units:
+        raise ConfigError("stage t2c needs num_units (from the corpus manifest)")
+    return build_t2c(preset, llm_dir, inputs.num_units, unit_language=inputs.unit_language, seed=inputs.seed)
+
+
+def _rebuild_t2c(preset: ModelPreset, llm_dir: Path, extra: dict[str, Any], load_weights: bool) -> nn.Module:
+    """Stage-II skeleton of a checkpoint (K and the unit language ride in its extra)."""
+    from models.t2c import build_t2c
+
+    return build_t2c(preset, llm_dir, int(extra["num_units"]), unit_language=extra.get("unit_language"),
+                     load_weights=load_weights)
+
+
+def _build_echo(preset: ModelPreset, llm_dir: Path, inputs: StageInputs) -> nn.Module:
+    """Stage III from the loaded stage-I and stage-II models (the preset is theirs)."""
+    from models.echo import build_echo
+
+    return build_echo(inputs.s2t, inputs.t2c, seed=inputs.seed)
+
+
+def _rebuild_echo(preset: ModelPreset, llm_dir: Path, extra: dict[str, Any], load_weights: bool) -> nn.Module:
+    """Stage-III skeleton of a checkpoint: stage-I and stage-II skeletons joined."""
+    from models.echo import build_echo
+
+    t2c = _rebuild_t2c(preset, llm_dir, extra, load_weights)  # T2C first: the order io.py always used
+    return build_echo(_rebuild_s2t(preset, llm_dir, extra, load_weights), t2c)  # type: ignore[arg-type]
+
+
+def _collate_s2t(rows: list[dict[str, Any]], model: Any) -> dict[str, Any]:
+    """models.collate.collate_s2t."""
+    from models.collate import collate_s2t
+
+    return collate_s2t(rows, model)
+
+
+def _collate_t2c(rows: list[dict[str, Any]], model: Any) -> dict[str, Any]:
+    """models.collate.collate_t2c."""
+    from models.collate import collate_t2c
+
+    return collate_t2c(rows, model)
+
+
+def _collate_echo(rows: list[dict[str, Any]], model: Any) -> dict[str, Any]:
+    """models.collate.collate_echo."""
+    from models.collate import collate_echo
+
+    return collate_echo(rows, model)
+
+
+def _length_s2t(row: dict[str, Any]) -> int:
+    """models.collate.s2t_length."""
+    from models.collate import s2t_length
+
+    return s2t_length(row)
+
+
+def _length_t2c(row: dict[str, Any]) -> int:
+    """models.collate.t2c_length."""
+    from models.collate import t2c_length
+
+    return t2c_length(row)
+
+
+def _length_echo(row: dict[str, Any]) -> int:
+    """models.collate.echo_length."""
+    from models.collate import echo_length
+
+    return echo_length(row)
+
+
+S2T = StageSpec(
+    name="s2t", description="stage I: speech → text (adapter + LoRA; CE on the answer + 0.3 · CTC)",
+    build=_build_s2t, rebuild=_rebuild_s2t, collate=_collate_s2t, example_length=_length_s2t,
+    loss_keys=("loss", "ce", "ctc"), needs=frozenset({"base_llm"}))
+T2C = StageSpec(
+    name="t2c", description="stage II: text → units (T2C decoder; CE on unit positions)",
+    build=_build_t2c, rebuild=_rebuild_t2c, collate=_collate_t2c, example_length=_length_t2c,
+    loss_keys=("loss",), needs=frozenset({"base_llm", "num_units"}), options=frozenset({"unit_vocab_size"}))
+ECHO = StageSpec(
+    name="echo", description="stage III: echo training (Echo decoder from T2C reads the S2T's states)",
+    build=_build_echo, rebuild=_rebuild_echo, collate=_collate_echo, example_length=_length_echo,
+    loss_keys=("loss", "s2t", "echo", "denoise"), needs=frozenset({"echo_labels", "s2t", "t2c"}))
+
+_STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (S2T, T2C, ECHO)}
+
+
+# ---- the registry ---------------------------------------------------------------------------------------
+
+def register_stage(spec: StageSpec) -> StageSpec:
+    """Add a stage (registering the same spec again is a no-op); returns it."""
+    known = _STAGES.get(spec.name)
+    if known is not None and known != spec:
+        raise ConfigError(f"stage {spec.name!r} is already registered")
+    _STAGES[spec.name] = spec
+    return spec
+
+
+def get_stage(name: str) -> StageSpec:
+    """The stage called `name`; ConfigError naming the known stages."""
+    spec = _STAGES.get(name)
+    if spec is None:
+        raise ConfigError(f"unknown stage {name!r}; expected one of: {', '.join(stage_names())}")
+    return spec
+
+
+def stage_names() -> tuple[str, ...]:
+    """Names of the registered stages, in registration order."""
+    return tuple(_STAGES)
+
+
+def stages_with(need_or_option: str) -> tuple[str, ...]:
+    """Names of the stages that need or accept `need_or_option` (for error messages)."""
+    return tuple(s.name for s in _STAGES.values() if need_or_option in s.needs | s.options)

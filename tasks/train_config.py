@@ -1,0 +1,85 @@
+"""The training run's config: everything one run needs besides the model factory (picklable, JSON-able)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from echox.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs besides the model factory; picklable and JSON-able."""
+
+    stage: str
+    """Training stage, handed to the collator and example_length (e.g. "s2t", "t2c", "echo")."""
+    corpus_dir: str
+    """Corpus directory: Arrow shards, state.json and manifest.json."""
+    out_dir: str
+    """Run directory: metrics.jsonl, checkpoints/, model/, summary.json."""
+    labels_dir: str | None = None
+    """Echo-labels directory joined to the corpus by id (one example per segment); None: corpus rows."""
+    max_steps: int = 100
+    """Optimizer steps to train for (the cosine schedule spans them)."""
+    batch_size: int = 8
+    """Examples per rank per micro-step."""
+    grad_accum: int = 1
+    """Micro-steps per optimizer step (gradients sync across ranks only on the last)."""
+    lr: float = 3e-4
+    """Peak learning rate (AdamW)."""
+    warmup_steps: int = 10
+    """Linear warmup steps before the cosine decay."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of `lr`."""
+    weight_decay: float = 0.01
+    """AdamW weight decay on matrices (biases, norms and 1-d parameters get none)."""
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    clip_norm: float = 1.0
+    """Gradient norm clip; 0 disables clipping (the norm is still logged)."""
+    log_every: int = 10
+    """Write a metrics line every this many steps (and at every checkpoint and the last step)."""
+    ckpt_every: int = 100
+    """Save a checkpoint every this many steps (and at the last step)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept on disk (newest first)."""
+    seed: int = 0
+    """Seed of model init, data order and every rank's RNG."""
+    bucket_size: int = 256
+    """Examples per length bucket of the sampler (rounded up to whole global batches)."""
+    workers: int = 1
+    """DDP processes that run_ray starts (torchrun's count comes from its own flags)."""
+    use_gpu: bool = False
+    """Train on CUDA (NCCL between ranks) instead of CPU (gloo)."""
+    bf16: bool = True
+    """bf16 autocast of the forward pass; applies on CUDA only."""
+    resume: bool = False
+    """Continue from the newest verified checkpoint in out_dir/checkpoints (if there is one)."""
+    num_threads: int = 0
+    """torch threads per process; 0: CPU cores divided by the processes on this machine."""
+    find_unused_parameters: bool = False
+    """Tell DDP that some trainable parameters get no gradient in a step (slower; only if needed)."""
+
+    def __post_init__(self) -> None:
+        positive = ("max_steps", "batch_size", "grad_accum", "log_every", "ckpt_every", "keep_checkpoints",
+                    "bucket_size", "workers")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train config: {name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.clip_norm < 0 or self.num_threads < 0:
+            raise ConfigError("train config: lr must be > 0; warmup_steps, clip_norm, num_threads >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"train config: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """Build from a plain dict (JSON), naming unknown fields."""
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"train config: unknown fields {sorted(unknown)}")
+        if "adam_betas" in data:
+            data = {**data, "adam_betas": tuple(data["adam_betas"])}
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ConfigError(f"train config: {e}") from e

@@ -1,0 +1,338 @@
+"""The per-rank training recipe of every stage: setup, loop, checkpoint, teardown, read top to bottom.
+
+`train_loop(loop)` is what every launcher (tasks/launch.py: local, torchrun, Ray Train) runs on each rank.
+`loop` is the loop config that `tasks.launch.loop_config` writes: the TrainConfig, the model factory
+(`build`: a picklable callable, or in torchrun's JSON a "package.module:name" reference) and optional
+overrides. What the loop does per stage (collate, example length, save) comes from the stage registry
+(models/stages.py) by `TrainConfig.stage`; a loop config may override it with callables (tests do).
+
+Each rank reads its own disjoint, length-bucketed batches from a memory-mapped corpus; DDP averages
+gradients. Rank 0 writes `out_dir/metrics.jsonl`, `out_dir/checkpoints/step-*`, `out_dir/model/` and
+`out_dir/summary.json`. Resume continues the same data order (derived from the step) and every rank's RNG
+state, so the resumed loss curve equals the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from echox.errors import ConfigError, EchoxError
+from models.stages import StageSpec, get_stage
+from tasks.checkpoint import (
+    capture_rng_state,
+    checkpoint_dir,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from tasks.collate import BoundCollator
+from tasks.data import echo_examples, load_corpus, verify_corpus
+from tasks.distributed import Process, all_gather, broadcast, init_distributed, local_world_size
+from tasks.shards import write_json
+from tasks.train_config import TrainConfig
+from tasks.train_utils import (
+    EpochBatches,
+    is_boundary,
+    lr_factor,
+    make_optimizer,
+    param_checksum,
+    scalars,
+    seed_rank,
+    trim_metrics,
+    wrap_ddp,
+)
+
+log = logging.getLogger(__name__)
+
+HOOK_NAMES = ("save_fn", "make_collator", "example_length")
+"""Loop-config entries that override the stage's own (callables, or "package.module:name" in JSON)."""
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """The model-specific pieces the loop calls."""
+
+    build: Callable[[], nn.Module]
+    save_fn: Callable[[nn.Module, Path], Any]
+    make_collator: Callable[[str, nn.Module], Callable[[list[dict]], dict[str, Any]]]
+    example_length: Callable[[dict, str], int]
+
+
+@dataclass
+class Progress:
+    """Counters carried across steps and through checkpoints."""
+
+    step: int = 0
+    elapsed_s: float = 0.0  # time spent in training steps, summed over resumes
+    tokens: int = 0  # target tokens seen, all ranks
+    resumed_from: str | None = None
+    last_metrics: dict = field(default_factory=dict)
+
+
+# ---- what the loop calls: the stage's registry entry, or the loop config's overrides ----------------------
+
+def resolve(spec: Callable | str) -> Callable:
+    """A callable, or the object named by "package.module:name" (torchrun's JSON needs names)."""
+    if callable(spec):
+        return spec
+    module, _, name = str(spec).partition(":")
+    if not module or not name:
+        raise ConfigError(f"expected 'package.module:name', got {spec!r}")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"cannot import {spec!r}: {e}") from e
+
+
+def resolve_hooks(loop: dict, stage: str) -> Hooks:
+    """The model factory, and `stage`'s collate, example length and save unless the loop overrides them."""
+    build = resolve(loop["build"])
+    if loop.get("build_kwargs"):
+        build = functools.partial(build, **loop["build_kwargs"])
+    spec: StageSpec = loop.get("stage_spec") or get_stage(stage)
+    defaults = {"save_fn": spec.save or _save_model,
+                "make_collator": functools.partial(_stage_collator, spec),
+                "example_length": functools.partial(_stage_length, spec)}
+    picked = {name: resolve(loop[name]) if loop.get(name) else default for name, default in defaults.items()}
+    return Hooks(build=build, **picked)
+
+
+def _stage_collator(spec: StageSpec, stage: str, model: nn.Module) -> BoundCollator:
+    """The stage's collate function bound to the (unwrapped) model."""
+    return BoundCollator(spec.collate, getattr(model, "module", model))
+
+
+def _stage_length(spec: StageSpec, row: dict, stage: str) -> int:
+    """The stage's example length of a row."""
+    return spec.example_length(row)
+
+
+def _save_model(model: nn.Module, out_dir: Path) -> Path:
+    """models.io.save_model: what load_model reads back."""
+    from models.io import save_model
+
+    return save_model(model, out_dir)
+
+
+# ---- the recipe -----------------------------------------------------------------------------------------
+
+def train_loop(loop: dict) -> None:
+    """Train on this rank: the entry point of every launcher (Ray Train calls it with its config dict)."""
+    missing = {"train", "build"} - set(loop)
+    if missing:
+        raise ConfigError(f"training loop config lacks {sorted(missing)}")
+    cfg = loop["train"] if isinstance(loop["train"], TrainConfig) else TrainConfig.from_dict(loop["train"])
+    hooks = resolve_hooks(loop, cfg.stage)
+    torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // local_world_size()))
+    proc = init_distributed(cfg, loop.get("launcher", "local"))
+    try:
+        run, progress = setup(cfg, hooks, proc)
+        while progress.step < cfg.max_steps:
+            run.step(progress)
+            if is_boundary(progress.step, cfg.ckpt_every, cfg):
+                save(run, progress)
+        finish(run, progress, hooks.save_fn)
+    finally:
+        if proc.owns_group:  # teardown
+            dist.destroy_process_group()
+
+
+# ---- setup ----------------------------------------------------------------------------------------------
+
+def setup(cfg: TrainConfig, hooks: Hooks, proc: Process) -> tuple[Run, Progress]:
+    """Build the model, data order, DDP wrapper, optimizer and schedule; resume if asked."""
+    torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
+    model = hooks.build().to(proc.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(f"stage {cfg.stage}: the model has no trainable parameters")
+    collate = hooks.make_collator(cfg.stage, model)
+    examples = load_examples(cfg, proc)
+    lengths = [hooks.example_length(examples.lazy_row(i), cfg.stage) for i in range(len(examples))]
+    batches = EpochBatches(lengths, cfg, proc)
+    ddp = wrap_ddp(model, cfg, proc)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+        lr_factor, warmup=cfg.warmup_steps, total=cfg.max_steps, min_ratio=cfg.min_lr_ratio))
+    progress = start_or_resume(cfg, proc, model, optimizer, scheduler, batches.per_epoch)
+    return Run(cfg, proc, model, ddp, params, optimizer, scheduler, collate, examples, batches), progress
+
+
+def load_examples(cfg: TrainConfig, proc: Process) -> Any:
+    """The training examples; rank 0 checks shard sha256s once and every rank hears the verdict."""
+    dirs = [cfg.corpus_dir] + ([cfg.labels_dir] if cfg.labels_dir else [])
+    error: EchoxError | None = None
+    if proc.rank == 0:
+        try:
+            for d in dirs:
+                verify_corpus(d)
+        except EchoxError as e:
+            error = e
+    error = broadcast(error, proc)
+    if error is not None:
+        raise error
+    if cfg.labels_dir:
+        return echo_examples(cfg.corpus_dir, cfg.labels_dir, verify=False)
+    return load_corpus(cfg.corpus_dir, verify=False)
+
+def start_or_resume(cfg: TrainConfig, proc: Process, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, per_epoch: int) -> Progress:
+    """Load the newest verified checkpoint when resuming (else start clean) and set this rank's RNG."""
+    ckpt_root = Path(cfg.out_dir) / "checkpoints"
+    path = broadcast(latest_checkpoint(ckpt_root) if cfg.resume and proc.rank == 0 else None, proc)
+    if path is None:
+        if list_checkpoints(ckpt_root) and not cfg.resume:
+            raise ConfigError(f"{cfg.out_dir} already holds checkpoints; resume, or use a new out_dir")
+        seed_rank(cfg.seed, proc.rank, 0)
+        progress = Progress()
+    else:
+        state = load_checkpoint(path, model, optimizer, scheduler, verify=False)  # rank 0 just verified it
+        restore_or_reseed(state.rng_state, cfg, proc, state.step)
+        extra = state.extra
+        if extra.get("world_size") != proc.world_size or extra.get("batches_per_epoch") != per_epoch:
+            log.warning("resuming with a different world size or batching: data order will differ")
+        progress = Progress(state.step, extra.get("elapsed_s", 0.0), extra.get("tokens", 0), str(path))
+        log.info("resumed from %s at step %d", path, state.step)
+    if proc.rank == 0:
+        progress.last_metrics = trim_metrics(Path(cfg.out_dir) / "metrics.jsonl", progress.step)
+    return progress
+
+def restore_or_reseed(rng_states: Any, cfg: TrainConfig, proc: Process, step: int) -> None:
+    """Put back this rank's saved RNG state; with a different world size, reseed from (seed, rank, step)."""
+    if isinstance(rng_states, list) and len(rng_states) == proc.world_size:
+        restore_rng_state(rng_states[proc.rank])
+    else:
+        log.warning("checkpoint has no RNG state for %d ranks; reseeding", proc.world_size)
+        seed_rank(cfg.seed, proc.rank, step)
+
+
+# ---- loop -----------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """The live objects of one rank's training run."""
+
+    cfg: TrainConfig
+    proc: Process
+    model: nn.Module
+    ddp: nn.Module
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    collate: Callable[[list[dict]], dict[str, Any]]
+    examples: Any
+    batches: EpochBatches
+    window_start: float = field(default_factory=time.perf_counter)
+    window_tokens: int = 0
+
+    def step(self, progress: Progress) -> None:
+        """One optimizer step over grad_accum micro-batches; logs on log steps."""
+        cfg, t0 = self.cfg, time.perf_counter()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            index = progress.step * cfg.grad_accum + micro
+            out = self.forward_backward(self.batches(index), last=micro == cfg.grad_accum - 1)
+            for name, value in scalars(out).items():
+                sums[name] = sums.get(name, 0.0) + value / cfg.grad_accum
+            self.window_tokens += int(out["num_tokens"])
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_norm or math.inf)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        progress.step += 1
+        progress.elapsed_s += time.perf_counter() - t0
+        if is_boundary(progress.step, cfg.log_every, cfg) or is_boundary(progress.step, cfg.ckpt_every, cfg):
+            # Also log at checkpoints, so the token count a checkpoint saves includes every step before it.
+            self.log(progress, sums, lr, float(grad_norm))
+
+    def forward_backward(self, indices: list[int], *, last: bool) -> dict:
+        """Forward and backward one micro-batch; gradients are all-reduced only on the last micro-step."""
+        batch = {k: v.to(self.proc.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                 for k, v in self.collate([self.examples[i] for i in indices]).items()}
+        sync = last or not isinstance(self.ddp, nn.parallel.DistributedDataParallel)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (
+            self.cfg.bf16 and self.proc.device.type == "cuda") else nullcontext()
+        with nullcontext() if sync else self.ddp.no_sync():
+            with autocast:
+                out = self.ddp(**batch)
+            (out["loss"] / self.cfg.grad_accum).backward()
+        return out
+
+    def log(self, progress: Progress, sums: dict[str, float], lr: float, grad_norm: float) -> None:
+        """Average loss parts over ranks, sum tokens, and (rank 0) append a metrics line."""
+        names = sorted(sums)
+        values = torch.tensor([sums[n] for n in names] + [self.window_tokens], dtype=torch.float64,
+                              device=self.proc.device)
+        if self.proc.world_size > 1:
+            dist.all_reduce(values)
+        tokens = int(values[-1].item())
+        means = {n: float(v) / self.proc.world_size for n, v in zip(names, values[:-1].tolist(), strict=True)}
+        if not math.isfinite(means["loss"]):
+            raise FloatingPointError(f"loss is {means['loss']} at step {progress.step}")
+        now = time.perf_counter()
+        progress.tokens += tokens
+        row = {"step": progress.step, **means, "lr": lr, "grad_norm": grad_norm, "tokens": progress.tokens,
+               "tokens_per_s": tokens / max(now - self.window_start, 1e-9), "elapsed_s": progress.elapsed_s,
+               "epoch": progress.step * self.cfg.grad_accum / self.batches.per_epoch}
+        self.window_start, self.window_tokens = now, 0
+        progress.last_metrics = row
+        if self.proc.rank == 0:
+            with open(Path(self.cfg.out_dir) / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+            log.info("step %d loss %.4f lr %.2e %.0f tok/s", progress.step, means["loss"], lr,
+                     row["tokens_per_s"])
+
+
+# ---- checkpoint -----------------------------------------------------------------------------------------
+
+def save(run: Run, progress: Progress) -> None:
+    """Checkpoint from rank 0 with every rank's RNG state; the other ranks wait for it."""
+    rng = all_gather(capture_rng_state(), run.proc)
+    if run.proc.rank == 0:
+        extra = {"elapsed_s": progress.elapsed_s, "tokens": progress.tokens,
+                 "world_size": run.proc.world_size, "batches_per_epoch": run.batches.per_epoch,
+                 "config": asdict(run.cfg)}
+        root = Path(run.cfg.out_dir) / "checkpoints"
+        save_checkpoint(root, progress.step, run.model, run.optimizer, run.scheduler, rng, extra,
+                        keep=run.cfg.keep_checkpoints)
+    if run.proc.world_size > 1:
+        dist.barrier()
+
+
+# ---- teardown -------------------------------------------------------------------------------------------
+
+def finish(run: Run, progress: Progress, save_fn: Callable[[nn.Module, Path], Any]) -> None:
+    """Rank 0 saves the final model and summary.json (with every rank's parameter checksum)."""
+    checksums = all_gather(param_checksum(run.model), run.proc)
+    if run.proc.rank == 0:
+        out = Path(run.cfg.out_dir)
+        save_fn(run.model, out / "model")
+        last = progress.last_metrics
+        write_json(out / "summary.json", {
+            "stage": run.cfg.stage, "steps": progress.step, "world_size": run.proc.world_size,
+            "final_loss": last.get("loss"), "final_metrics": last, "tokens": progress.tokens,
+            "elapsed_s": progress.elapsed_s, "model_dir": str(out / "model"),
+            "checkpoint": str(checkpoint_dir(out / "checkpoints", progress.step)),
+            "resumed_from": progress.resumed_from,
+            "param_checksums": checksums, "examples": len(run.examples)})
+    if run.proc.world_size > 1:
+        dist.barrier()
