@@ -58,8 +58,12 @@ def choices(info: FieldInfo) -> list[str] | None:
     annotation = _unwrap_optional(info.annotation)
     if typing.get_origin(annotation) is Literal:
         return [str(a) for a in typing.get_args(annotation)]
-    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-    enum = extra.get("enum")
+    extra = info.json_schema_extra
+    if callable(extra):  # a registry's names, read when the schema (here: the parser) is made
+        schema: dict[str, Any] = {}
+        extra(schema)  # type: ignore[call-arg]
+        extra = schema
+    enum = extra.get("enum") if isinstance(extra, dict) else None
     return [str(e) for e in enum] if isinstance(enum, list) else None
 
 
