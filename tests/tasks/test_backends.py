@@ -161,8 +161,8 @@ def test_unknown_engine_fails_config_validation_naming_the_known_ones() -> None:
     base = {"source": "qa.jsonl", "out": "o"}
     with pytest.raises(ConfigError, match=r"unknown TTS backend 'festival'; choose one of: espeak, piper"):
         build(BuildCorpusConfig, {**base, "tts": "festival"}, "build-corpus")
-    with pytest.raises(ConfigError, match=r"unknown feature backend 'whisper'; choose one of: mfcc, wav2vec2"
-                       ):
+    features = r"unknown feature backend 'whisper'; choose one of: mfcc, wav2vec2"
+    with pytest.raises(ConfigError, match=features):
         build(BuildCorpusConfig, {**base, "units": "whisper"}, "build-corpus")
     with pytest.raises(ConfigError, match=r"tts: .*unknown TTS backend 'festival'"):
         build(EvaluateConfig, {"model": "m", "eval_set": "e", "out": "r", "tts": "festival"}, "evaluate")
