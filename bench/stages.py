@@ -48,8 +48,9 @@ def text_norm(ctx: BenchContext) -> dict[str, Any]:
 
 def tts(ctx: BenchContext) -> dict[str, Any]:
     """Real-time factor of each TTS engine (Piper at default and one thread, espeak-ng)."""
+    from tasks.backends.tts_espeak import EspeakTTS
+    from tasks.backends.tts_piper import PiperTTS
     from tasks.text_norm import spoken_form
-    from tasks.tts import EspeakTTS, PiperTTS
 
     records = qa_pairs(ctx.pick(10, 3), ctx.seed)
     texts = [spoken_form(r[k]) for r in records for k in ("question", "answer")]
@@ -94,7 +95,8 @@ def _random_wav2vec2_checkpoint(ctx: BenchContext, overrides: dict) -> Path:
 
 def features(ctx: BenchContext) -> dict[str, Any]:
     """Frame features per backend: MFCC+deltas and the fairseq2 wav2vec2-base architecture (random init)."""
-    from tasks.features import MFCCFeatures, Wav2Vec2Features
+    from tasks.backends.features_mfcc import MFCCFeatures
+    from tasks.backends.features_wav2vec2 import Wav2Vec2Features
 
     _threads(ctx.cores)
     clips = ctx.ws.espeak_audio(ctx.pick(10, 3))

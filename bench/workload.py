@@ -80,8 +80,8 @@ class Workspace:
         """Question and answer speech (espeak-ng, 16 kHz int16) of the first n records, interleaved."""
         path = self.root / "audio" / f"espeak-{n}-s{self.seed}.npz"
         if not path.exists():
+            from tasks.backends.tts_espeak import EspeakTTS
             from tasks.text_norm import spoken_form
-            from tasks.tts import EspeakTTS
 
             tts = EspeakTTS()
             voice = tts.voices()[0]
@@ -95,7 +95,7 @@ class Workspace:
         """MFCC+delta frames (N, 39) float32 of the espeak audio of n records."""
         path = self.root / "frames" / f"mfcc-{n}-s{self.seed}.npy"
         if not path.exists():
-            from tasks.features import MFCCFeatures
+            from tasks.backends.features_mfcc import MFCCFeatures
 
             mfcc = MFCCFeatures()
             frames = np.concatenate([mfcc.extract(a) for a in self.espeak_audio(n)])
@@ -125,12 +125,7 @@ def _build_plain_corpus(source: Path, out: Path, num_units: int, seed: int) -> N
 
     cfg = BuildCorpusConfig(source=str(source), out=str(out), tts="espeak", num_units=num_units,
                             shard_size=32, workers=1, progress=False, overwrite=True, seed=seed)
-    identity = stages.plan_build(cfg)
-    n = identity["num_shards"]
-    stage1 = [stages.synthesize_shard(cfg, i) for i in range(n)]
-    sha = stages.fit_codebook(cfg, n)
-    entries = [stages.label_shard(cfg, i, sha) for i in range(n)]
-    stages.finalize_build(cfg, identity, stage1, entries, sha)
+    stages.build_in_process(cfg)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from echox.errors import ConfigError
+from tasks.backends import FEATURE_EXTRACTORS, TTS_ENGINES, Choice, Registry
 
 # Options that change how a build runs but not what it produces; left out of the config hash.
 EXECUTION_FIELDS = {"out", "source", "workers", "ray_address", "overwrite", "threads_per_worker",
@@ -22,15 +23,32 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def registered(registry: Registry, name: str) -> str:
+    """`name` if `registry` holds it; else a ValueError naming the known ones (pydantic reports it)."""
+    if name not in registry:
+        raise ValueError(registry.unknown(name))
+    return name
+
+
+def tts_field(description: str) -> Any:
+    """A TTS engine name field: validated against TTS_ENGINES, its names shown as choices in the UI."""
+    return Field("piper", description=description, json_schema_extra={"enum": TTS_ENGINES.names()})
+
+
+def units_field(description: str) -> Any:
+    """A feature extractor name field: validated against FEATURE_EXTRACTORS, names shown as choices."""
+    return Field("mfcc", description=description, json_schema_extra={"enum": FEATURE_EXTRACTORS.names()})
+
+
 class BuildCorpusConfig(Frozen):
     """Parameters of the corpus build: QA text → speech → units → Arrow shards."""
 
     source: str = Field(description="QA source: a JSONL file, a Parquet file or a datasets directory.")
     out: str = Field(description="Output corpus directory (opens with datasets.load_from_disk).")
-    tts: Literal["piper", "espeak"] = Field("piper", description="TTS engine.")
+    tts: str = tts_field("TTS engine.")
     voices: list[str] | None = Field(None, description="Voices to choose from per record (seeded); "
                                      "default: the engine's configured list.")
-    units: Literal["mfcc", "wav2vec2"] = Field("mfcc", description="Frame features for the units.")
+    units: str = units_field("Frame features for the units.")
     feature_checkpoint: str | None = Field(None, description="Local wav2vec2/HuBERT checkpoint "
                                            "(fairseq2 or fairseq .pt) for --units wav2vec2.")
     feature_layer: int = Field(11, ge=1, description="Encoder layer whose output is clustered (1-based).")
@@ -58,9 +76,27 @@ class BuildCorpusConfig(Frozen):
     overwrite: bool = Field(False, description="Replace an output directory holding a different build.")
     progress: bool = Field(True, description="Print per-shard progress to the terminal.")
 
+    @field_validator("tts")
+    @classmethod
+    def _tts_known(cls, name: str) -> str:
+        return registered(TTS_ENGINES, name)
+
+    @field_validator("units")
+    @classmethod
+    def _units_known(cls, name: str) -> str:
+        return registered(FEATURE_EXTRACTORS, name)
+
     def content_hash_fields(self) -> dict:
         """The fields that decide the build's content (for the config hash)."""
         return self.model_dump(exclude=EXECUTION_FIELDS)
+
+    def tts_choice(self) -> Choice:
+        """The selected TTS engine and its options, built from the flat fields."""
+        return TTS_ENGINES.choose(self.tts, self)
+
+    def feature_choice(self) -> Choice:
+        """The selected feature extractor and its options, built from the flat fields."""
+        return FEATURE_EXTRACTORS.choose(self.units, self)
 
 
 def format_validation_error(err: ValidationError, where: str) -> str:
@@ -191,7 +227,7 @@ class EvaluateConfig(Frozen):
     out: str = Field(description="Path of the JSON report; the questions manifest is written beside it.")
     t2c: str | None = Field(None, description="T2C checkpoint: adds Echo-decoder unit accuracy and unit edit "
                             "distance against T2C(reference answer) (echo checkpoints only).")
-    tts: Literal["piper", "espeak"] = Field("piper", description="TTS engine that speaks the questions.")
+    tts: str = tts_field("TTS engine that speaks the questions.")
     voices: list[str] | None = Field(None, description="Voices to choose from per question (seeded); "
                                      "default: the engine's list.")
     seed: int = Field(0, description="Seed of the per-question voice choice.")
@@ -204,6 +240,15 @@ class EvaluateConfig(Frozen):
     max_reject_fraction: float = Field(0.25, ge=0, le=1, description="Fail the evaluation when more than "
                                        "this fraction of the eval set's items is rejected (a score over "
                                        "a fraction of the set would look complete).")
+
+    @field_validator("tts")
+    @classmethod
+    def _tts_known(cls, name: str) -> str:
+        return registered(TTS_ENGINES, name)
+
+    def tts_choice(self) -> Choice:
+        """The selected TTS engine and its options, built from the flat fields."""
+        return TTS_ENGINES.choose(self.tts, self)
 
 
 class PipelineConfig(Frozen):

@@ -23,22 +23,22 @@ from tasks import build_corpus as stages
 # The flow runs are named for filtering instead; Ray bounds the parallelism.
 
 
-@task(name="synthesize-shard", task_run_name="synthesize-shard-{shard}", **RETRY)
-def synthesize_shard_task(config: BuildCorpusConfig, shard: int) -> dict:
-    """TTS + frame features of one shard."""
-    return stages.synthesize_shard(config, shard)
+@task(name="synthesize-shard", task_run_name="synthesize-shard-{shard.index}", **RETRY)
+def synthesize_shard_task(shard: stages.ShardPaths, options: stages.SynthesisOptions) -> dict:
+    """TTS + frame features of one shard, from its own plan file."""
+    return stages.synthesize_shard(shard, options)
 
 
 @task(name="fit-codebook", **RETRY)
-def fit_codebook_task(config: BuildCorpusConfig, num_shards: int) -> str:
+def fit_codebook_task(paths: stages.BuildPaths, num_shards: int, options: stages.CodebookOptions) -> str:
     """K-means codebook over sampled frames; returns its sha256."""
-    return stages.fit_codebook(config, num_shards)
+    return stages.fit_codebook(paths, num_shards, options)
 
 
-@task(name="label-shard", task_run_name="label-shard-{shard}", **RETRY)
-def label_shard_task(config: BuildCorpusConfig, shard: int, codebook_sha: str) -> dict:
+@task(name="label-shard", task_run_name="label-shard-{shard.index}", **RETRY)
+def label_shard_task(shard: stages.ShardPaths, codebook: Path, codebook_sha: str) -> dict:
     """Units for one shard, written as its final corpus shard."""
-    return stages.label_shard(config, shard, codebook_sha)
+    return stages.label_shard(shard, codebook, codebook_sha)
 
 
 def _report(config: BuildCorpusConfig, msg: str) -> None:
@@ -63,15 +63,18 @@ def corpus_shards_flow(config: BuildCorpusConfig, num_shards: int) -> dict:
     """The Ray-parallel part: synthesize every shard, fit the codebook, label every shard."""
     progress = create_progress_artifact(progress=0.0, key="corpus-synthesis",
                                         description="Shards synthesized (TTS + features)")
+    paths = stages.BuildPaths(Path(config.out))
+    shards = [paths.of_shard(i) for i in range(num_shards)]
+    synthesis = stages.SynthesisOptions.of(config)
     with remote_options(**RAY_OPTIONS):
-        stage1 = _gather([synthesize_shard_task.submit(config, i) for i in range(num_shards)],
+        stage1 = _gather([synthesize_shard_task.submit(shard, synthesis) for shard in shards],
                          config, "speech+features", progress)
         stages.check_codebook_frames(config, stage1)
-        codebook_sha = fit_codebook_task.submit(config, num_shards).result()
+        codebook_sha = fit_codebook_task.submit(paths, num_shards, stages.CodebookOptions.of(config)).result()
         _report(config, f"  codebook: {codebook_sha[:12]}")
         labelled = create_progress_artifact(progress=0.0, key="corpus-labelling",
                                             description="Shards labelled and written")
-        entries = _gather([label_shard_task.submit(config, i, codebook_sha) for i in range(num_shards)],
+        entries = _gather([label_shard_task.submit(shard, paths.codebook, codebook_sha) for shard in shards],
                           config, "units+shards", labelled)
     return {"stage1": stage1, "entries": entries, "codebook_sha": codebook_sha}
 

@@ -22,7 +22,8 @@ from tasks import evaluate as ev
 def synthesize_questions_task(config: EvaluateConfig) -> str:
     """Read the eval set and speak its questions (cached); returns the questions manifest path."""
     cache = Path(config.audio_cache) if config.audio_cache else None
-    path = ev.prepare_questions(Path(config.eval_set), Path(config.out), tts=config.tts, voices=config.voices,
+    path = ev.prepare_questions(Path(config.eval_set), Path(config.out), tts=config.tts_choice(),
+                                voices=config.voices,
                                 seed=config.seed, limit=config.limit, cache_dir=cache,
                                 max_reject_fraction=config.max_reject_fraction)
     return str(path)

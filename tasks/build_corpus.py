@@ -1,7 +1,9 @@
 """Corpus build stages as plain functions over shards: synthesize, fit the codebook, label.
 
 Every stage is retry-safe: outputs are written to a temp name and renamed, a done-marker with
-their sha256 is written last, and a stage whose verified output exists is skipped. The driver's side
+their sha256 is written last, and a stage whose verified output exists is skipped. A shard task gets
+its shard's paths (ShardPaths: its own plan file in, its files out) and small option objects built
+once by the driver from the config (SynthesisOptions, CodebookOptions), never the config. The driver's side
 (checking inputs and planning, finalizing) lives in tasks/corpus_plan.py and tasks/corpus_finalize.py;
 this module re-exports it, so `tasks.build_corpus` is the one name the flow needs.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from data_specs import corpus as corpus_spec
 from data_specs.rejects import Reject
 from echox.config import BuildCorpusConfig
 from echox.errors import EchoxError, InputError, RecordRejected
+from tasks.backends import FEATURE_EXTRACTORS, TTS_ENGINES, Choice
 from tasks.corpus_finalize import (  # noqa: F401 - re-exported for the flow
     check_codebook_frames,
     collect_rejects,
@@ -33,8 +37,8 @@ from tasks.corpus_finalize import (  # noqa: F401 - re-exported for the flow
 from tasks.corpus_paths import (  # noqa: F401 - re-exported for the flow and tests
     FAULT_ENV,
     BuildPaths,
+    ShardPaths,
     config_hash,
-    feature_spec,
     inject_fault,
     load_plan,
     remove_stale_temps,
@@ -61,47 +65,91 @@ from tasks.shards import (
 SAMPLE_RATE = corpus_spec.SAMPLE_RATE
 
 
+# ---------------------------------------------------------------- what the shard tasks are given
+@dataclass(frozen=True)
+class Compute:
+    """How many compute threads a task runs on its node."""
+
+    workers: int
+    threads_per_worker: int | None = None
+
+    def threads(self) -> int:
+        """threads_per_worker, else this node's cores shared among the workers."""
+        return self.threads_per_worker or max(1, (os.cpu_count() or 1) // self.workers)
+
+
+@dataclass(frozen=True)
+class SynthesisOptions:
+    """What stage 1 of every shard needs: the two backends, voice choice and length limits."""
+
+    tts: Choice
+    features: Choice
+    voices: tuple[str, ...] | None
+    seed: int
+    max_question_seconds: float
+    max_answer_seconds: float
+    compute: Compute
+
+    @classmethod
+    def of(cls, cfg: BuildCorpusConfig) -> SynthesisOptions:
+        """The stage-1 options of a build."""
+        return cls(cfg.tts_choice(), cfg.feature_choice(), tuple(cfg.voices) if cfg.voices else None,
+                   cfg.seed, cfg.max_question_seconds, cfg.max_answer_seconds,
+                   Compute(cfg.workers, cfg.threads_per_worker))
+
+
+@dataclass(frozen=True)
+class CodebookOptions:
+    """What stage 2 needs: the features (to record them), a codebook to reuse, or how to fit one."""
+
+    features: Choice
+    reuse: Path | None
+    num_units: int
+    max_frames: int
+    iters: int
+    seed: int
+    compute: Compute
+
+    @classmethod
+    def of(cls, cfg: BuildCorpusConfig) -> CodebookOptions:
+        """The stage-2 options of a build."""
+        return cls(cfg.feature_choice(), Path(cfg.codebook) if cfg.codebook else None, cfg.num_units,
+                   cfg.kmeans_max_frames, cfg.kmeans_iters, cfg.seed,
+                   Compute(cfg.workers, cfg.threads_per_worker))
+
+
 # ---------------------------------------------------------------- per-worker models (loaded once)
 @functools.cache
-def _tts(name: str, threads: int | None) -> Any:
-    from tasks.tts import make_tts
-
-    return make_tts(name, threads=threads) if name == "piper" else make_tts(name)
+def _tts(choice: Choice, threads: int) -> Any:
+    return TTS_ENGINES.create(choice, threads)
 
 
 @functools.cache
-def _features(spec_json: str) -> Any:
-    from tasks.features import make_features
-
-    spec = json.loads(spec_json)
-    return make_features(spec.pop("name"), **spec)
+def _features(choice: Choice) -> Any:
+    return FEATURE_EXTRACTORS.create(choice)
 
 
-def _threads(cfg: BuildCorpusConfig) -> int:
-    return cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // cfg.workers)
-
-
-def worker_setup(cfg: BuildCorpusConfig) -> None:
+def worker_setup(compute: Compute) -> None:
     """Pin this worker's compute threads (torch; onnxruntime is pinned where the voice loads)."""
     import torch
 
-    torch.set_num_threads(_threads(cfg))
+    torch.set_num_threads(compute.threads())
 
 
 # ---------------------------------------------------------------- stage 1: speech and features
-def synthesize_record(rec: dict, cfg: BuildCorpusConfig, tts: Any, voices: list[str]) -> dict:
+def synthesize_record(rec: dict, opts: SynthesisOptions, tts: Any, voices: list[str]) -> dict:
     """Speech for one record's question and answer; RecordRejected when it cannot be used."""
     from tasks.tts import choose_voice
 
-    voice = rec["voice"] or choose_voice(rec["id"], voices, cfg.seed)
+    voice = rec["voice"] or choose_voice(rec["id"], voices, opts.seed)
     q_audio = tts.synthesize(rec["question_text"], voice)
-    if len(q_audio) > cfg.max_question_seconds * SAMPLE_RATE:
+    if len(q_audio) > opts.max_question_seconds * SAMPLE_RATE:
         raise RecordRejected(f"question speech lasts {len(q_audio) / SAMPLE_RATE:.1f} s, longer than "
-                             f"the speech encoder's {cfg.max_question_seconds:.0f} s window")
+                             f"the speech encoder's {opts.max_question_seconds:.0f} s window")
     a_audio = tts.synthesize(rec["answer_text"], voice)
-    if len(a_audio) > cfg.max_answer_seconds * SAMPLE_RATE:
+    if len(a_audio) > opts.max_answer_seconds * SAMPLE_RATE:
         raise RecordRejected(f"answer speech lasts {len(a_audio) / SAMPLE_RATE:.1f} s, "
-                             f"longer than {cfg.max_answer_seconds:.0f} s")
+                             f"longer than {opts.max_answer_seconds:.0f} s")
     for what, audio in (("question", q_audio), ("answer", a_audio)):
         if len(audio) < 0.2 * SAMPLE_RATE or not np.abs(audio).max(initial=0) > 0:
             raise RecordRejected(f"{what} speech is empty or silent")
@@ -137,61 +185,57 @@ def load_feats(path: Path) -> list[np.ndarray]:
     return np.split(frames.astype(np.float32), np.cumsum(lengths)[:-1]) if len(lengths) else []
 
 
-def _stage1_verifies(paths: BuildPaths, i: int) -> dict | None:
-    done = paths.stage1_done(i)
-    if not done.exists():
+def _stage1_verifies(shard: ShardPaths) -> dict | None:
+    if not shard.stage1_done.exists():
         return None
-    marker = json.loads(done.read_text())
-    ok = file_verifies(paths.audio(i), marker["audio_sha256"]) and file_verifies(
-        paths.feats(i), marker["feats_sha256"])
+    marker = json.loads(shard.stage1_done.read_text())
+    ok = file_verifies(shard.audio, marker["audio_sha256"]) and file_verifies(
+        shard.feats, marker["feats_sha256"])
     return marker if ok else None
 
 
-def _damaged(paths: BuildPaths, recorded: dict[Path, str]) -> list[str]:
+def _damaged(out: Path, recorded: dict[Path, str]) -> list[str]:
     """The files a done marker recorded (path → sha256) that are missing or corrupt now."""
-    return [str(f.relative_to(paths.out)) for f, sha in recorded.items() if not file_verifies(f, sha)]
+    return [str(f.relative_to(out)) for f, sha in recorded.items() if not file_verifies(f, sha)]
 
 
-def _stage1_damaged(paths: BuildPaths, shard: int) -> list[str]:
-    done = paths.stage1_done(shard)
-    if not done.exists():
+def _stage1_damaged(shard: ShardPaths) -> list[str]:
+    if not shard.stage1_done.exists():
         return []
-    marker = json.loads(done.read_text())
-    return _damaged(paths, {paths.audio(shard): marker["audio_sha256"],
-                            paths.feats(shard): marker["feats_sha256"]})
+    marker = json.loads(shard.stage1_done.read_text())
+    return _damaged(shard.out, {shard.audio: marker["audio_sha256"], shard.feats: marker["feats_sha256"]})
 
 
-def synthesize_shard(cfg: BuildCorpusConfig, shard: int) -> dict:
-    """Stage 1 of one shard: TTS for every record, frame features, rejects; skipped when done.
+def synthesize_shard(shard: ShardPaths, opts: SynthesisOptions) -> dict:
+    """Stage 1 of one shard: TTS for every record of its plan, frame features, rejects; skipped when done.
 
     A shard recorded done whose files fail their sha256 is rebuilt, and the result says so ("rebuilt").
     """
-    paths = BuildPaths(Path(cfg.out))
-    marker = _stage1_verifies(paths, shard)
+    marker = _stage1_verifies(shard)
     if marker is not None:
         return marker
-    rebuilt = _stage1_damaged(paths, shard)
-    inject_fault(paths, f"synthesize-shard-{shard}")
-    worker_setup(cfg)
-    tts = _tts(cfg.tts, _threads(cfg))
-    feats_backend = _features(json.dumps(feature_spec(cfg), sort_keys=True))
-    voices = list(cfg.voices or tts.voices())
+    rebuilt = _stage1_damaged(shard)
+    inject_fault(shard, f"synthesize-shard-{shard.index}")
+    worker_setup(opts.compute)
+    tts = _tts(opts.tts, opts.compute.threads())
+    feats_backend = _features(opts.features)
+    voices = list(opts.voices or tts.voices())
     rows, feats, rejects = [], [], []
-    for rec in load_plan(paths, shard):
+    for rec in load_plan(shard.plan):
         try:
-            row = synthesize_record(rec, cfg, tts, voices)
+            row = synthesize_record(rec, opts, tts, voices)
         except RecordRejected as e:
             rejects.append(Reject(rec["line"], rec["id"], e.reason, stage="tts").to_dict())
             continue
         rows.append(row)
         feats += [feats_backend.extract(row["question_audio"]), feats_backend.extract(row["answer_audio"])]
-    audio_entry = write_arrow(paths.audio(shard), _stage1_table(rows))
-    _save_feats(paths.feats(shard), feats)
+    audio_entry = write_arrow(shard.audio, _stage1_table(rows))
+    _save_feats(shard.feats, feats)
     seconds = sum(len(r["question_audio"]) + len(r["answer_audio"]) for r in rows) / SAMPLE_RATE
-    marker = {"shard": shard, "rows": len(rows), "rejects": rejects, "audio_seconds": seconds,
+    marker = {"shard": shard.index, "rows": len(rows), "rejects": rejects, "audio_seconds": seconds,
               "frames": sum(len(f) for f in feats),
-              "audio_sha256": audio_entry["sha256"], "feats_sha256": file_sha256(paths.feats(shard))}
-    write_json(paths.stage1_done(shard), marker)
+              "audio_sha256": audio_entry["sha256"], "feats_sha256": file_sha256(shard.feats)}
+    write_json(shard.stage1_done, marker)
     return {**marker, "rebuilt": rebuilt} if rebuilt else marker
 
 
@@ -213,27 +257,26 @@ def sample_frames(paths: BuildPaths, num_shards: int, max_frames: int, seed: int
     return np.concatenate(parts)
 
 
-def fit_codebook(cfg: BuildCorpusConfig, num_shards: int) -> str:
-    """Fit k-means on sampled frames (or adopt --codebook); return the codebook's sha256."""
+def fit_codebook(paths: BuildPaths, num_shards: int, opts: CodebookOptions) -> str:
+    """Fit k-means on sampled frames (or adopt a codebook to reuse); return the codebook's sha256."""
     from tasks.units import Codebook, fit_kmeans
 
-    paths = BuildPaths(Path(cfg.out))
-    spec = _features(json.dumps(feature_spec(cfg), sort_keys=True)).config()
-    if cfg.codebook:
-        book = Codebook.load(Path(cfg.codebook))
+    spec = _features(opts.features).config()
+    if opts.reuse:
+        book = Codebook.load(opts.reuse)
         if book.feature_config != spec:
-            raise InputError(f"codebook {cfg.codebook} was fitted on features {book.feature_config}, "
+            raise InputError(f"codebook {opts.reuse} was fitted on features {book.feature_config}, "
                              f"but this build extracts {spec}")
         return book.save(paths.codebook)
     marker = paths.work / "codebook.done.json"
     if marker.exists() and file_verifies(paths.codebook, json.loads(marker.read_text())["sha256"]):
         return json.loads(marker.read_text())["sha256"]
-    worker_setup(cfg)
-    frames = sample_frames(paths, num_shards, cfg.kmeans_max_frames, cfg.seed)
-    centroids = fit_kmeans(frames, cfg.num_units, seed=cfg.seed, iters=cfg.kmeans_iters,
-                           max_frames=cfg.kmeans_max_frames)
-    sha = Codebook(centroids=centroids, feature_config=spec, seed=cfg.seed).save(paths.codebook)
-    write_json(marker, {"sha256": sha, "frames": len(frames), "k": cfg.num_units})
+    worker_setup(opts.compute)
+    frames = sample_frames(paths, num_shards, opts.max_frames, opts.seed)
+    centroids = fit_kmeans(frames, opts.num_units, seed=opts.seed, iters=opts.iters,
+                           max_frames=opts.max_frames)
+    sha = Codebook(centroids=centroids, feature_config=spec, seed=opts.seed).save(paths.codebook)
+    write_json(marker, {"sha256": sha, "frames": len(frames), "k": opts.num_units})
     return sha
 
 
@@ -277,25 +320,39 @@ def corpus_table(audio: pa.Table, feats: list[np.ndarray], centroids: np.ndarray
     return pa.table(cols, schema=corpus_spec.SCHEMA)
 
 
-def label_shard(cfg: BuildCorpusConfig, shard: int, codebook_sha: str) -> dict:
+def label_shard(shard: ShardPaths, codebook: Path, codebook_sha: str) -> dict:
     """Stage 3 of one shard: label frames with the codebook, dedup, write the corpus shard."""
-    paths = BuildPaths(Path(cfg.out))
-    done = paths.shard_done(shard)
     rebuilt = []
-    if done.exists():
-        entry = json.loads(done.read_text())
+    if shard.shard_done.exists():
+        entry = json.loads(shard.shard_done.read_text())
         if entry["codebook_sha256"] == codebook_sha:
-            if file_verifies(paths.shard(shard), entry["sha256"]):
+            if file_verifies(shard.shard, entry["sha256"]):
                 return entry
-            rebuilt = _damaged(paths, {paths.shard(shard): entry["sha256"]})
-    inject_fault(paths, f"label-shard-{shard}")
-    marker = _stage1_verifies(paths, shard)
+            rebuilt = _damaged(shard.out, {shard.shard: entry["sha256"]})
+    inject_fault(shard, f"label-shard-{shard.index}")
+    marker = _stage1_verifies(shard)
     if marker is None:
-        raise EchoxError(f"stage-1 output of shard {shard} is missing or corrupt; rerun the build")
-    audio = read_arrow(paths.audio(shard))
-    table = corpus_table(audio, load_feats(paths.feats(shard)), _centroids(str(paths.codebook), codebook_sha))
+        raise EchoxError(f"stage-1 output of shard {shard.index} is missing or corrupt; rerun the build")
+    audio = read_arrow(shard.audio)
+    table = corpus_table(audio, load_feats(shard.feats), _centroids(str(codebook), codebook_sha))
     corpus_spec.validate(table)
-    entry = {**write_arrow(paths.shard(shard), table), "shard": shard, "codebook_sha256": codebook_sha,
+    entry = {**write_arrow(shard.shard, table), "shard": shard.index, "codebook_sha256": codebook_sha,
              "audio_seconds": marker["audio_seconds"]}
-    write_json(done, entry)
+    write_json(shard.shard_done, entry)
     return {**entry, "rebuilt": rebuilt} if rebuilt else entry
+
+
+def build_in_process(cfg: BuildCorpusConfig) -> dict:
+    """The whole build in this process, stage after stage (benchmarks, tests); returns the manifest.
+
+    The same steps as flows/build_corpus.py without Prefect, Ray or the output folder's lock.
+    """
+    identity = plan_build(cfg)
+    paths = BuildPaths(Path(cfg.out))
+    shards = [paths.of_shard(i) for i in range(identity["num_shards"])]
+    synthesis = SynthesisOptions.of(cfg)
+    stage1 = [synthesize_shard(shard, synthesis) for shard in shards]
+    check_codebook_frames(cfg, stage1)
+    sha = fit_codebook(paths, len(shards), CodebookOptions.of(cfg))
+    entries = [label_shard(shard, paths.codebook, sha) for shard in shards]
+    return finalize_build(cfg, identity, stage1, entries, sha)

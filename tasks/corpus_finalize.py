@@ -10,7 +10,8 @@ from pathlib import Path
 from data_specs import corpus as corpus_spec
 from echox.config import BuildCorpusConfig
 from echox.errors import EchoxError, InputError
-from tasks.corpus_paths import BuildPaths, feature_spec
+from tasks.backends import FEATURE_EXTRACTORS
+from tasks.corpus_paths import BuildPaths
 from tasks.out_dir import FAILURE, drop_previous
 from tasks.shards import write_datasets_layout, write_json, write_jsonl
 
@@ -66,7 +67,8 @@ def corpus_manifest(cfg: BuildCorpusConfig, identity: dict, shards: list[dict], 
         "config": identity["config"], "config_hash": identity["hash"],
         "source": str(cfg.source), "source_sha256": identity["source_sha256"],
         "codebook": {"path": BuildPaths(Path(cfg.out)).codebook.name, "sha256": codebook_sha,
-                     "num_units": cfg.num_units, "features": feature_spec(cfg)},
+                     "num_units": cfg.num_units,
+                     "features": FEATURE_EXTRACTORS.identity(cfg.feature_choice())},
         "shards": shards,
         "totals": {"source_records": identity["num_source_records"],
                    "rows": sum(s["num_rows"] for s in shards),

@@ -28,9 +28,13 @@ class BuildPaths:
         return self.out / ".echox"
 
     @property
-    def plan(self) -> Path:
-        """Valid records with their spoken forms and shard index."""
-        return self.work / "records.jsonl"
+    def plan_dir(self) -> Path:
+        """The shard plan: one JSONL file per shard of its valid records with their spoken forms."""
+        return self.work / "plan"
+
+    def plan(self, i: int) -> Path:
+        """The planned records of shard i (what its stage-1 task reads, and nothing more)."""
+        return self.plan_dir / f"shard-{i:05d}.jsonl"
 
     @property
     def build_json(self) -> Path:
@@ -62,19 +66,32 @@ class BuildPaths:
         """Marker of a finished corpus shard (its manifest entry and codebook hash)."""
         return self.work / "final" / f"shard-{i:05d}.json"
 
+    def of_shard(self, i: int) -> ShardPaths:
+        """Every path of shard i, for the task that builds it."""
+        return ShardPaths(index=i, out=self.out, work=self.work, plan=self.plan(i), audio=self.audio(i),
+                          feats=self.feats(i), stage1_done=self.stage1_done(i), shard=self.shard(i),
+                          shard_done=self.shard_done(i))
+
+
+@dataclass(frozen=True)
+class ShardPaths:
+    """The files of one shard: what its tasks read and write (small and picklable, for Prefect and Ray)."""
+
+    index: int
+    out: Path  # the corpus directory: damaged files are reported relative to it
+    work: Path  # .echox: fault-injection flags
+    plan: Path
+    audio: Path
+    feats: Path
+    stage1_done: Path
+    shard: Path
+    shard_done: Path
+
 
 def config_hash(cfg: BuildCorpusConfig, source_sha: str) -> str:
     """Hash of everything that decides the build's content."""
     return json_sha256({"config": cfg.content_hash_fields(), "source": source_sha,
                         "schema": corpus_spec.SCHEMA_VERSION})
-
-
-def feature_spec(cfg: BuildCorpusConfig) -> dict:
-    """Arguments of the feature backend."""
-    if cfg.units == "mfcc":
-        return {"name": "mfcc"}
-    return {"name": "wav2vec2", "checkpoint": cfg.feature_checkpoint, "layer": cfg.feature_layer,
-            "arch": cfg.feature_arch}
 
 
 def shard_count(records: int, shard_size: int) -> int:
@@ -96,20 +113,21 @@ def shard_sizes(records: int, shard_size: int) -> list[int]:
     return list(Counter(shard_of(n, records, num_shards) for n in range(records)).values())
 
 
-def load_plan(paths: BuildPaths, shard: int) -> list[dict]:
-    """The planned records of one shard."""
-    with open(paths.plan, encoding="utf-8") as f:
-        return [r for r in map(json.loads, f) if r["shard"] == shard]
+def load_plan(plan: Path) -> list[dict]:
+    """The planned records of one shard, from its plan file."""
+    with open(plan, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
 
 
 def remove_stale_temps(paths: BuildPaths) -> None:
     """Delete temp files a killed run left behind (safe: the caller holds the directory's lock)."""
-    for folder in (paths.out, paths.work, paths.work / "audio", paths.work / "feats", paths.work / "final"):
+    for folder in (paths.out, paths.work, paths.plan_dir, paths.work / "audio", paths.work / "feats",
+                   paths.work / "final"):
         for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
             tmp.unlink(missing_ok=True)
 
 
-def inject_fault(paths: BuildPaths, point: str) -> None:
+def inject_fault(paths: BuildPaths | ShardPaths, point: str) -> None:
     """Test hook: fail once at `point` (e.g. "synthesize-shard-1") when ECHOX_FAULT_INJECT names it.
 
     ECHOX_FAULT_INJECT holds comma-separated "<point>:<action>" entries; "raise" raises a transient

@@ -93,6 +93,19 @@ def no_records_message(source: Path, rejects: list[Reject]) -> str:
             f"(first at line {rejects[0].line})")
 
 
+def write_shard_plans(paths: BuildPaths, kept: list[dict], num_shards: int) -> None:
+    """One plan file per shard (its records, in source order), so a shard task reads only its own.
+
+    Rewritten on every run (atomically, and identical for the same build), so a resumed build and
+    its finished shards' markers always agree.
+    """
+    by_shard: list[list[dict]] = [[] for _ in range(num_shards)]
+    for n, rec in enumerate(kept):
+        by_shard[shard_of(n, len(kept), num_shards)].append(rec)
+    for i, records in enumerate(by_shard):
+        write_jsonl(paths.plan(i), records)
+
+
 def plan_build(cfg: BuildCorpusConfig) -> dict:
     """Check the inputs (inspect_build), prepare the output folder, write the shard plan; the identity.
 
@@ -102,9 +115,7 @@ def plan_build(cfg: BuildCorpusConfig) -> dict:
     paths = BuildPaths(Path(cfg.out))
     apply_out_dir(paths.out, inputs.out_plan)
     remove_stale_temps(paths)
-    num_shards = inputs.identity["num_shards"]
-    kept = [dict(rec, shard=shard_of(n, len(inputs.kept), num_shards)) for n, rec in enumerate(inputs.kept)]
-    write_jsonl(paths.plan, kept)
+    write_shard_plans(paths, inputs.kept, inputs.identity["num_shards"])
     write_jsonl(paths.work / "source_rejects.jsonl", [r.to_dict() for r in inputs.rejects])
     write_json(paths.build_json, inputs.identity)
     return inputs.identity

@@ -1,7 +1,9 @@
-"""Frame features that discrete units are cut from: MFCC (no weights) or a HuBERT-style encoder layer.
+"""Frame features that discrete units are cut from: what an extractor is, building one by name, and
+the fairseq2 wav2vec2/HuBERT checkpoint loading behind tasks/backends/features_wav2vec2.py.
 
-Both backends take 16 kHz mono audio and return float32 frames (T, dim). `config()` is what the
-corpus manifest records, so that a later build labels its audio with the same features.
+Extractors (one per file in tasks/backends/, found through FEATURE_EXTRACTORS) take 16 kHz mono audio
+and return float32 frames (T, dim). `config()` is what a codebook records, so that a later build labels
+its audio with the same features.
 """
 
 from __future__ import annotations
@@ -9,21 +11,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import enum
-import inspect
 import pickle
 import re
 import types
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from echox.errors import CheckpointError, ConfigError, InputError
-
-SAMPLE_RATE = 16_000
+from echox.errors import CheckpointError, ConfigError
 
 # Keys a features-only model may lack: pretraining heads, and the mask embedding (only used to mask).
 _ALLOWED_MISSING = ("quantizer.", "final_proj.", "final_target_proj.", "masker.")
@@ -60,8 +59,8 @@ _FAIRSEQ_KEY_MAP: tuple[tuple[str, str], ...] = (
 _FAIRSEQ_DROPPED = re.compile(r"^(label_embs_concat$|final_proj\.|quantizer\.|project_q\.)")
 
 
-class FeatureBackend(Protocol):
-    """What unit extraction needs from a feature extractor."""
+class FeatureExtractor(Protocol):
+    """What unit extraction needs from a feature extractor (the working object a backend creates)."""
 
     name: str
     dim: int
@@ -74,78 +73,6 @@ class FeatureBackend(Protocol):
     def config(self) -> dict[str, Any]:
         """A JSON-able description that rebuilds the same features."""
         ...
-
-
-def as_float_waveform(audio: np.ndarray) -> np.ndarray:
-    """1-D int16 or float audio -> float32 in [-1, 1]; anything else is an InputError."""
-    wav = np.asarray(audio)
-    if wav.ndim != 1:
-        raise InputError(f"audio must be 1-D mono samples, got shape {wav.shape}")
-    if wav.dtype == np.int16:
-        return wav.astype(np.float32) / 32768.0
-    if not np.issubdtype(wav.dtype, np.floating):
-        raise InputError(f"audio must be int16 or float samples, got dtype {wav.dtype}")
-    return wav.astype(np.float32, copy=False)
-
-
-# --- MFCC ---------------------------------------------------------------------------------------
-
-
-class MFCCFeatures:
-    """MFCC (+ deltas and delta-deltas) at 100 Hz: HuBERT's first-iteration k-means targets."""
-
-    name = "mfcc"
-
-    def __init__(
-        self, n_mfcc: int = 13, deltas: bool = True, frame_rate: float = 100, cmvn: bool = False
-    ) -> None:
-        import torchaudio  # deferred: keeps importing this module cheap for Ray workers
-
-        if n_mfcc < 1:
-            raise ConfigError(f"n_mfcc must be >= 1, got {n_mfcc}")
-        hop = SAMPLE_RATE / frame_rate if frame_rate > 0 else 0.5
-        if hop != int(hop):
-            raise ConfigError(f"frame_rate must divide {SAMPLE_RATE} Hz into whole samples, got {frame_rate}")
-        self.n_mfcc, self.deltas, self.cmvn = n_mfcc, deltas, cmvn
-        self.frame_rate = float(frame_rate)
-        self.dim = n_mfcc * (3 if deltas else 1)
-        self._win = 400  # 25 ms
-        self._hop = int(hop)
-        # center=False frames like Kaldi's snip_edges: one frame per full window, as HuBERT's dump_mfcc.
-        melkwargs = {"n_fft": self._win, "win_length": self._win, "hop_length": self._hop, "n_mels": 40}
-        self._mfcc = torchaudio.transforms.MFCC(
-            sample_rate=SAMPLE_RATE, n_mfcc=n_mfcc, melkwargs={**melkwargs, "center": False}
-        )
-        self._deltas = torchaudio.functional.compute_deltas
-
-    def extract(self, audio: np.ndarray) -> np.ndarray:
-        """16 kHz audio -> (T, dim) float32, T = 1 + (len - 400) // hop (short audio padded to one window)."""
-        wav = as_float_waveform(audio)
-        if wav.size == 0:
-            raise InputError("audio is empty")
-        if wav.size < self._win:
-            wav = np.pad(wav, (0, self._win - wav.size))
-        with torch.inference_mode():
-            feats = self._mfcc(torch.from_numpy(wav))  # (n_mfcc, T)
-            if self.deltas:
-                d1 = self._deltas(feats)
-                feats = torch.cat([feats, d1, self._deltas(d1)], dim=0)  # (3 * n_mfcc, T)
-            feats = feats.T.contiguous()  # (T, dim)
-            if self.cmvn:
-                feats = (feats - feats.mean(0)) / feats.std(0, unbiased=False).clamp_min(1e-5)
-        return feats.numpy().astype(np.float32, copy=False)
-
-    def config(self) -> dict[str, Any]:
-        """JSON-able description of these features."""
-        return {
-            "name": self.name,
-            "n_mfcc": self.n_mfcc,
-            "deltas": self.deltas,
-            "frame_rate": self.frame_rate,
-            "cmvn": self.cmvn,
-            "dim": self.dim,
-            "sample_rate": SAMPLE_RATE,
-        }
 
 
 # --- checkpoint loading -------------------------------------------------------------------------
@@ -355,93 +282,20 @@ def encoder_layer_output(model: torch.nn.Module, wav: torch.Tensor, layer: int) 
     return seqs
 
 
-class Wav2Vec2Features:
-    """One layer of a HuBERT-style (fairseq2 wav2vec2) encoder at 50 Hz, from a local checkpoint."""
+def make_features(name: str, **options: Any) -> FeatureExtractor:
+    """Build a registered feature extractor by name (what `--units` selects); `options` are its options."""
+    from tasks.backends import FEATURE_EXTRACTORS
 
-    name = "wav2vec2"
-
-    def __init__(
-        self,
-        checkpoint: str | Path,
-        *,
-        layer: int,
-        arch: str = "base",
-        device: str = "cpu",
-        arch_overrides: Mapping[str, Any] | None = None,
-        normalize: bool = False,
-    ) -> None:
-        from fairseq2.models.transformer import TransformerNormOrder
-
-        self.checkpoint = Path(checkpoint)
-        self.arch, self.device, self.normalize = arch, device, normalize
-        self.arch_overrides = dict(arch_overrides or {})
-        cfg = wav2vec2_config(arch, self.arch_overrides)
-        enc = cfg.encoder_config
-        if not 1 <= layer <= enc.num_encoder_layers:
-            raise ConfigError(f"layer must be in 1..{enc.num_encoder_layers} for this encoder, got {layer}")
-        self.layer, self.dim = layer, int(enc.model_dim)
-        self._min_samples, stride = _conv_geometry(enc.feature_extractor_layer_descs)
-        self.frame_rate = SAMPLE_RATE / stride
-        if not self.checkpoint.is_file():  # before building the model: fail fast and cheap
-            raise CheckpointError(f"checkpoint not found: {self.checkpoint}")
-        model = build_wav2vec2(cfg, device)
-        load_wav2vec2_state(model, self.checkpoint, pre_norm=enc.norm_order == TransformerNormOrder.PRE)
-        self._model = model.eval()
-
-    def extract(self, audio: np.ndarray) -> np.ndarray:
-        """16 kHz audio -> (T, model_dim) float32 at 50 Hz from encoder layer `layer`."""
-        wav = as_float_waveform(audio)
-        if wav.size < self._min_samples:
-            raise InputError(f"audio has {wav.size} samples; the encoder needs at least {self._min_samples}")
-        with torch.inference_mode():
-            x = torch.from_numpy(wav).to(self.device)[None]  # (1, S)
-            if self.normalize:  # fairseq's task.normalize (large models): zero mean, unit variance
-                x = torch.nn.functional.layer_norm(x, x.shape[-1:])
-            out = encoder_layer_output(self._model, x, self.layer)  # (1, T, D)
-        return out[0].float().cpu().numpy()
-
-    def config(self) -> dict[str, Any]:
-        """JSON-able description; the checkpoint's sha256 pins the weights."""
-        from tasks.shards import file_sha256
-
-        return {
-            "name": self.name,
-            "checkpoint": str(self.checkpoint),
-            "checkpoint_sha256": file_sha256(self.checkpoint),
-            "layer": self.layer,
-            "arch": self.arch,
-            "arch_overrides": self.arch_overrides,
-            "normalize": self.normalize,
-            "frame_rate": self.frame_rate,
-            "dim": self.dim,
-            "sample_rate": SAMPLE_RATE,
-        }
+    return FEATURE_EXTRACTORS.get(name).create(FEATURE_EXTRACTORS.options(name, **options), None)
 
 
-def make_features(name: Literal["mfcc", "wav2vec2"], **opts: Any) -> FeatureBackend:
-    """Build a feature backend by name (what `--units` selects)."""
-    if name == "mfcc":
-        kinds: Any = MFCCFeatures
-    elif name == "wav2vec2":
-        if opts.get("checkpoint") is None:
-            raise ConfigError("--units wav2vec2 needs a checkpoint path (--feature-checkpoint)")
-        kinds = Wav2Vec2Features
-    else:
-        raise ConfigError(f"unknown feature backend {name!r}; choose 'mfcc' or 'wav2vec2'")
-    try:
-        inspect.signature(kinds).bind(**opts)
-    except TypeError as ex:  # an option this backend does not take
-        raise ConfigError(f"bad options for {name} features {sorted(opts)}: {ex}") from ex
-    return kinds(**opts)
-
-
-def features_from_config(config: Mapping[str, Any], device: str = "cpu") -> FeatureBackend:
-    """Rebuild the backend a manifest's `config()` describes (checking the checkpoint's sha256)."""
+def features_from_config(config: Mapping[str, Any], device: str = "cpu") -> FeatureExtractor:
+    """Rebuild the extractor a codebook's `config()` describes (checking the checkpoint's sha256)."""
     opts = {k: v for k, v in config.items() if k not in ("name", "dim", "sample_rate", "checkpoint_sha256")}
     if config.get("name") == "wav2vec2":
         opts["device"] = device
         opts.pop("frame_rate", None)
-    backend = make_features(config.get("name"), **opts)  # type: ignore[arg-type]
+    backend = make_features(str(config.get("name")), **opts)
     recorded = config.get("checkpoint_sha256")
     if recorded is not None and backend.config()["checkpoint_sha256"] != recorded:
         raise CheckpointError(f"checkpoint {config.get('checkpoint')} changed since the codebook was fitted")

@@ -47,7 +47,7 @@ def _main(argv: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str]
 
 def _mfcc_codebook(path: Path, k: int = 8) -> Path:
     """A codebook as an MFCC build writes it (K centroids over 39-dim MFCC+deltas)."""
-    from tasks.features import MFCCFeatures
+    from tasks.backends.features_mfcc import MFCCFeatures
     from tasks.units import Codebook
 
     centroids = np.random.default_rng(0).normal(size=(k, 39)).astype(np.float32)

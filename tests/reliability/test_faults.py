@@ -182,7 +182,8 @@ def test_worker_dying_after_prefect_completed_is_harmless(tmp_path: Path, ray_se
     @flow(task_runner=RayTaskRunner())
     def stage1() -> list[dict]:
         hooked = synthesize_shard_task.with_options(on_completion=[die_once])
-        return [f.result() for f in [hooked.submit(cfg, i) for i in range(2)]]
+        paths, options = stages.BuildPaths(Path(cfg.out)), stages.SynthesisOptions.of(cfg)
+        return [f.result() for f in [hooked.submit(paths.of_shard(i), options) for i in range(2)]]
 
     markers = stage1()
     done_at_kill = json.loads(flag.read_text())

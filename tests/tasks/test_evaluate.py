@@ -146,7 +146,8 @@ def _eval_set(tmp_path: Path, rows: list) -> Path:
 
 
 def test_questions_are_synthesized_once_and_cached(tmp_path: Path) -> None:
-    from tasks.tts import DEFAULT_ESPEAK_VOICES, choose_voice
+    from tasks.backends.tts_espeak import DEFAULT_ESPEAK_VOICES
+    from tasks.tts import choose_voice
 
     src = _eval_set(tmp_path, [
         {"id": "a", "question": "What is 2 plus 2?", "answers": ["4"]},

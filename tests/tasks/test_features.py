@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from echox.errors import CheckpointError, ConfigError, InputError
+from tasks.backends.features_mfcc import MFCCFeatures
+from tasks.backends.features_wav2vec2 import Wav2Vec2Features
 from tasks.features import (
-    MFCCFeatures,
-    Wav2Vec2Features,
     build_wav2vec2,
     convert_fairseq_hubert_state_dict,
     make_features,

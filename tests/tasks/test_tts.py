@@ -11,19 +11,10 @@ import pytest
 import soundfile
 
 from echox.errors import ConfigError, RecordRejected
-from tasks.tts import (
-    DEFAULT_ESPEAK_VOICES,
-    SAMPLE_RATE,
-    EspeakTTS,
-    PiperTTS,
-    _parse_wav_stream,
-    _piper_voice_names,
-    bundled_piper_voice,
-    choose_voice,
-    make_tts,
-    to_16k_int16,
-    write_wav,
-)
+from tasks.audio import SAMPLE_RATE, to_16k_int16, write_wav
+from tasks.backends.tts_espeak import DEFAULT_ESPEAK_VOICES, EspeakTTS, _parse_wav_stream
+from tasks.backends.tts_piper import PiperTTS, _piper_voice_names, bundled_piper_voice
+from tasks.tts import choose_voice, make_tts
 
 SENTENCE = "The capital of France is Paris."
 LONGER = SENTENCE + " It is a large city on the river Seine, famous for its museums and its old bridges."
