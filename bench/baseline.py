@@ -69,7 +69,7 @@ def read_records(path: Path) -> list[dict]:
 
 def dump_features(cfg: BaselineConfig, records: list[dict], timer: PhaseTimer) -> tuple[list[dict], Path]:
     """Speak every question and answer, extract MFCCs, save all frames (.npy) and lengths (.len)."""
-    from echox.errors import RecordRejected
+    from core.errors import RecordRejected
     from tasks.backends.features_mfcc import MFCCFeatures
     from tasks.text_norm import spoken_form
     from tasks.tts import choose_voice, make_tts

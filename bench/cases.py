@@ -70,12 +70,12 @@ def _baseline(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _flow(spec: dict[str, Any]) -> dict[str, Any]:
     """flows.build_corpus with the spec's workers and threads, against the running Prefect server."""
-    from echox import runtime
+    from core import runtime
 
     runtime.configure()
     runtime.ensure_prefect_api()  # the bench starts one; this only checks it is set
-    from echox.config import BuildCorpusConfig
     from flows.build_corpus import build_corpus
+    from tasks.configs import BuildCorpusConfig
 
     cfg = BuildCorpusConfig(source=spec["source"], out=spec["out"], tts=spec["tts"], workers=spec["workers"],
                             threads_per_worker=spec["threads_setting"], seed=spec["seed"],

@@ -114,7 +114,7 @@ def _environment(ctx: Any) -> None:
     os.environ.setdefault("ECHOX_STATE_DIR", str(Path(ctx.work) / "state"))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    from echox import runtime
+    from core import runtime
 
     runtime.configure()
 
@@ -139,7 +139,7 @@ def run_benchmarks(args: argparse.Namespace, argv: list[str]) -> int:
               "will be noisy", flush=True)
     t_run = time.perf_counter()
     if NEEDS_PREFECT & set(names):
-        from echox import runtime
+        from core import runtime
 
         t0 = time.perf_counter()
         info["prefect_api"] = runtime.ensure_prefect_api()

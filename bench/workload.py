@@ -120,8 +120,8 @@ def _save_clips(path: Path, clips: list[np.ndarray]) -> None:
 
 def _build_plain_corpus(source: Path, out: Path, num_units: int, seed: int) -> None:
     """Run the corpus build's stage functions one after another in this process."""
-    from echox.config import BuildCorpusConfig
     from tasks import build_corpus as stages
+    from tasks.configs import BuildCorpusConfig
 
     cfg = BuildCorpusConfig(source=str(source), out=str(out), tts="espeak", num_units=num_units,
                             shard_size=32, workers=1, progress=False, overwrite=True, seed=seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from echox.errors import IntegrityError
+from core.errors import IntegrityError
 
 
 def check_schema(table: pa.Table, schema: pa.Schema, name: str) -> None:

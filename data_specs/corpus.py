@@ -6,8 +6,8 @@ from itertools import pairwise
 
 import pyarrow as pa
 
+from core.errors import IntegrityError
 from data_specs._validate import check_schema
-from echox.errors import IntegrityError
 
 SCHEMA_VERSION = 1
 SAMPLE_RATE = 16_000

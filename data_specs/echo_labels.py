@@ -12,8 +12,8 @@ from itertools import pairwise
 
 import pyarrow as pa
 
+from core.errors import IntegrityError
 from data_specs._validate import check_schema
-from echox.errors import IntegrityError
 
 SCHEMA_VERSION = 2  # 2: segment columns renamed to the singular names the echo collator reads
 

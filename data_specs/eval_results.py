@@ -13,8 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from core.errors import IntegrityError
 from data_specs._validate import check_schema
-from echox.errors import IntegrityError
 
 SCHEMA_VERSION = 1
 REPORT_TAG = "echox.eval_report"

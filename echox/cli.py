@@ -15,13 +15,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from echox import runtime
+from core import runtime
+from core.config import build
+from core.errors import EchoxError
 from echox.cli_echo import ECHO_COMMANDS
 from echox.cli_eval import EVAL_COMMANDS
 from echox.cli_options import Command, Flag, add_commands, given
 from echox.commands import AskOptions, DemoOptions, PipelineOptions, ServeOptions, ServerOptions, T2COptions
-from echox.config import BuildCorpusConfig, TrainFlowConfig, build
-from echox.errors import EchoxError
+from tasks.configs import BuildCorpusConfig, TrainFlowConfig
 
 
 def _run_build_corpus(cfg: BuildCorpusConfig) -> int:
@@ -94,7 +95,7 @@ def _print_outputs(paths: dict) -> None:
 def _run_demo(opts: DemoOptions) -> int:
     import os
 
-    from echox import server
+    from core import server
     from flows.pipeline_config import load_pipeline_config
 
     cfg = load_pipeline_config(Path(opts.config))
@@ -127,7 +128,7 @@ def _run_serve(opts: ServeOptions) -> int:
 def _run_server(opts: ServerOptions) -> int:
     import signal
 
-    from echox import runs, server
+    from core import runs, server
 
     state = runtime.state_dir()
     if opts.stop:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from echox import runtime
+from core import runtime
+from core.errors import InputError
 from echox.cli_options import Command, Flag
 from echox.commands import EchoEvalOptions, SpeakOptions
-from echox.config import EchoLabelsConfig
-from echox.errors import InputError
+from tasks.configs import EchoLabelsConfig
 
 
 def _run_echo_labels(cfg: EchoLabelsConfig) -> int:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from echox import runtime
+from core import runtime
 from echox.cli_options import Command
-from echox.config import EvaluateConfig
+from tasks.configs import EvaluateConfig
 
 
 def run_evaluate(cfg: EvaluateConfig) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from echox.config import Frozen
+from core.config import Frozen
 
 
 class AskOptions(Frozen):

@@ -11,12 +11,12 @@ from prefect.futures import as_completed
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
-from echox.config import BuildCorpusConfig
-from echox.errors import EchoxError, InputError
-from echox.runs import record_process
-from echox.runtime import ray_session
+from core.errors import EchoxError, InputError
+from core.runs import record_process
+from core.runtime import ray_session
 from flows.policy import RAY_OPTIONS, RETRY
 from tasks import build_corpus as stages
+from tasks.configs import BuildCorpusConfig
 
 # Per-shard tasks carry no tags: Prefect 3.9 acquires a tag concurrency slot for every tagged task
 # run, which cost ~2 s per task on a local server (measured; 10 shards on one worker lost ~18 s).

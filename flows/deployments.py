@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from echox.errors import ConfigError
+from core.errors import ConfigError
 
 
 def load_spec(path: Path) -> list[dict[str, Any]]:

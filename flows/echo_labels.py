@@ -13,12 +13,12 @@ from prefect.futures import as_completed
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
-from echox.config import EchoLabelsConfig
-from echox.errors import EchoxError
-from echox.runs import record_process
-from echox.runtime import ray_session
+from core.errors import EchoxError
+from core.runs import record_process
+from core.runtime import ray_session
 from flows.policy import RETRY
 from tasks import echo_labels as stages
+from tasks.configs import EchoLabelsConfig
 
 NAMESPACE = "echox-echo-labels"
 

@@ -12,10 +12,10 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from echox.config import EvaluateConfig
-from echox.errors import InputError
-from echox.runs import record_process
+from core.errors import InputError
+from core.runs import record_process
 from tasks import evaluate as ev
+from tasks.configs import EvaluateConfig
 
 
 @task(name="synthesize-questions", tags=["eval", "tts"])

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from echox.config import BuildCorpusConfig, PipelineConfig, TrainFlowConfig
-from echox.runs import record_process
+from core.runs import record_process
 from flows.pipeline_config import (  # noqa: F401 - load_pipeline_config is part of this module's interface
     ECHO_STAGE,
     FIRST_STAGES,
+    PipelineConfig,
     corpus_config,
     echo_labels_config,
     evaluate_config,
@@ -25,6 +25,7 @@ from flows.pipeline_config import (  # noqa: F401 - load_pipeline_config is part
     stage_inputs,
     validate,
 )
+from tasks.configs import BuildCorpusConfig, TrainFlowConfig
 
 
 # ------------------------------------------------------------------ skip checks
@@ -87,7 +88,7 @@ def train_stages(cfg: PipelineConfig) -> None:
         else:
             todo.append(tc)
     if _parallel(cfg) and len(todo) == 2:
-        from echox.runtime import ray_session
+        from core.runtime import ray_session
 
         with ray_session(cfg.ray_address):  # one Ray for both trainers, so neither shuts it down
             futures = [(tc, train_task.submit(tc)) for tc in todo]

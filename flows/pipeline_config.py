@@ -6,20 +6,38 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from echox.config import (
-    BuildCorpusConfig,
-    EchoLabelsConfig,
-    EvaluateConfig,
-    PipelineConfig,
-    TrainFlowConfig,
-    TrainStep,
-    build,
-    load_yaml,
-)
+from pydantic import Field
+
+from core.config import Frozen, build, load_yaml
+from tasks.configs import BuildCorpusConfig, EchoLabelsConfig, EvaluateConfig, TrainFlowConfig, TrainStep
 
 # The EchoX DAG's training stages: two independent ones, then echo training, which needs both.
 FIRST_STAGES = ("s2t", "t2c")
 ECHO_STAGE = "echo"
+
+
+
+class PipelineConfig(Frozen):
+    """The whole DAG: corpus → units → stage I ∥ stage II → echo labels → echo training → evaluation."""
+
+    source: str = Field(description="QA source (JSONL, Parquet or datasets directory).")
+    eval_set: str | None = Field(None, description="Held-out eval JSONL (id, question, answers/aliases).")
+    out: str = Field(description="Pipeline output directory (one folder per step).")
+    corpus: dict = Field(default_factory=dict, description="build-corpus options (tts, num_units, "
+                         "shard_size, workers, ...).")
+    codebook: str | None = Field(None, description="Reuse this codebook instead of fitting one.")
+    preset: str = Field("tiny", description="Model preset for all stages.")
+    preset_overrides: dict = Field(default_factory=dict, description="Preset fields to override.")
+    s2t: TrainStep = Field(default_factory=TrainStep, description="Stage I (speech → text).")
+    t2c: TrainStep = Field(default_factory=TrainStep, description="Stage II (text → units).")
+    echo: TrainStep = Field(default_factory=TrainStep, description="Stage III (echo training).")
+    echo_labels: dict = Field(default_factory=dict, description="echo-labels options (workers, "
+                              "batch_size, max_units, ...).")
+    evaluate: dict = Field(default_factory=dict, description="evaluation options (tts, limit, ...).")
+    parallel_training: bool | None = Field(None, description="Train stages I and II at once; default: "
+                                           "when the Ray cluster has the CPUs/GPUs for both.")
+    ray_address: str | None = Field(None, description="Existing Ray cluster for every step.")
+    seed: int = Field(0, description="Seed for every step.")
 
 
 def corpus_config(cfg: PipelineConfig) -> BuildCorpusConfig:

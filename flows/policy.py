@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from echox.errors import EchoxError
+from core.errors import EchoxError
 
 
 def transient(task: Any, task_run: Any, state: Any) -> bool:

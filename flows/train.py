@@ -7,10 +7,10 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from echox import runtime
-from echox.config import TrainFlowConfig
-from echox.plots import loss_curve_markdown, read_metrics
-from echox.runs import record_process
+from core import runtime
+from core.runs import record_process
+from tasks.configs import TrainFlowConfig
+from tasks.plots import loss_curve_markdown, read_metrics
 
 
 def loss_keys(stage: str) -> tuple[str, ...]:
@@ -83,7 +83,7 @@ def retrain(stage: str, data_version: str, corpus: str, out_root: str = "outputs
 
     The run directory is `out_root/<stage>/<data_version>`; rerunning the same version resumes it.
     """
-    from echox.config import build
+    from core.config import build
 
     data = {"stage": stage, "corpus": corpus, "out": str(Path(out_root) / stage / data_version),
             "init_checkpoint": init_checkpoint, "preset": preset, "max_steps": max_steps,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from echox.errors import InputError
+from core.errors import InputError
 
 Batch = dict[str, Tensor]
 SAMPLE_RATE = 16_000

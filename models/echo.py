@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from echox.errors import CheckpointError
+from core.errors import CheckpointError
 from models.build_info import BuildInfo
 from models.llm import llm_ffn_width
 from models.s2t import S2TModel

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from echox.errors import ConfigError
+from core.errors import ConfigError
 from models.presets import preset_from_dict
 from models.stages import StageInputs, get_stage
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from echox.errors import CheckpointError
+from core.errors import CheckpointError
 from models.build_info import BuildInfo
 from models.presets import ModelPreset, preset_from_dict, preset_to_dict
 from models.stages import get_stage, stage_names

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from echox.errors import CheckpointError, ConfigError
+from core.errors import CheckpointError, ConfigError
 from models.presets import ModelPreset, preset_to_dict
 
 MARKER = "echox_base.json"

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from echox.errors import ConfigError
+from core.errors import ConfigError
 
 LlmSource = Literal["random", "smollm2", "path"]
 EncoderSource = Literal["random", "path"]

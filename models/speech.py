@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from echox.errors import CheckpointError
+from core.errors import CheckpointError
 from models.presets import ModelPreset
 
 SAMPLE_RATE = 16_000

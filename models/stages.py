@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from echox.errors import ConfigError
+from core.errors import ConfigError
 
 if TYPE_CHECKING:
     from torch import nn

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from echox.errors import InputError
+from core.errors import InputError
 from models.build_info import BuildInfo
 from models.llm import load_tokenizer
 from models.presets import ModelPreset
@@ -249,7 +249,7 @@ class T2CModel(nn.Module):
 
 def input_embedding(llm_dir: Path) -> Tensor:
     """The base LLM's input embedding matrix (V, H), read straight from its safetensors."""
-    from echox.errors import CheckpointError
+    from core.errors import CheckpointError
 
     found = read_weights(Path(llm_dir), ("model.embed_tokens.", "embed_tokens."))
     if "weight" not in found:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from echox.errors import CheckpointError, ConfigError, InputError
+from core.errors import CheckpointError, ConfigError, InputError
 
 _UNIT_CHAR_BASE = 0x4E00  # one CJK-range character per unit, so no merge can split a unit
 _MAX_UNITS = 0xD800 - _UNIT_CHAR_BASE  # stay below the surrogate range

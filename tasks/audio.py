@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from echox.errors import InputError
+from core.errors import InputError
 
 SAMPLE_RATE = 16_000
 

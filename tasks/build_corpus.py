@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from core.errors import EchoxError, InputError, RecordRejected
 from data_specs import corpus as corpus_spec
 from data_specs.rejects import Reject
-from echox.config import BuildCorpusConfig
-from echox.errors import EchoxError, InputError, RecordRejected
 from tasks.backends import FEATURE_EXTRACTORS, TTS_ENGINES, Choice
+from tasks.configs import BuildCorpusConfig
 from tasks.corpus_finalize import (  # noqa: F401 - re-exported for the flow
     check_codebook_frames,
     collect_rejects,

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from echox.errors import CheckpointError
+from core.errors import CheckpointError
 from tasks.shards import file_sha256, write_json
 
 log = logging.getLogger(__name__)

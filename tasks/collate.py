@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from echox.errors import ConfigError, InputError
+from core.errors import ConfigError, InputError
 from models.collate import Batch, collate_echo, collate_s2t, collate_t2c  # noqa: F401 - re-exported
 from models.stages import StageSpec, get_stage
 

@@ -7,10 +7,10 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from core.errors import EchoxError, InputError
 from data_specs import corpus as corpus_spec
-from echox.config import BuildCorpusConfig
-from echox.errors import EchoxError, InputError
 from tasks.backends import FEATURE_EXTRACTORS
+from tasks.configs import BuildCorpusConfig
 from tasks.corpus_paths import BuildPaths
 from tasks.out_dir import FAILURE, drop_previous
 from tasks.shards import write_datasets_layout, write_json, write_jsonl

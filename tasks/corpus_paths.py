@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_specs import corpus as corpus_spec
-from echox.config import BuildCorpusConfig
+from tasks.configs import BuildCorpusConfig
 from tasks.shards import json_sha256
 
 FAULT_ENV = "ECHOX_FAULT_INJECT"

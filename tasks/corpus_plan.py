@@ -10,9 +10,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import InputError, RecordRejected
 from data_specs.rejects import Reject
-from echox.config import BuildCorpusConfig
-from echox.errors import InputError, RecordRejected
+from tasks.configs import BuildCorpusConfig
 from tasks.corpus_finalize import reason_key, reject_summary
 from tasks.corpus_paths import BuildPaths, config_hash, remove_stale_temps, shard_count, shard_of
 from tasks.out_dir import OutDirPlan, apply_out_dir, check_out_path, plan_out_dir

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from echox.config import BuildCorpusConfig
-from echox.errors import ConfigError, InputError
+from core.errors import ConfigError, InputError
 from tasks.backends import FEATURE_EXTRACTORS, TTS_ENGINES, Choice
+from tasks.configs import BuildCorpusConfig
 
 
 def preflight(cfg: BuildCorpusConfig) -> None:

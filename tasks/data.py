@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from echox.errors import InputError, IntegrityError
+from core.errors import InputError, IntegrityError
 from tasks.shards import finished_manifest, read_arrow, verify_file
 
 SEGMENT_PREFIX = "segment_"

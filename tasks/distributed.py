@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from echox.errors import ConfigError
+from core.errors import ConfigError
 from tasks.train_config import TrainConfig
 
 

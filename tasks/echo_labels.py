@@ -24,9 +24,9 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from core.errors import CheckpointError, EchoxError, InputError, IntegrityError
 from data_specs import echo_labels as spec
 from data_specs.rejects import Reject
-from echox.errors import CheckpointError, EchoxError, InputError, IntegrityError
 from tasks.shards import (
     file_sha256,
     file_verifies,

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from core.errors import InputError, RecordRejected
 from data_specs.rejects import Reject
-from echox.errors import InputError, RecordRejected
 from tasks.audio import SAMPLE_RATE
 from tasks.backends import TTS_ENGINES, Choice
 from tasks.shards import atomic_write

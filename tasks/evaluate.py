@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError, InputError, RecordRejected
 from data_specs.eval_results import REPORT_TAG, SCHEMA_VERSION, validate_report
 from data_specs.rejects import Reject
-from echox.errors import ConfigError, InputError, RecordRejected
 from tasks.audio import SAMPLE_RATE
 from tasks.eval_questions import (  # noqa: F401 - re-exported: the flow and tests know them here
     EvalItem,

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from echox.errors import CheckpointError, ConfigError
+from core.errors import CheckpointError, ConfigError
 
 # Keys a features-only model may lack: pretraining heads, and the mask embedding (only used to mask).
 _ALLOWED_MISSING = ("quantizer.", "final_proj.", "final_target_proj.", "masker.")
@@ -280,23 +280,3 @@ def encoder_layer_output(model: torch.nn.Module, wav: torch.Tensor, layer: int) 
     for block in model.encoder.layers[:layer]:
         seqs = block(seqs, layout, cache)
     return seqs
-
-
-def make_features(name: str, **options: Any) -> FeatureExtractor:
-    """Build a registered feature extractor by name (what `--units` selects); `options` are its options."""
-    from tasks.backends import FEATURE_EXTRACTORS
-
-    return FEATURE_EXTRACTORS.get(name).create(FEATURE_EXTRACTORS.options(name, **options), None)
-
-
-def features_from_config(config: Mapping[str, Any], device: str = "cpu") -> FeatureExtractor:
-    """Rebuild the extractor a codebook's `config()` describes (checking the checkpoint's sha256)."""
-    opts = {k: v for k, v in config.items() if k not in ("name", "dim", "sample_rate", "checkpoint_sha256")}
-    if config.get("name") == "wav2vec2":
-        opts["device"] = device
-        opts.pop("frame_rate", None)
-    backend = make_features(str(config.get("name")), **opts)
-    recorded = config.get("checkpoint_sha256")
-    if recorded is not None and backend.config()["checkpoint_sha256"] != recorded:
-        raise CheckpointError(f"checkpoint {config.get('checkpoint')} changed since the codebook was fitted")
-    return backend

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from echox.errors import CheckpointError, InputError
+from core.errors import CheckpointError, InputError
 
 
 def load_audio(path: str | Path) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from echox.errors import ConfigError, EchoxError
+from core.errors import ConfigError, EchoxError
 from models.stages import get_stage
 from tasks.shards import write_json
 from tasks.train_config import TrainConfig
@@ -88,7 +88,7 @@ def run_ray(config: TrainConfig, build: Callable[[], nn.Module] | str, *, ray_ad
     Starts a local Ray (or joins `ray_address`) unless one is already running in this process.
     A failure on any worker is raised here: EchoxErrors as themselves, others as RuntimeError.
     """
-    from echox import runtime
+    from core import runtime
 
     runtime.configure()  # RAY_AUTH_MODE=disabled, no usage stats: must precede ray.init
     import ray
@@ -114,7 +114,7 @@ def run_ray(config: TrainConfig, build: Callable[[], nn.Module] | str, *, ray_ad
 
 def _ray_init_kwargs(address: str | None, object_store_mb: int) -> dict:
     """ray.init arguments: a bounded local Ray, or nothing extra when joining a cluster."""
-    from echox import runtime
+    from core import runtime
 
     return {} if address else runtime.ray_init_kwargs(None, object_store_mb=object_store_mb)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from echox.errors import InputError
+from core.errors import InputError
 
 WORK = ".echox"
 PREVIOUS = ".echox-previous"

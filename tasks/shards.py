@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from echox.errors import IntegrityError
+from core.errors import IntegrityError
 
 MANIFEST = "manifest.json"
 
@@ -142,7 +142,7 @@ def load_manifest(out_dir: Path) -> dict | None:
 
 def finished_manifest(out_dir: Path, what: str = "corpus build") -> dict:
     """The manifest of a finished build; InputError (one line) for a failed or unfinished one."""
-    from echox.errors import InputError
+    from core.errors import InputError
 
     failure = out_dir / "failure.json"
     if failure.exists():

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from core.errors import InputError, RecordRejected
 from data_specs.rejects import Reject
 from data_specs.source import OPTIONAL_FIELDS, REQUIRED_FIELDS
-from echox.errors import InputError, RecordRejected
 
 
 class _HasId(Protocol):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from echox.errors import EchoxError, InputError
+from core.errors import EchoxError, InputError
 
 Prefix = Literal["adapter", "identity", "text"]
 PREFIXES: tuple[Prefix, ...] = ("adapter", "identity", "text")

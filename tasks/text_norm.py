@@ -15,7 +15,7 @@ from decimal import Decimal
 
 from num2words import CONVERTER_CLASSES, num2words
 
-from echox.errors import RecordRejected
+from core.errors import RecordRejected
 
 _MAX_NUMBER_DIGITS = 15  # longer digit strings (ids, codes) are read digit by digit
 _NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"  # thousands-grouped first, then plain

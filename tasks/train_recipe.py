@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from echox.errors import ConfigError, EchoxError
+from core.errors import ConfigError, EchoxError
 from models.stages import StageSpec, get_stage
 from tasks.checkpoint import (
     capture_rng_state,

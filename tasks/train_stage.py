@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from echox.errors import ConfigError, InputError
+from core.errors import ConfigError, InputError
 
 
 def corpus_texts(corpus_dir: Path) -> list[str]:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from echox.errors import ConfigError
+from core.errors import ConfigError
 from tasks.data import rank_batches
 from tasks.distributed import Process
 from tasks.shards import write_jsonl

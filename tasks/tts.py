@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from echox.errors import ConfigError, RecordRejected
+from core.errors import ConfigError, RecordRejected
 from tasks.audio import SAMPLE_RATE, to_16k_int16, write_wav  # noqa: F401 - re-exported (long-standing home)
 
 

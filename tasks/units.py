@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from echox.errors import CheckpointError, ConfigError, InputError
+from core.errors import CheckpointError, ConfigError, InputError
 from models.unit_language import UnitLanguage, train_unit_language  # noqa: F401 - UnitLanguage re-exported
 from tasks.shards import atomic_write_bytes
 

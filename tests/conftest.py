@@ -15,7 +15,7 @@ os.environ.setdefault("ECHOX_STATE_DIR", str(_STATE))
 os.environ.setdefault("PREFECT_HOME", str(_STATE / "prefect"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from echox import runtime  # noqa: E402
+from core import runtime  # noqa: E402
 
 runtime.configure()
 
@@ -39,7 +39,7 @@ def ray_session(prefect_server: str) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[str]:
     """A real Prefect server (SQLite, temporary) for the session; PREFECT_API_URL points at it."""
-    from echox import server
+    from core import server
 
     proc, url = server.start_temporary(_STATE)
     os.environ["PREFECT_API_URL"] = url
@@ -69,8 +69,8 @@ def write_jsonl(path: Path, rows: list[dict | str | bytes]) -> Path:
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Path:
     """A real 16-record espeak corpus (K=16 MFCC units) built once through the flow, for later stages."""
-    from echox.config import BuildCorpusConfig
     from flows.build_corpus import build_corpus
+    from tasks.configs import BuildCorpusConfig
 
     tmp = tmp_path_factory.mktemp("tiny-corpus")
     src = write_jsonl(tmp / "qa.jsonl", [qa(i) for i in range(1, 17)])

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from echox.errors import ConfigError, InputError
+from core.errors import ConfigError, InputError
 from tasks.audio import SAMPLE_RATE, as_float_waveform
 from tasks.backends.registry import BackendOptions
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from echox.errors import CheckpointError, ConfigError, InputError
+from core.errors import CheckpointError, ConfigError, InputError
 from tasks.audio import SAMPLE_RATE, as_float_waveform
 from tasks.backends.registry import BackendOptions
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from echox.errors import ConfigError
+from core.errors import ConfigError
 
 
 class BackendOptions(BaseModel):

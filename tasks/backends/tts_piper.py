@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from echox.errors import ConfigError, RecordRejected
+from core.errors import ConfigError, RecordRejected
 from tasks.audio import to_16k_int16
 from tasks.backends.registry import BackendOptions
 

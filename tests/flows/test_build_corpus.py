@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from echox.config import BuildCorpusConfig
-from echox.errors import EchoxError, InputError
+from core.errors import EchoxError, InputError
+from tasks.configs import BuildCorpusConfig
 from tests.conftest import CHECK_CORPUS, qa, write_jsonl
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from echox.errors import ConfigError
+from core.errors import ConfigError
 from flows.deployments import check_parameters, load_spec, to_deployments
 
 ROOT = Path(__file__).resolve().parents[2]

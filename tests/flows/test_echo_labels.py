@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from echox.errors import InputError
+from core.errors import InputError
 from tests.tasks.test_echo_labels import tiny_checkpoints, tiny_rows, write_tiny_corpus
 
 pytestmark = pytest.mark.integration
@@ -118,7 +118,7 @@ def test_an_output_of_another_run_is_refused(env: dict, labelled: Path) -> None:
 def test_rows_hitting_the_guard_are_rejects_with_reasons_through_the_actors(env: dict,
                                                                           tmp_path: Path) -> None:
     """A guard every row's longest segment hits: each row is a reject naming the guard, and the run fails."""
-    from echox.errors import EchoxError
+    from core.errors import EchoxError
     from flows.echo_labels import echo_labels
 
     guard = env["needs"][0] - 1  # short of what the longest segment of every row needs

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 def ray_head() -> Iterator[str]:
     """A Ray head on loopback in its own process group (stopped by killing the group, not `ray stop`,
     which would also stop the test session's Ray)."""
-    from echox.server import free_port
+    from core.server import free_port
 
     port = free_port()
     temp = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from echox.config import TrainFlowConfig
+from tasks.configs import TrainFlowConfig
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from echox.errors import CheckpointError, ConfigError
+from core.errors import CheckpointError, ConfigError
 from models.llm import ChatFormat, load_llm, load_tokenizer, prepare_base_llm, train_tokenizer
 from models.presets import resolve_preset
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from echox.errors import CheckpointError
+from core.errors import CheckpointError
 from models.echo import build_echo
 from models.io import load_model, save_model
 from models.presets import resolve_preset

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from echox.errors import ConfigError
+from core.errors import ConfigError
 from models.presets import PRESETS, preset_from_dict, preset_to_dict, resolve_preset
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from echox.errors import CheckpointError
+from core.errors import CheckpointError
 from models.presets import resolve_preset
 from models.speech import (
     SpeechAdapter,

@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 import models.stages as stages
-from echox.config import TrainFlowConfig, build
-from echox.errors import ConfigError, InputError
+from core.config import build
+from core.errors import ConfigError, InputError
 from models.build_info import BuildInfo
 from models.presets import ModelPreset, preset_to_dict, resolve_preset
 from models.stages import StageInputs, StageSpec, get_stage, register_stage, stage_names
+from tasks.configs import TrainFlowConfig
 from tests.helpers import dummy_model as dm
 
 NAME = "counter-test"

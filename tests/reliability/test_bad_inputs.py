@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from echox.errors import ConfigError
+from core.errors import ConfigError
 from tests.reliability.conftest import Cli, assert_user_error, build_args, qa_rows, write_source
 
 pytestmark = pytest.mark.integration
@@ -154,7 +154,8 @@ def test_other_commands_user_errors(tmp_path: Path, capfd: pytest.CaptureFixture
 
 
 def test_unknown_config_field_is_named() -> None:
-    from echox.config import BuildCorpusConfig, build
+    from core.config import build
+    from tasks.configs import BuildCorpusConfig
 
     with pytest.raises(ConfigError, match=r"(?s)build-corpus: invalid configuration.*num_unit: Extra inputs"):
         build(BuildCorpusConfig, {"source": "qa.jsonl", "out": "o", "num_unit": 8}, "build-corpus")
@@ -169,7 +170,7 @@ def test_unknown_option_is_an_argparse_usage_error(capsys: pytest.CaptureFixture
 
 
 def test_k_above_the_frame_sample_is_refused_before_any_work(tmp_path: Path) -> None:
-    from echox.config import BuildCorpusConfig
+    from tasks.configs import BuildCorpusConfig
     from tasks.corpus_preflight import preflight
 
     cfg = BuildCorpusConfig(source=str(_src3(tmp_path)), out=str(tmp_path / "out"), tts="espeak",

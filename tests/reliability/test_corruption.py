@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from echox.config import BuildCorpusConfig
-from echox.errors import IntegrityError
+from core.errors import IntegrityError
+from tasks.configs import BuildCorpusConfig
 from tasks.shards import file_sha256
 from tests.reliability.conftest import qa_rows, write_source
 

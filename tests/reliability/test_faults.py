@@ -20,8 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from echox.config import BuildCorpusConfig
-from echox.errors import ConfigError, InputError
+from core.errors import ConfigError, InputError
+from tasks.configs import BuildCorpusConfig
 from tests.conftest import CHECK_CORPUS
 from tests.reliability.conftest import Cli, build_args, qa_rows, write_source
 

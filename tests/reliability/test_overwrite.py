@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from echox import runtime
+from core import runtime
 from tests.conftest import CHECK_CORPUS
 from tests.reliability.conftest import assert_user_error, build_args, qa_rows, write_source
 from tests.reliability.test_bad_inputs import _main
@@ -108,7 +108,7 @@ def test_failed_overwrite_keeps_the_previous_build(tmp_path: Path, capfd: pytest
 # ------------------------------------------------------------------ a failed build never looks finished
 def test_build_over_the_reject_limit_leaves_no_manifest(tmp_path: Path, capfd: pytest.CaptureFixture[str],
                                                         ray_session: None) -> None:
-    from echox.errors import InputError
+    from core.errors import InputError
     from tasks.data import load_corpus
     from tasks.train_stage import corpus_num_units
 
@@ -184,9 +184,9 @@ def test_bad_options_fail_before_prefect(capfd: pytest.CaptureFixture[str], no_p
 
 def test_refused_flow_run_leaves_no_folder(tmp_path: Path, prefect_server: str) -> None:
     """The flow itself (a deployment run skips the CLI's checks) also leaves a refused folder untouched."""
-    from echox.config import BuildCorpusConfig
-    from echox.errors import InputError
+    from core.errors import InputError
     from flows.build_corpus import build_corpus
+    from tasks.configs import BuildCorpusConfig
 
     src = write_source(tmp_path / "qa.jsonl", [b"{broken"])
     cfg = BuildCorpusConfig(source=str(src), out=str(tmp_path / "out"), tts="espeak", progress=False)

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from echox import runtime, server
+from core import runtime, server
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +111,7 @@ def test_sigkill_of_the_cli_takes_its_temporary_server_down(tmp_path: Path) -> N
     log = tmp_path / "cli.log"
     proc = _python("""
         import time
-        from echox import runtime
+        from core import runtime
         runtime.configure()
         print("URL", runtime.ensure_prefect_api(), flush=True)
         time.sleep(600)
@@ -217,7 +217,7 @@ def test_flow_run_of_a_killed_process_is_marked_crashed(tmp_path: Path, prefect_
         import time
         from prefect import flow
         from prefect.runtime import flow_run
-        from echox.runs import record_process
+        from core.runs import record_process
 
         @flow(name="sleeper", on_running=[record_process])
         def sleeper() -> None:
@@ -257,7 +257,7 @@ def test_every_echox_flow_records_its_process() -> None:
     """The crash check needs each flow run's process: every echox flow carries the on_running hook."""
     from prefect import Flow
 
-    from echox.runs import record_process
+    from core.runs import record_process
     from flows import build_corpus, echo_labels, evaluate, pipeline, train
 
     flows = [obj for mod in (build_corpus, echo_labels, evaluate, pipeline, train)
@@ -273,7 +273,7 @@ def test_local_ray_listens_on_loopback_only(tmp_path: Path) -> None:
         env.pop(key, None)
     code = """
         import json, os
-        from echox import runtime
+        from core import runtime
         runtime.configure()
         import psutil, ray
         ray.init(**runtime.ray_init_kwargs(1, object_store_mb=128))

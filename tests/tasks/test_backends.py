@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from pydantic import Field
 
-from echox.config import BuildCorpusConfig, EvaluateConfig, build
-from echox.errors import ConfigError, RecordRejected
+from core.config import build
+from core.errors import ConfigError, RecordRejected
 from tasks.backends import FEATURE_EXTRACTORS, TTS_ENGINES, BackendOptions, Choice, Registry
+from tasks.configs import BuildCorpusConfig, EvaluateConfig
 from tests.conftest import qa, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,7 +192,7 @@ def test_options_are_frozen_strict_and_hashable() -> None:
 
 
 def test_registries_import_without_heavy_libraries() -> None:
-    code = ("import sys, echox.config, tasks.backends; "
+    code = ("import sys, tasks.configs, tasks.backends; "
             "print(sorted(m for m in ('torch', 'onnxruntime', 'fairseq2', 'piper') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})

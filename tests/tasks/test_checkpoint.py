@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from echox.errors import CheckpointError
+from core.errors import CheckpointError
 from tasks import checkpoint as ckpt
 from tasks.checkpoint import (
     capture_rng_state,

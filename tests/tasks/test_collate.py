@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from echox.errors import InputError
+from core.errors import InputError
 from tasks.collate import example_length, make_collator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from echox.errors import InputError, IntegrityError
+from core.errors import InputError, IntegrityError
 from tasks.data import echo_examples, load_corpus, rank_batches
 from tests.helpers.dummy_model import corpus_table, write_corpus
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from echox.errors import InputError, IntegrityError
+from core.errors import InputError, IntegrityError
 from tasks.echo_labels import (
     EchoLabeler,
     checkpoint_hash,
@@ -260,7 +260,7 @@ def test_a_corrupt_corpus_shard_is_refused_before_labelling(env: dict, tmp_path:
 
 
 def test_checkpoint_hash_names_the_wrong_stage(env: dict) -> None:
-    from echox.errors import CheckpointError
+    from core.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="t2c model"):
         checkpoint_hash(env["t2c"], "s2t")

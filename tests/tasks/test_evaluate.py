@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from core.errors import CheckpointError, ConfigError, InputError, IntegrityError
 from data_specs.eval_results import validate_report
-from echox.errors import CheckpointError, ConfigError, InputError, IntegrityError
 from tasks import evaluate as ev
 from tests.conftest import write_jsonl
 

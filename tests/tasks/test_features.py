@@ -12,15 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from echox.errors import CheckpointError, ConfigError, InputError
+from core.errors import CheckpointError, ConfigError, InputError
+from tasks.backends import make_features
 from tasks.backends.features_mfcc import MFCCFeatures
 from tasks.backends.features_wav2vec2 import Wav2Vec2Features
-from tasks.features import (
-    build_wav2vec2,
-    convert_fairseq_hubert_state_dict,
-    make_features,
-    wav2vec2_config,
-)
+from tasks.features import build_wav2vec2, convert_fairseq_hubert_state_dict, wav2vec2_config
 
 SMALL = {
     "encoder_config": {
@@ -293,7 +289,7 @@ def test_checkpoint_loading_runs_no_pickled_code(tmp_path: Path) -> None:
 
 
 def test_features_from_config_rebuilds_and_pins_weights(tmp_path: Path) -> None:
-    from tasks.features import features_from_config
+    from tasks.backends import features_from_config
 
     path, audio = tmp_path / "w2v.pt", _noise()
     torch.save({"model": _tiny_model().state_dict()}, path)

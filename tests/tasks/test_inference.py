@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from echox.errors import InputError
+from core.errors import InputError
 from tasks.inference import check_window
 
 

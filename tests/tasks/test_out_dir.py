@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from echox.errors import InputError
+from core.errors import InputError
 from tasks.out_dir import (
     acquire_lock,
     check_out_path,

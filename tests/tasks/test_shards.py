@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from echox.errors import IntegrityError
+from core.errors import IntegrityError
 from tasks.shards import read_arrow, verify_manifest, write_arrow, write_datasets_layout
 
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from echox.errors import InputError
+from core.errors import InputError
 from tasks.source import read_source
 from tests.conftest import qa, write_jsonl
 

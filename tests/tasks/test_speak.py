@@ -98,7 +98,7 @@ def _speak(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
     """`echox speak ...` through the CLI's main (no Prefect server needed)."""
     from echox.cli import main
 
-    monkeypatch.setattr("echox.runtime.ensure_prefect_api", lambda: "")
+    monkeypatch.setattr("core.runtime.ensure_prefect_api", lambda: "")
     return main(["speak", *args])
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from echox.errors import RecordRejected
+from core.errors import RecordRejected
 from tasks.text_norm import normalize_answer, spoken_form
 
 CASES = [

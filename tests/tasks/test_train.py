@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from echox.errors import ConfigError, InputError, IntegrityError
+from core.errors import ConfigError, InputError, IntegrityError
 from tasks.train import TrainConfig, _fit, lr_factor, run_local, run_ray, write_loop_json
 from tests.helpers import dummy_model as dm
 from tests.helpers.dummy_model import SimulatedCrash

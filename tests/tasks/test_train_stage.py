@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from echox.errors import ConfigError
+from core.errors import ConfigError
 from tasks.shards import write_arrow, write_json
 from tasks.train_stage import check_unit_vocab_size, corpus_unit_language, prepare_stage
 
@@ -72,9 +72,11 @@ def test_prepare_stage_builds_a_t2c_over_unit_words(corpus: Path, tmp_path: Path
 
 def test_config_and_cli_reject_unit_vocab_size_outside_t2c(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from echox import runtime
+    from core import runtime
+    from core.config import build
     from echox.cli import main
-    from echox.config import PipelineConfig, TrainFlowConfig, build
+    from flows.pipeline_config import PipelineConfig
+    from tasks.configs import TrainFlowConfig
 
     paths = {"corpus": "c", "out": "o"}
     cfg = build(TrainFlowConfig, {"stage": "t2c", "unit_vocab_size": 200, **paths}, "train")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from echox.errors import ConfigError, RecordRejected
+from core.errors import ConfigError, RecordRejected
 from tasks.audio import SAMPLE_RATE, to_16k_int16, write_wav
 from tasks.backends.tts_espeak import DEFAULT_ESPEAK_VOICES, EspeakTTS, _parse_wav_stream
 from tasks.backends.tts_piper import PiperTTS, _piper_voice_names, bundled_piper_voice

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from echox.errors import CheckpointError, InputError
+from core.errors import CheckpointError, InputError
 from tasks.shards import file_sha256
 from tasks.units import (
     Codebook,
@@ -193,7 +193,7 @@ def test_unit_bpe_round_trip_and_compression(tmp_path: Path) -> None:
 
 
 def test_unit_bpe_errors(tmp_path: Path) -> None:
-    from echox.errors import ConfigError
+    from core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="vocab_size"):
         train_unit_bpe(_unit_corpus(), vocab_size=20, out_path=tmp_path / "u.json")

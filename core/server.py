@@ -61,7 +61,7 @@ def start(state: Path, port: int = DEFAULT_PORT, *, log: Path | None = None,
 
     With `watch`, a watchdog stops the server when this process dies, even by SIGKILL.
     """
-    from echox import watchdog
+    from core import watchdog
 
     (state / "prefect").mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)]
@@ -200,7 +200,7 @@ def ensure_background(state: Path, port: int = DEFAULT_PORT) -> str:
         wait_healthy(url, proc)
     # Set before the crash check imports prefect, which reads its settings once, at import.
     os.environ["PREFECT_API_URL"] = url
-    from echox import runs
+    from core import runs
 
     runs.mark_crashed(url)
     return url
@@ -208,7 +208,7 @@ def ensure_background(state: Path, port: int = DEFAULT_PORT) -> str:
 
 def stop_background(state: Path) -> str:
     """Stop the server recorded for this folder (by `echox server` or `echox demo`); says what it did."""
-    from echox import watchdog
+    from core import watchdog
 
     entry = recorded(state)
     if entry is None:

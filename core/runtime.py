@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from echox.errors import EchoxError
+from core.errors import EchoxError
 
 DEFAULTS = {
     "RAY_AUTH_MODE": "disabled",  # Ray 2.60 turns token auth on by default
@@ -47,7 +47,7 @@ def ensure_prefect_api() -> str:
     """
     import atexit
 
-    from echox import runs, server
+    from core import runs, server
 
     url = use_local_server()
     if not url:
@@ -65,7 +65,7 @@ def _stop_temporary(proc: object) -> None:
     """Stop this run's private server at exit; name its log if it did not stop cleanly."""
     import sys
 
-    from echox import server
+    from core import server
 
     if not server.stop(proc) and getattr(proc, "log", None):  # type: ignore[arg-type]
         print(f"echox: the temporary Prefect server did not stop cleanly; see {proc.log}", file=sys.stderr)
@@ -73,7 +73,7 @@ def _stop_temporary(proc: object) -> None:
 
 def use_local_server() -> str | None:
     """Point Prefect at a running `echox server` when no API URL is set; return the URL used."""
-    from echox.server import api_url, is_healthy
+    from core.server import api_url, is_healthy
 
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]

@@ -1,26 +1,20 @@
-"""Flow parameters as pydantic models: validated before a run, rendered as forms in the Prefect UI."""
+"""The steps' parameters as pydantic models: validated before a run, rendered as forms in the Prefect UI.
+
+Each option is declared once here, with its default and description; the CLI is generated from these."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from echox.errors import ConfigError
+from core.config import Frozen
 from tasks.backends import FEATURE_EXTRACTORS, TTS_ENGINES, Choice, Registry
 
 # Options that change how a build runs but not what it produces; left out of the config hash.
 EXECUTION_FIELDS = {"out", "source", "workers", "ray_address", "overwrite", "threads_per_worker",
                     "max_reject_fraction", "progress"}
-
-
-class Frozen(BaseModel):
-    """Base for every config: immutable and strict about unknown fields."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 def registered(registry: Registry, name: str) -> str:
@@ -97,36 +91,6 @@ class BuildCorpusConfig(Frozen):
     def feature_choice(self) -> Choice:
         """The selected feature extractor and its options, built from the flat fields."""
         return FEATURE_EXTRACTORS.choose(self.units, self)
-
-
-def format_validation_error(err: ValidationError, where: str) -> str:
-    """One line per problem, naming the field."""
-    lines = [f"{where}: invalid configuration"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
-        lines.append(f"  {loc}: {e['msg']}")
-    return "\n".join(lines)
-
-
-def load_yaml(path: Path) -> dict:
-    """Read a YAML mapping, with clear errors for a missing or malformed file."""
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of fields, got {type(data).__name__}")
-    return data
-
-
-def build(model: type[Frozen], data: dict, where: str) -> Frozen:
-    """Validate `data` into `model`, turning pydantic errors into a ConfigError naming each field."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, where)) from e
 
 
 class TrainStep(Frozen):
@@ -249,26 +213,3 @@ class EvaluateConfig(Frozen):
     def tts_choice(self) -> Choice:
         """The selected TTS engine and its options, built from the flat fields."""
         return TTS_ENGINES.choose(self.tts, self)
-
-
-class PipelineConfig(Frozen):
-    """The whole DAG: corpus → units → stage I ∥ stage II → echo labels → echo training → evaluation."""
-
-    source: str = Field(description="QA source (JSONL, Parquet or datasets directory).")
-    eval_set: str | None = Field(None, description="Held-out eval JSONL (id, question, answers/aliases).")
-    out: str = Field(description="Pipeline output directory (one folder per step).")
-    corpus: dict = Field(default_factory=dict, description="build-corpus options (tts, num_units, "
-                         "shard_size, workers, ...).")
-    codebook: str | None = Field(None, description="Reuse this codebook instead of fitting one.")
-    preset: str = Field("tiny", description="Model preset for all stages.")
-    preset_overrides: dict = Field(default_factory=dict, description="Preset fields to override.")
-    s2t: TrainStep = Field(default_factory=TrainStep, description="Stage I (speech → text).")
-    t2c: TrainStep = Field(default_factory=TrainStep, description="Stage II (text → units).")
-    echo: TrainStep = Field(default_factory=TrainStep, description="Stage III (echo training).")
-    echo_labels: dict = Field(default_factory=dict, description="echo-labels options (workers, "
-                              "batch_size, max_units, ...).")
-    evaluate: dict = Field(default_factory=dict, description="evaluation options (tts, limit, ...).")
-    parallel_training: bool | None = Field(None, description="Train stages I and II at once; default: "
-                                           "when the Ray cluster has the CPUs/GPUs for both.")
-    ray_address: str | None = Field(None, description="Existing Ray cluster for every step.")
-    seed: int = Field(0, description="Seed for every step.")

@@ -1,4 +1,4 @@
-"""Parent-death watchdog: `python -m echox.watchdog PARENT_PID PGID` stops process group PGID once
+"""Parent-death watchdog: `python -m core.watchdog PARENT_PID PGID` stops process group PGID once
 PARENT_PID has exited, even by SIGKILL (atexit handlers and signal handlers never run then).
 
 It runs in a session of its own, so a SIGKILL sent to the parent's group does not reach it; it is the
@@ -73,7 +73,7 @@ def watch(parent: int, pgid: int, poll: float = POLL_S) -> int:
 
 def spawn(pgid: int) -> subprocess.Popen:
     """Start a watchdog that stops group `pgid` when this process dies."""
-    cmd = [sys.executable, "-m", "echox.watchdog", str(os.getpid()), str(pgid)]
+    cmd = [sys.executable, "-m", "core.watchdog", str(os.getpid()), str(pgid)]
     root = str(Path(__file__).resolve().parents[1])  # this echox, wherever the caller's cwd is
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     # Own session: a group SIGKILL aimed at this process must not take the watchdog with it.
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: PARENT_PID PGID."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m echox.watchdog PARENT_PID PGID", file=sys.stderr)
+        print("usage: python -m core.watchdog PARENT_PID PGID", file=sys.stderr)
         return 2
     return watch(int(args[0]), int(args[1]))
 
