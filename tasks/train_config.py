@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from core.errors import ConfigError
+from tasks.configs import TrainStep
+
+_STEP = TrainStep.model_fields  # the options a user sets are declared once, there (with their defaults)
 
 
 @dataclass(frozen=True)
@@ -19,15 +22,15 @@ class TrainConfig:
     """Run directory: metrics.jsonl, checkpoints/, model/, summary.json."""
     labels_dir: str | None = None
     """Echo-labels directory joined to the corpus by id (one example per segment); None: corpus rows."""
-    max_steps: int = 100
+    max_steps: int = _STEP["max_steps"].default
     """Optimizer steps to train for (the cosine schedule spans them)."""
-    batch_size: int = 8
+    batch_size: int = _STEP["batch_size"].default
     """Examples per rank per micro-step."""
-    grad_accum: int = 1
+    grad_accum: int = _STEP["grad_accum"].default
     """Micro-steps per optimizer step (gradients sync across ranks only on the last)."""
-    lr: float = 3e-4
+    lr: float = _STEP["lr"].default
     """Peak learning rate (AdamW)."""
-    warmup_steps: int = 10
+    warmup_steps: int = _STEP["warmup_steps"].default
     """Linear warmup steps before the cosine decay."""
     min_lr_ratio: float = 0.1
     """Final learning rate as a fraction of `lr`."""
@@ -37,9 +40,9 @@ class TrainConfig:
     """AdamW betas."""
     clip_norm: float = 1.0
     """Gradient norm clip; 0 disables clipping (the norm is still logged)."""
-    log_every: int = 10
+    log_every: int = _STEP["log_every"].default
     """Write a metrics line every this many steps (and at every checkpoint and the last step)."""
-    ckpt_every: int = 100
+    ckpt_every: int = _STEP["ckpt_every"].default
     """Save a checkpoint every this many steps (and at the last step)."""
     keep_checkpoints: int = 3
     """Checkpoints kept on disk (newest first)."""

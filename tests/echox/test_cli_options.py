@@ -60,3 +60,17 @@ def test_version_and_bad_choice(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_bad_pair_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--stage", "s2t", "--corpus", "c", "--out", "o", "--set", "nopair"]) == 2
     assert "echox train: error: --set expects FIELD=VALUE, got 'nopair'" in capsys.readouterr().err
+
+
+def test_training_defaults_are_the_step_configs() -> None:
+    """The loop's TrainConfig takes its user-facing defaults from TrainStep (they once disagreed)."""
+    import dataclasses
+
+    from tasks.configs import TrainStep
+    from tasks.train_config import TrainConfig
+
+    loop = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    shared = loop.keys() & TrainStep.model_fields.keys() - {"workers", "use_gpu"}  # set by the launcher
+    assert {"max_steps", "lr", "warmup_steps", "batch_size"} <= shared
+    for name in shared:
+        assert loop[name] == TrainStep.model_fields[name].default, name
