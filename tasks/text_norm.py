@@ -4,6 +4,11 @@
 (numbers, money, units, operators, abbreviations into words) and tidy (stray symbols, spaces).
 Every number rule needs a digit and every symbol it reads is gone afterwards, so a second
 pass finds nothing to change: the function is idempotent.
+
+Every pattern runs in time linear in the text (one 5 MB line used to hang the build): a pattern
+that can fail after scanning far must not be retried from each later position of that stretch.
+So scans start only where a stretch starts (a lookbehind), stop at the next delimiter, or
+swallow an unfinished construct and give it back unchanged. Over-long input is rejected first.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from num2words import CONVERTER_CLASSES, num2words
 from core.errors import RecordRejected
 
 _MAX_NUMBER_DIGITS = 15  # longer digit strings (ids, codes) are read digit by digit
-_NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"  # thousands-grouped first, then plain
+_WRITTEN_PER_SPOKEN = 10  # written text may be this many times max_chars (markup and URLs are not said)
+# Thousands-grouped first, then plain. Each starts only where its run of digits (grouped: digits and
+# commas) starts: retrying a failed run from every later digit was quadratic ("1" * 40k).
+_NUM = r"(?<![\d,])\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<!\d)\d+(?:\.\d+)?"
 _SNUM = rf"(?:(?<![\w.])-)?(?:{_NUM})"  # with a minus sign that is not a hyphen
 _YEAR = r"1[1-9]\d\d|20\d\d"
 _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
@@ -75,18 +83,26 @@ _OPERATORS = [  # only between two numbers: elsewhere these are hyphens, bullets
 _RE_CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
 _RE_INLINE_CODE = re.compile(r"`([^`\n]*)`")
 _RE_HTML_TAG = re.compile(r"</?[A-Za-z][^<>\n]*>")
-_RE_IMAGE = re.compile(r"!\[[^\]\n]*\]\([^)\n]*\)")
-_RE_LINK = re.compile(r"\[([^\]\n]*)\]\([^)\n]*\)")
+# An image or link without its closing ")" is matched anyway (and kept, see _sub_closed): failing
+# there would rescan the line from every later "[" (quadratic on "[[[[...").
+_RE_IMAGE = re.compile(r"!\[[^\]\n]*(?:\]\([^)\n]*(?P<end>\))?)?")
+_RE_LINK = re.compile(r"\[(?P<text>[^\]\n]*)(?:\]\([^)\n]*(?P<end>\))?)?")
 _RE_CITATION = re.compile(r"\[\d+\]")
 _RE_BLOCK_LINE = re.compile(r"^[ \t]*(?:#{1,6}|[-*+•]|\d{1,2}[.)])[ \t]+\S.*$", re.M)
 _RE_LINE_MARKUP = re.compile(r"^[ \t]*(?:(?:#{1,6}|>+|[-*+•]|\d{1,2}[.)])[ \t]+|[-*_=]{3,}[ \t]*$)+", re.M)
-_RE_STRONG = re.compile(r"(\*\*|__|~~)(?=\S)(.+?)(?<=\S)\1")
-_RE_EMPHASIS = re.compile(r"(?<![\w*])([*_])(?=[^\s*_])([^\n]+?)(?<=[^\s*_])\1(?![\w*])")
-_RE_URL = re.compile(r"(?:[a-zA-Z][\w+.-]*://|(?<![a-zA-Z])www\.)"  # scheme or www., then to the last
-                     r"[^\s<>()\[\]{}\"']*[^\s<>()\[\]{}\"'.,;:!?]", re.I)  # char that is not punctuation
+# The emphasised text stops at the next delimiter of its kind: scanning on to the end of the line
+# from every unclosed "**" or "*" was quadratic ("**a " * 10k).
+_RE_STRONG = re.compile(r"(\*\*|__|~~)(?=\S)((?:(?!\1).)+?)(?<=\S)\1")
+_RE_EMPHASIS = re.compile(r"(?<![\w*])([*_])(?=[^\s*_])((?:(?!\1)[^\n])+?)(?<=[^\s*_])\1(?![\w*])")
+_URL_REST = r"[^\s<>()\[\]{}\"']*[^\s<>()\[\]{}\"'.,;:!?]"  # to the last char that is not punctuation
+# A scheme is tried only where its run of [\w+.-] starts, so "aaaa..." without "://" is scanned
+# once, not from every letter (quadratic). The run's non-letter head ("1.", "--") is kept: the URL
+# itself still starts at the first letter.
+_RE_URL = re.compile(rf"(?<![\w+.-])(?P<keep>(?:(?![a-zA-Z])[\w+.-])*)[a-zA-Z][\w+.-]*://{_URL_REST}"
+                     rf"|(?<![a-zA-Z])www\.{_URL_REST}", re.I)
 _RE_TIDY_SYMBOLS = re.compile(r"[*_`#~|<>\[\]{}\\^/]|-{2,}")
 _RE_EMPTY_BRACKETS = re.compile(r"\(\s*\)|\[\s*\]")
-_RE_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,!?;:])(?=\s|$)")
+_RE_SPACE_BEFORE_PUNCT = re.compile(r"(?<!\s)\s+([.,!?;:])(?=\s|$)")  # from a run's start only
 _RE_LEADING_PUNCT = re.compile(r"^[\s\-–—•.,;:!?)]+")
 
 _RE_CURRENCY = re.compile(rf"([$€£¥])\s?({_SNUM})(?:\s?(thousand|million|billion|trillion)\b)?")
@@ -155,6 +171,11 @@ def _sub_words(pattern: re.Pattern[str], text: str, words: Callable[[re.Match[st
     return pattern.sub(repl, text)
 
 
+def _sub_closed(pattern: re.Pattern[str], text: str, words: Callable[[re.Match[str]], str]) -> str:
+    """Replace the matches whose group "end" took part; one without it is an unfinished construct, kept."""
+    return pattern.sub(lambda m: words(m) if m["end"] is not None else m[0], text)
+
+
 def _money(m: re.Match[str]) -> str:
     """"$3.50" → "three dollars fifty cents"; "$5 million" → "five million dollars"."""
     unit, units, sub, subs = _CURRENCIES[m[1]]
@@ -213,14 +234,14 @@ def _strip(text: str) -> str:
     text = _RE_CODE_BLOCK.sub(" ", text)
     text = _RE_INLINE_CODE.sub(r"\1", text)
     text = _RE_HTML_TAG.sub(" ", text)
-    text = _RE_IMAGE.sub(" ", text)
-    text = _RE_LINK.sub(r"\1", text)
+    text = _sub_closed(_RE_IMAGE, text, lambda m: " ")
+    text = _sub_closed(_RE_LINK, text, lambda m: m["text"])
     text = _RE_CITATION.sub(" ", text)
     text = _RE_BLOCK_LINE.sub("\\g<0>\n", text)  # a heading or list item ends like a paragraph
     text = _RE_LINE_MARKUP.sub("", text)
     text = _RE_STRONG.sub(r"\2", text)
     text = _RE_EMPHASIS.sub(r"\2", text)
-    return _end_paragraphs(_RE_URL.sub(" ", text))
+    return _end_paragraphs(_RE_URL.sub(lambda m: (m["keep"] or "") + " ", text))
 
 
 def _end_paragraphs(text: str) -> str:
@@ -248,13 +269,33 @@ def _keep_char(c: str) -> str:
 
 def _tidy(text: str) -> str:
     """Drop leftover markup symbols and empty brackets, collapse spaces, trim leading punctuation."""
-    text = _RE_TIDY_SYMBOLS.sub(" ", text)
-    while (tidier := _RE_EMPTY_BRACKETS.sub(" ", text)) != text:
-        text = tidier
-    text = re.sub(r"\s+", " ", text)
+    text = _drop_empty_brackets(re.sub(r"\s+", " ", _RE_TIDY_SYMBOLS.sub(" ", text)))
     text = _RE_SPACE_BEFORE_PUNCT.sub(r"\1", text)
     # NFKC again: removed characters can leave a letter next to a combining mark.
     return unicodedata.normalize("NFKC", _RE_LEADING_PUNCT.sub("", text).strip())
+
+
+_OPENER_OF = {")": "(", "]": "["}
+
+
+def _drop_empty_brackets(text: str) -> str:
+    """Replace brackets holding at most a space by a space, innermost first ("( [ ] )" → " ").
+
+    One pass with a stack, on text whose spaces are already collapsed: substituting until nothing
+    changed took one pass per nesting level, quadratic on "((((...))))".
+    """
+    if not _RE_EMPTY_BRACKETS.search(text):
+        return text
+    out: list[str] = []
+    for c in text:
+        if c in _OPENER_OF:
+            i = len(out) - 1 if out and out[-1] == " " else len(out)  # before the space inside
+            if i and out[i - 1] == _OPENER_OF[c]:
+                del out[i - 1:]
+                c = " "
+        if c != " " or not out or out[-1] != " ":  # never two spaces: the next check looks back one
+            out.append(c)
+    return "".join(out)
 
 
 def _verbalize_en(text: str) -> str:
@@ -309,9 +350,13 @@ def _normalize(text: str, lang: str) -> str:
 
 
 def spoken_form(text: str, *, max_chars: int = 600, lang: str = "en") -> str:
-    """Turn written text into what a voice would say; reject it if nothing or too much is left."""
+    """Turn written text into what a voice would say; reject too long a text, or one with nothing to say."""
     if not isinstance(text, str):
         raise RecordRejected(f"text must be a string, got {type(text).__name__}")
+    # Before any pattern runs, so that the cost of a hostile record is bounded by the limit.
+    limit = _WRITTEN_PER_SPOKEN * max_chars
+    if len(text) > limit:
+        raise RecordRejected(f"written text has {len(text)} characters, more than the limit of {limit}")
     spoken = _normalize(text, _num2words_lang(lang))
     if not any(c.isalnum() for c in spoken):
         raise RecordRejected("text is empty after normalisation")

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import re
+import time
 import unicodedata
+from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import tasks.text_norm
 from core.errors import RecordRejected
 from tasks.text_norm import normalize_answer, spoken_form
 
@@ -87,6 +93,7 @@ def test_spoken_form_rules(written: str, spoken: str) -> None:
         ("**  ** `` 🎉", {}, "text is empty after normalisation"),
         ("https://example.com", {}, "text is empty after normalisation"),
         ("word " * 30, {"max_chars": 100}, "spoken text has 149 characters, more than the limit of 100"),
+        ("word " * 201, {"max_chars": 100}, "written text has 1005 characters, more than the limit of 1000"),
         (42, {}, "text must be a string, got int"),
         (None, {}, "text must be a string, got NoneType"),
         ("hello", {"lang": "xx"}, "language 'xx' is not supported by the normaliser"),
@@ -168,3 +175,78 @@ def test_normalize_answer_is_idempotent(text: str) -> None:
     once = normalize_answer(text)
     assert normalize_answer(once) == once
     assert once == once.casefold() and "  " not in once
+
+
+def test_over_long_text_is_rejected_before_any_pattern_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    def normalise(text: str, lang: str) -> str:
+        raise AssertionError("normalised a text that is over the limit")
+
+    monkeypatch.setattr(tasks.text_norm, "_normalize", normalise)
+    started = time.perf_counter()
+    with pytest.raises(RecordRejected) as info:
+        spoken_form("a" * 5_000_000)  # one hostile line of 5 MB, no spaces
+    assert info.value.reason == "written text has 5000000 characters, more than the limit of 6000"
+    assert time.perf_counter() - started < 2
+
+
+# Shapes that made a pattern backtrack: a scan that fails only at the end of a long stretch, tried
+# again from every later position, took time quadratic in the length (the build hung on one 5 MB
+# line). Digits are read one by one with num2words, so their shapes are shorter.
+_HOSTILE = [
+    pytest.param(lambda n: "a" * n, 10_000, id="url-scheme-without-slashes"),
+    pytest.param(lambda n: "a-" * (n // 2), 10_000, id="url-scheme-of-letters-and-dashes"),
+    pytest.param(lambda n: "www." * (n // 4), 10_000, id="url-www"),
+    pytest.param(lambda n: "http://" + "a" * n, 10_000, id="url-long"),
+    pytest.param(lambda n: "http://" + "." * n, 10_000, id="url-only-punctuation"),
+    pytest.param(lambda n: "." * n, 10_000, id="dots"),
+    pytest.param(lambda n: "1" * n, 2_000, id="digits-percent-unit"),
+    pytest.param(lambda n: "111," * (n // 4), 2_000, id="digit-groups"),
+    pytest.param(lambda n: "**a " * (n // 4), 10_000, id="strong-unclosed"),
+    pytest.param(lambda n: "~~a " * (n // 4), 10_000, id="strike-unclosed"),
+    pytest.param(lambda n: "*a " * (n // 3), 10_000, id="emphasis-unclosed"),
+    pytest.param(lambda n: "_a " * (n // 3), 10_000, id="underscore-unclosed"),
+    pytest.param(lambda n: "[" * n, 10_000, id="link-brackets"),
+    pytest.param(lambda n: "![" * (n // 2), 10_000, id="image-brackets"),
+    pytest.param(lambda n: "[a](" * (n // 4), 10_000, id="link-unclosed-url"),
+    pytest.param(lambda n: "(" * (n // 2) + ")" * (n // 2), 10_000, id="nested-empty-brackets"),
+]
+
+
+def _seconds(text: str) -> float:
+    """The best of three timings of spoken_form on `text`, with a limit that lets it through."""
+    best, collecting = float("inf"), gc.isenabled()
+    gc.disable()  # a collection now and then is noise, not the growth under test
+    try:
+        for _ in range(3):
+            started = time.perf_counter()
+            with contextlib.suppress(RecordRejected):
+                spoken_form(text, max_chars=len(text))
+            best = min(best, time.perf_counter() - started)
+            if best > 1:
+                break  # slow enough to be no accident, and a quadratic run need not be repeated
+    finally:
+        if collecting:
+            gc.enable()
+    return best
+
+
+@pytest.mark.parametrize(("make", "size"), _HOSTILE)
+def test_hostile_text_takes_linear_time(make: Callable[[int], str], size: int) -> None:
+    small, large = _seconds(make(size)), _seconds(make(4 * size))
+    # Four times the text: linear takes about 4 times as long, quadratic 16 times (12 to 20 measured on
+    # a loaded machine, where twice the text left quadratic at 3 to 5 times, too close to linear's 2 to 3).
+    # The constant absorbs the jitter of runs of a few milliseconds.
+    assert large < 8 * small + 0.05, f"{small:.3f} s for {size} characters but {large:.3f} s for {4 * size}"
+
+
+_UNSPACED = st.text(st.characters(exclude_categories=("Z", "Cc")), min_size=1000, max_size=3000)
+_HOSTILE_CHARS = st.text(st.sampled_from("aw1.,:/-_*~[]()!<>`#%$ "), min_size=1000, max_size=3000)
+
+
+@settings(max_examples=200, deadline=timedelta(milliseconds=500),
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example])
+@given(st.one_of(st.text(), _UNSPACED, _HOSTILE_CHARS))
+def test_any_text_is_spoken_or_rejected_quickly(text: str) -> None:
+    # Anything else raised fails the test; the deadline bounds each record's time, whatever the outcome.
+    with contextlib.suppress(RecordRejected):
+        assert isinstance(spoken_form(text), str)
