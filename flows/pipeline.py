@@ -22,7 +22,6 @@ from flows.pipeline_config import (  # noqa: F401 - load_pipeline_config is part
     evaluate_config,
     load_pipeline_config,
     stage_config,
-    stage_inputs,
     validate,
 )
 from tasks.configs import BuildCorpusConfig, TrainFlowConfig
@@ -77,14 +76,17 @@ def _parallel(cfg: PipelineConfig) -> bool:
     return not (cfg.s2t.use_gpu or cfg.t2c.use_gpu) and (os.cpu_count() or 1) >= 2 * max(need, 1)
 
 
-def train_stages(cfg: PipelineConfig) -> None:
-    """Stages I and II (independent): in parallel when resources allow, else one after the other."""
+def train_stages(cfg: PipelineConfig, done: dict[str, str]) -> dict[str, str]:
+    """Stages I and II (independent): in parallel when resources allow, else one after the other.
+
+    Returns each stage's final model directory (what the later steps take as input)."""
     from flows.train import publish, train_task
 
-    todo = []
-    for tc in (stage_config(cfg, s, getattr(cfg, s), **stage_inputs(cfg, s)) for s in FIRST_STAGES):
+    todo, models = [], {}
+    for tc in (stage_config(cfg, s, done) for s in FIRST_STAGES):
         if training_done(tc):
             get_run_logger().info(f"{tc.stage}: final checkpoint verifies, skipped")
+            models[tc.stage] = str(Path(tc.out) / "model")
         else:
             todo.append(tc)
     if _parallel(cfg) and len(todo) == 2:
@@ -97,11 +99,16 @@ def train_stages(cfg: PipelineConfig) -> None:
         results = [(tc, train_task(tc)) for tc in todo]
     for tc, summary in results:
         publish(tc, summary)
+        models[tc.stage] = str(Path(tc.out) / "model")
+    return models
 
 
 @flow(name="pipeline", flow_run_name="pipeline", on_running=[record_process])
 def pipeline(config: PipelineConfig) -> dict:
-    """Run the whole DAG; returns the paths of every step's output."""
+    """Run the whole DAG; returns the paths of every step's output.
+
+    Each step takes its inputs from what the steps before it returned (or, when skipped, the outputs
+    that verified), never from a path rebuilt by convention."""
     from flows.build_corpus import build_corpus
     from flows.echo_labels import echo_labels
     from flows.train import train
@@ -110,23 +117,28 @@ def pipeline(config: PipelineConfig) -> dict:
     validate(config)
     out = Path(config.out)
     c = corpus_config(config)
+    done: dict[str, str] = {}
     if corpus_done(c):
         log.info(f"corpus: {c.out} verifies, skipped")
+        done["corpus"] = c.out
     else:
-        build_corpus(config=c)
-    train_stages(config)
-    if labels_done(out / "echo-labels"):
+        done["corpus"] = build_corpus(config=c)
+    done |= train_stages(config, done)
+    labels = echo_labels_config(config, done)
+    if labels_done(Path(labels.out)):
         log.info("echo labels: manifest verifies, skipped")
+        done["echo-labels"] = labels.out
     else:
-        echo_labels(config=echo_labels_config(config))
-    echo_cfg = stage_config(config, ECHO_STAGE, config.echo, **stage_inputs(config, ECHO_STAGE))
+        done["echo-labels"] = echo_labels(config=labels)
+    echo_cfg = stage_config(config, ECHO_STAGE, done)
     if training_done(echo_cfg):
         log.info("echo: final checkpoint verifies, skipped")
+        done[ECHO_STAGE] = str(Path(echo_cfg.out) / "model")
     else:
-        train(cfg=echo_cfg)
+        done[ECHO_STAGE] = train(cfg=echo_cfg)
     paths = {name: str(out / name) for name in ("corpus", *FIRST_STAGES, "echo-labels", ECHO_STAGE)}
     if config.eval_set:
         from flows.evaluate import evaluate
 
-        paths["report"] = str(evaluate(config=evaluate_config(config)))
+        paths["report"] = str(evaluate(config=evaluate_config(config, done)))
     return paths

@@ -40,6 +40,14 @@ class PipelineConfig(Frozen):
     seed: int = Field(0, description="Seed for every step.")
 
 
+def planned_outputs(cfg: PipelineConfig) -> dict[str, str]:
+    """Where each step will write its output under `cfg.out` (the input paths `validate` checks with,
+    before any step has run; a running pipeline uses what each step returned instead)."""
+    out = Path(cfg.out)
+    return {"corpus": str(out / "corpus"), **{s: str(out / s / "model") for s in (*FIRST_STAGES, ECHO_STAGE)},
+            "echo-labels": str(out / "echo-labels")}
+
+
 def corpus_config(cfg: PipelineConfig) -> BuildCorpusConfig:
     """The corpus step's config (options from `corpus:`)."""
     data = {"source": cfg.source, "out": str(Path(cfg.out) / "corpus"), "seed": cfg.seed,
@@ -47,48 +55,46 @@ def corpus_config(cfg: PipelineConfig) -> BuildCorpusConfig:
     return build(BuildCorpusConfig, data, "pipeline.corpus")  # type: ignore[return-value]
 
 
-def stage_config(cfg: PipelineConfig, stage: str, step: TrainStep, **paths: str | None) -> TrainFlowConfig:
-    """The training step's config for `stage`."""
-    data = {"stage": stage, "corpus": str(Path(cfg.out) / "corpus"), "out": str(Path(cfg.out) / stage),
+def stage_config(cfg: PipelineConfig, stage: str, done: dict[str, str]) -> TrainFlowConfig:
+    """The training step's config for `stage`, its inputs taken from the steps `done` (name → output)."""
+    step: TrainStep = getattr(cfg, stage)
+    data = {"stage": stage, "corpus": done["corpus"], "out": str(Path(cfg.out) / stage),
             "preset": cfg.preset, "preset_overrides": cfg.preset_overrides, "seed": cfg.seed,
-            "ray_address": cfg.ray_address, **step.model_dump(), **paths}
+            "ray_address": cfg.ray_address, **step.model_dump(), **stage_inputs(stage, done)}
     return build(TrainFlowConfig, data, f"pipeline.{stage}")  # type: ignore[return-value]
 
 
-def stage_inputs(cfg: PipelineConfig, stage: str) -> dict[str, str]:
-    """The pipeline's paths for what `stage` needs (models/stages.py): echo labels, stage checkpoints."""
+def stage_inputs(stage: str, done: dict[str, str]) -> dict[str, str]:
+    """What `stage` needs (models/stages.py: echo labels, stage checkpoints), from the steps' outputs."""
     from models.stages import get_stage
 
-    out = Path(cfg.out)
-    paths = {"echo_labels": out / "echo-labels", "s2t": out / "s2t" / "model", "t2c": out / "t2c" / "model"}
-    return {name: str(path) for name, path in paths.items() if name in get_stage(stage).needs}
+    sources = {"echo_labels": "echo-labels", "s2t": "s2t", "t2c": "t2c"}
+    return {need: done[step] for need, step in sources.items() if need in get_stage(stage).needs}
 
 
-def echo_labels_config(cfg: PipelineConfig) -> Any:
-    """The echo-labels step's config (options from `echo_labels:`)."""
-    out = Path(cfg.out)
-    data = {"corpus": str(out / "corpus"), "s2t": str(out / "s2t" / "model"),
-            "t2c": str(out / "t2c" / "model"), "out": str(out / "echo-labels"),
-            "ray_address": cfg.ray_address, **cfg.echo_labels}
+def echo_labels_config(cfg: PipelineConfig, done: dict[str, str]) -> Any:
+    """The echo-labels step's config (options from `echo_labels:`), on the outputs of corpus, I and II."""
+    data = {"corpus": done["corpus"], "s2t": done["s2t"], "t2c": done["t2c"],
+            "out": str(Path(cfg.out) / "echo-labels"), "ray_address": cfg.ray_address, **cfg.echo_labels}
     return build(EchoLabelsConfig, data, "pipeline.echo_labels")
 
 
-def evaluate_config(cfg: PipelineConfig) -> Any:
-    """The evaluation step's config (options from `evaluate:`)."""
-    out = Path(cfg.out)
-    data = {"model": str(out / "echo" / "model"), "t2c": str(out / "t2c" / "model"),
-            "eval_set": cfg.eval_set, "out": str(out / "eval" / "report.json"), **cfg.evaluate}
+def evaluate_config(cfg: PipelineConfig, done: dict[str, str]) -> Any:
+    """The evaluation step's config (options from `evaluate:`), on the echo model and the T2C."""
+    data = {"model": done[ECHO_STAGE], "t2c": done["t2c"], "eval_set": cfg.eval_set,
+            "out": str(Path(cfg.out) / "eval" / "report.json"), **cfg.evaluate}
     return build(EvaluateConfig, data, "pipeline.evaluate")
 
 
 def validate(cfg: PipelineConfig) -> None:
     """Build every step's config up front, so a bad field fails before any work (naming the field)."""
+    planned = planned_outputs(cfg)
     corpus_config(cfg)
     for stage in (*FIRST_STAGES, ECHO_STAGE):
-        stage_config(cfg, stage, getattr(cfg, stage))
-    echo_labels_config(cfg)
+        stage_config(cfg, stage, planned)
+    echo_labels_config(cfg, planned)
     if cfg.eval_set:
-        evaluate_config(cfg)
+        evaluate_config(cfg, planned)
 
 
 def load_pipeline_config(path: Path, **overrides: Any) -> PipelineConfig:
