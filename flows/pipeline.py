@@ -24,10 +24,12 @@ def corpus_config(cfg: PipelineConfig) -> BuildCorpusConfig:
 
 
 def stage_config(cfg: PipelineConfig, stage: str, step: TrainStep, **paths: str | None) -> TrainFlowConfig:
-    """The training step's config for `stage`."""
-    data = {"stage": stage, "corpus": str(Path(cfg.out) / "corpus"), "out": str(Path(cfg.out) / stage),
+    """The training step's config for `stage` (resuming the checkpoints a killed run of it left)."""
+    out = Path(cfg.out) / stage
+    data = {"stage": stage, "corpus": str(Path(cfg.out) / "corpus"), "out": str(out),
             "preset": cfg.preset, "preset_overrides": cfg.preset_overrides, "seed": cfg.seed,
-            "ray_address": cfg.ray_address, **step.model_dump(), **paths}
+            "ray_address": cfg.ray_address, "resume": (out / "checkpoints").is_dir(), **step.model_dump(),
+            **paths}
     return build(TrainFlowConfig, data, f"pipeline.{stage}")  # type: ignore[return-value]
 
 
