@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -227,12 +228,24 @@ def options(args: argparse.Namespace) -> Any:
     return build(args.options_model, data, args.command)
 
 
+def lost_prefect_api(error: BaseException | None) -> BaseException | None:
+    """The failed connection to the Prefect API (an httpx transport error) in `error`'s chain, if any."""
+    import httpx  # Prefect's HTTP client; imported here, once something failed
+
+    while error is not None:
+        if isinstance(error, httpx.TransportError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
 class _NoUserErrorTraceback(logging.Filter):
-    """Strip the traceback from Prefect's log of a user mistake; main prints its message once."""
+    """Strip the traceback from Prefect's log of a user mistake or a lost API; main prints one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Keep the record, without exc_info when it holds an EchoxError."""
-        if record.exc_info and isinstance(record.exc_info[1], EchoxError):
+        """Keep the record, without exc_info when it holds an EchoxError or a lost connection."""
+        if record.exc_info and (isinstance(record.exc_info[1], EchoxError)
+                                or lost_prefect_api(record.exc_info[1]) is not None):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -258,6 +271,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"echox {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        lost = lost_prefect_api(e)
+        if lost is None:
+            raise
+        # The server went away mid-run (Prefect gave up after its retries): finished work is on disk.
+        api = os.environ.get("PREFECT_API_URL", "the Prefect API")
+        reason = f"{type(lost).__name__}: " + " ".join(str(lost).split())  # one line, whatever it said
+        print(f"echox {args.command}: error: lost the Prefect server at {api} ({reason}); finished work is "
+              "kept: start a server (or unset PREFECT_API_URL) and rerun the same command", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

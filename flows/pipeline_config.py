@@ -56,11 +56,14 @@ def corpus_config(cfg: PipelineConfig) -> BuildCorpusConfig:
 
 
 def stage_config(cfg: PipelineConfig, stage: str, done: dict[str, str]) -> TrainFlowConfig:
-    """The training step's config for `stage`, its inputs taken from the steps `done` (name → output)."""
+    """The training step's config for `stage`, its inputs taken from the steps `done` (name → output);
+    it resumes the checkpoints a killed run of the step left."""
     step: TrainStep = getattr(cfg, stage)
-    data = {"stage": stage, "corpus": done["corpus"], "out": str(Path(cfg.out) / stage),
+    out = Path(cfg.out) / stage
+    data = {"stage": stage, "corpus": done["corpus"], "out": str(out),
             "preset": cfg.preset, "preset_overrides": cfg.preset_overrides, "seed": cfg.seed,
-            "ray_address": cfg.ray_address, **step.model_dump(), **stage_inputs(stage, done)}
+            "ray_address": cfg.ray_address, "resume": (out / "checkpoints").is_dir(), **step.model_dump(),
+            **stage_inputs(stage, done)}
     return build(TrainFlowConfig, data, f"pipeline.{stage}")  # type: ignore[return-value]
 
 

@@ -98,9 +98,9 @@ def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
             if k not in frozen}
 
 
-def load_trained_state(model: nn.Module, path: Path) -> None:
-    """Load trained_state from `path`; RuntimeError unless it covers every key that is not frozen."""
-    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a trained_state dict; RuntimeError unless it covers every key that is not frozen."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
     missing = sorted(set(missing) - frozen_keys(model))
     if missing or unexpected:
         raise RuntimeError(f"missing keys {missing[:5]}, unexpected keys {sorted(unexpected)[:5]}")
@@ -176,26 +176,91 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return None
 
 
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A checkpoint's metadata and file contents, read (safely) but not yet applied to a model."""
+
+    path: Path
+    meta: dict
+    weights: dict[str, torch.Tensor]
+    optimizer: Any
+    scheduler: Any
+    rng_state: Any
+
+
+def read_checkpoint(path: str | Path, *, verify: bool = True) -> LoadedCheckpoint:
+    """Every file of a checkpoint, loaded without running code; CheckpointError naming a file that fails."""
+    path = Path(path)
+    meta = verify_checkpoint(path) if verify else _read_meta(path)
+    optional = {name: _load(path / name) if (path / name).exists() else None
+                for name in ("optimizer.pt", "scheduler.pt", "rng.pt")}
+    return LoadedCheckpoint(path, meta, _load(path / MODEL_FILE), optional["optimizer.pt"],
+                            optional["scheduler.pt"], optional["rng.pt"])
+
+
+def latest_loadable(root: str | Path) -> LoadedCheckpoint | None:
+    """The newest checkpoint under `root` that verifies and loads safely, read; the others are skipped
+    with a one-line warning (a sha256 mismatch, a file torch refuses, a truncated file): None if none."""
+    for path in reversed(list_checkpoints(root)):
+        try:
+            return read_checkpoint(path)
+        except CheckpointError as e:  # its message names the checkpoint and the file
+            log.warning("skipping checkpoint: %s", e)
+    return None
+
+
+def apply_checkpoint(ckpt: LoadedCheckpoint, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                     scheduler: Any | None = None) -> CheckpointState:
+    """Put a read checkpoint into model (and optimizer/scheduler if given); CheckpointError if a misfit."""
+    try:
+        load_trained_state(unwrap(model), ckpt.weights)
+        for target, state, name in ((optimizer, ckpt.optimizer, "optimizer.pt"),
+                                    (scheduler, ckpt.scheduler, "scheduler.pt")):
+            if target is not None:
+                if state is None:
+                    raise CheckpointError(f"{ckpt.path}: {name} is missing")
+                target.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{ckpt.path} does not fit this model/optimizer: {e}") from e
+    return CheckpointState(path=ckpt.path, step=ckpt.meta["step"], rng_state=ckpt.rng_state,
+                           extra=ckpt.meta.get("extra", {}))
+
+
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scheduler: Any | None = None, *, verify: bool = True) -> CheckpointState:
     """Restore model (and optimizer/scheduler if given); CheckpointError if the checkpoint is corrupt."""
-    path = Path(path)
-    meta = verify_checkpoint(path) if verify else json.loads((path / META).read_text())
+    return apply_checkpoint(read_checkpoint(path, verify=verify), model, optimizer, scheduler)
+
+
+def _read_meta(path: Path) -> dict:
+    """checkpoint.json without checking the files' sha256 (the caller verified them)."""
     try:
-        load_trained_state(unwrap(model), path / MODEL_FILE)
-        if optimizer is not None:
-            optimizer.load_state_dict(_load(path / "optimizer.pt"))
-        if scheduler is not None:
-            scheduler.load_state_dict(_load(path / "scheduler.pt"))
-        rng_state = _load(path / "rng.pt") if (path / "rng.pt").exists() else None
-    except (RuntimeError, ValueError, KeyError, OSError) as e:
-        raise CheckpointError(f"{path} does not fit this model/optimizer: {e}") from e
-    return CheckpointState(path=path, step=meta["step"], rng_state=rng_state, extra=meta.get("extra", {}))
+        return json.loads((path / META).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path / META} cannot be read: {e}") from e
 
 
 def _load(path: Path) -> Any:
-    """torch.load of tensors and plain containers only (no arbitrary pickles)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint file's tensors and plain containers (never arbitrary pickles); CheckpointError naming
+    the file when torch refuses it (weights_only) or it is corrupt, so resuming can skip to an older one."""
+    try:
+        if path.name.endswith(".safetensors"):
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, a truncated zip, a bad header...: whatever it is, unusable
+        reason = _first_reason(e)
+        raise CheckpointError(f"{path.parent}: {path.name} cannot be loaded safely ({reason})") from e
+
+
+def _first_reason(error: BaseException) -> str:
+    """A one-line reason from a load error (torch's weights_only refusal spans a dozen lines)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        # The first line is torch's advice; the line that names the refused global comes after it.
+        detail = next((ln for ln in lines[1:] if "GLOBAL" in ln or "global" in ln), lines[-1])
+        detail = detail.removeprefix("WeightsUnpickler error:").split(" Please use")[0].strip()
+        return f"{type(error).__name__}: refused by torch.load(weights_only=True): {detail}"[:400]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:400]
 
 
 def capture_rng_state() -> dict:

@@ -227,6 +227,11 @@ def check_compatible(s2t: Any, t2c: Any) -> None:
 # ----------------------------------------------------------------------------- the worker
 
 
+def shard_index(out_path: Path) -> int:
+    """The shard number of an output shard path (`echo-00003.arrow` → 3)."""
+    return int(out_path.stem.rsplit("-", 1)[1])
+
+
 def done_marker(out_path: Path) -> Path:
     """Where the done marker of an output shard lives (hidden from datasets)."""
     return out_path.parent / ".echox" / f"{out_path.stem}.done.json"
@@ -273,11 +278,14 @@ class EchoLabeler:
             entry = json.loads(marker.read_text())
             if {k: entry.get(k) for k in key} == key and file_verifies(out, entry.get("sha256")):
                 return {**entry, "skipped": True}
+        from tasks.build_corpus import BuildPaths, inject_fault
         from tasks.data import TableRows
 
         table = read_arrow(Path(corpus_shard), sha256=sha256)  # verified before anything is read
         rows = list(TableRows(table.select([c for c in ROW_COLUMNS if c in table.column_names])))
         result = self.label(rows)
+        # After the work, before the output: a fault here loses a labelled but unwritten shard.
+        inject_fault(BuildPaths(out.parent), f"echo-shard-{shard_index(out)}")
         rejects = [Reject(first_row + i, rows[i].get("id"), reason, stage="echo").to_dict()
                    for i, reason in result.rejects]
         entry = {**write_arrow(out, labels_table(result.records)), **key, "rejects": rejects,

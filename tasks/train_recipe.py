@@ -34,11 +34,12 @@ from torch import nn
 from core.errors import ConfigError, EchoxError
 from models.stages import StageSpec, get_stage
 from tasks.checkpoint import (
+    apply_checkpoint,
     capture_rng_state,
     checkpoint_dir,
-    latest_checkpoint,
+    latest_loadable,
     list_checkpoints,
-    load_checkpoint,
+    read_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
@@ -196,14 +197,17 @@ def start_or_resume(cfg: TrainConfig, proc: Process, model: nn.Module, optimizer
                     scheduler: Any, per_epoch: int) -> Progress:
     """Load the newest verified checkpoint when resuming (else start clean) and set this rank's RNG."""
     ckpt_root = Path(cfg.out_dir) / "checkpoints"
-    path = broadcast(latest_checkpoint(ckpt_root) if cfg.resume and proc.rank == 0 else None, proc)
+    # Rank 0 picks the newest checkpoint that verifies and loads safely (reading it once); the other ranks
+    # read the one it picked, and every rank applies it after the broadcast, so all fail or none do.
+    found = latest_loadable(ckpt_root) if cfg.resume and proc.rank == 0 else None
+    path = broadcast(found.path if found else None, proc)
     if path is None:
         if list_checkpoints(ckpt_root) and not cfg.resume:
             raise ConfigError(f"{cfg.out_dir} already holds checkpoints; resume, or use a new out_dir")
         seed_rank(cfg.seed, proc.rank, 0)
         progress = Progress()
     else:
-        state = load_checkpoint(path, model, optimizer, scheduler, verify=False)  # rank 0 just verified it
+        state = apply_checkpoint(found or read_checkpoint(path, verify=False), model, optimizer, scheduler)
         restore_or_reseed(state.rng_state, cfg, proc, state.step)
         extra = state.extra
         if extra.get("world_size") != proc.world_size or extra.get("batches_per_epoch") != per_epoch:

@@ -143,3 +143,60 @@ def test_wrong_model_raises_checkpoint_error(tmp_path: Path) -> None:
     path = _save(tmp_path, 1)
     with pytest.raises(CheckpointError, match="does not fit"):
         load_checkpoint(path, TinyLM(dim=12))
+
+
+class _RunsShell:
+    """Pickles to a call of os.system: what a malicious rng.pt holds."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.system, (self.command,))
+
+
+def poison(path: Path, name: str, content: bytes | None = None, *, marker: Path | None = None) -> None:
+    """Replace `name` in checkpoint `path` (with a pickle that runs a shell command touching `marker`, or
+    `content`) and record its new sha256 in checkpoint.json, so only loading it can refuse it."""
+    from tasks.shards import file_sha256, write_json
+
+    target = path / name
+    if content is None:
+        torch.save({"python": _RunsShell(f"touch {marker}")}, target)
+    else:
+        target.write_bytes(content)
+    meta = json.loads((path / "checkpoint.json").read_text())
+    meta["files"][name] = file_sha256(target)
+    write_json(path / "checkpoint.json", meta)
+
+
+def test_unsafe_or_unreadable_files_skip_to_the_previous_checkpoint(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A newest checkpoint whose files verify by sha256 but fail to load safely is skipped, not raised."""
+    from tasks.checkpoint import latest_loadable, verify_checkpoint
+
+    older, newer, newest = _save(tmp_path, 1), _save(tmp_path, 2), _save(tmp_path, 3)
+    ran = tmp_path / "code-ran"
+    poison(newest, "rng.pt", marker=ran)
+    poison(newer, "optimizer.pt", (newer / "optimizer.pt").read_bytes()[:40])  # truncated, sha256 fixed
+    verify_checkpoint(newest)  # the sha256 list agrees: only the load can catch it
+    with caplog.at_level(logging.WARNING, logger="tasks.checkpoint"):
+        found = latest_loadable(tmp_path)
+    assert found is not None and found.path == older and found.meta["step"] == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all("\n" not in w for w in warnings), warnings
+    assert "step-000003" in warnings[0] and "rng.pt cannot be loaded safely" in warnings[0]
+    assert "UnpicklingError" in warnings[0] and "system" in warnings[0]
+    assert "step-000002" in warnings[1] and "optimizer.pt cannot be loaded safely" in warnings[1]
+    assert not ran.exists(), "the pickle's code ran"
+    with pytest.raises(CheckpointError, match=r"rng\.pt cannot be loaded safely"):
+        load_checkpoint(newest, TinyLM(dim=8))
+    fresh = TinyLM(dim=8)
+    state = ckpt.apply_checkpoint(found, fresh)
+    assert state.step == 1 and torch.equal(fresh.proj.weight, _trained(1)[0].proj.weight)
+
+    poison(older, "model.safetensors", b"\x00" * 16)  # none left: start fresh
+    assert latest_loadable(tmp_path) is None and latest_loadable(tmp_path / "none") is None
+    assert not ran.exists()

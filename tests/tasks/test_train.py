@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -111,6 +112,29 @@ def test_resume_continues_the_identical_curve(corpus: Path, tmp_path: Path, log_
     for ra, rb in zip(a, b, strict=True):
         for key in COMPARED:
             assert rb[key] == pytest.approx(ra[key], abs=1e-6), (ra["step"], key)
+    straight_summary = json.loads((straight / "summary.json").read_text())
+    assert summary["param_checksums"] == straight_summary["param_checksums"]
+
+
+def test_resume_skips_a_checkpoint_torch_refuses_to_unpickle(corpus: Path, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A newest rng.pt that pickles os.system (its sha256 re-recorded) is skipped with one warning line;
+    the run resumes from the checkpoint before it and ends where the uninterrupted run ends."""
+    from tests.tasks.test_checkpoint import poison
+
+    straight = tmp_path / "straight"
+    run_local(_config(corpus, straight), dm.build, **HOOKS)
+    crashed = tmp_path / "crashed"
+    with pytest.raises(SimulatedCrash):
+        run_local(_config(corpus, crashed), dm.build,
+                  **{**HOOKS, "make_collator": functools.partial(dm.make_crashing_collator, crash_at=5)})
+    ran = tmp_path / "code-ran"
+    poison(crashed / "checkpoints" / "step-000004", "rng.pt", marker=ran)
+    with caplog.at_level(logging.WARNING, logger="tasks.checkpoint"):
+        summary = run_local(_config(corpus, crashed, resume=True), dm.build, **HOOKS)
+    assert summary["resumed_from"].endswith("step-000002") and not ran.exists()
+    skipped = [r.getMessage() for r in caplog.records if "skipping checkpoint" in r.getMessage()]
+    assert len(skipped) == 1 and "\n" not in skipped[0] and "rng.pt" in skipped[0], skipped
     straight_summary = json.loads((straight / "summary.json").read_text())
     assert summary["param_checksums"] == straight_summary["param_checksums"]
 
