@@ -162,7 +162,7 @@ def test_constructed_echo_is_cut_and_every_segment_gets_t2c_units(env: dict, mon
     echo = [[w[0], w[1], period] + [w[2]] * (n[0] - 3),  # two segments: [0, 3), [3, n)
             [w[0]] * (n[1] - 1) + [bang],  # one segment, closed by "!"
             [period] + [w[1]] * (n[2] - 2) + [period]]  # [0, 1), [1, n)
-    monkeypatch.setattr("tasks.echo_labels.echo_token_ids", lambda s2t, rs: echo[: len(rs)])
+    monkeypatch.setattr("tasks.echo_labelling.echo_token_ids", lambda s2t, rs: echo[: len(rs)])
     result = label_rows(lab.s2t, lab.t2c, rows, max_units=40)
     assert not result.rejects, result.rejects
     got = {r["id"]: r for r in result.records}
