@@ -26,8 +26,11 @@ class ServerProcess(subprocess.Popen):
     watchdog: subprocess.Popen | None = None
 
 
-class Terminated(Exception):
-    """SIGTERM arrived while `sigterm_raises` was active."""
+class Terminated(BaseException):
+    """SIGTERM arrived while `sigterm_raises` was active.
+
+    A BaseException, like KeyboardInterrupt: a library's `except Exception` (Prefect's client, the
+    Crashed-run bookkeeping) must not swallow a request to stop."""
 
 
 def api_url(host: str = HOST, port: int = DEFAULT_PORT) -> str:

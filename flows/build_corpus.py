@@ -115,6 +115,8 @@ def build_corpus(config: BuildCorpusConfig) -> str:
     try:
         _report(config, f"build-corpus: {identity['num_source_records']} records → "
                         f"{identity['num_shards']} shards in {out}")
+        if config.ray_address:
+            get_run_logger().info(f"Connecting to an existing Ray instance at {config.ray_address}")
         # A caller's Ray (tests, notebooks, the pipeline) is used and left running.
         with ray_session(config.ray_address, num_cpus=config.workers) as ray:
             parts = corpus_shards_flow.with_options(task_runner=RayTaskRunner())(

@@ -369,7 +369,7 @@ def normalize_answer(text: str) -> str:
     """Normalise an answer or response for matching: number words; no case, accents, punctuation, articles."""
     if not isinstance(text, str):
         raise RecordRejected(f"answer must be a string, got {type(text).__name__}")
-    text = _normalize(text, "en").casefold()
+    text = _normalize(text.casefold(), "en").casefold()  # casefold first too: "Π" must meet the "π" rule
     text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     text = unicodedata.normalize("NFKC", text)  # recompose what is not an accent (Hangul jamo)
     text = re.sub(r"['’`]", "", text)

@@ -15,7 +15,15 @@ os.environ.setdefault("ECHOX_STATE_DIR", str(_STATE))
 os.environ.setdefault("PREFECT_HOME", str(_STATE / "prefect"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# Property tests draw the same examples on every run (a failure reproduces; CI does not flake on a new
+# draw); HYPOTHESIS_PROFILE=explore draws fresh ones.
+from hypothesis import settings  # noqa: E402
+
 from core import runtime  # noqa: E402
+
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 runtime.configure()
 

@@ -249,7 +249,7 @@ def _task_run_states(flow_run_id: object, task_run_name: str, until: str, timeou
 def test_user_errors_are_not_retried_but_unexpected_ones_are() -> None:
     from prefect.states import Failed
 
-    from flows.build_corpus import RETRY, transient
+    from flows.policy import RETRY, transient
 
     assert RETRY["retries"] >= 1 and RETRY["retry_condition_fn"] is transient
     assert transient(None, None, Failed(data=RuntimeError("disk hiccup")))

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import tasks.text_norm
@@ -171,6 +171,7 @@ def test_spoken_form_is_clean_and_idempotent(text: str) -> None:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_MIXED)
+@example("Π")  # found by hypothesis: casefolds to "π", which the symbol rule then spells "pi"
 def test_normalize_answer_is_idempotent(text: str) -> None:
     once = normalize_answer(text)
     assert normalize_answer(once) == once
