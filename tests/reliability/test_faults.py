@@ -7,12 +7,9 @@ atomic checkpoint writes) are covered in tests/tasks/test_checkpoint.py and test
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,61 +19,18 @@ import pytest
 
 from core.errors import ConfigError, InputError
 from tasks.configs import BuildCorpusConfig
-from tests.conftest import CHECK_CORPUS
 from tests.reliability.conftest import Cli, build_args, qa_rows, write_source
+from tests.reliability.killing import (
+    check_corpus,
+    corpus_ids,
+    expected_ids,
+    kill_group,
+    kill_when,
+    survivors,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
-
-
-def _ids(out: Path) -> list[str]:
-    import datasets
-
-    return sorted(datasets.load_from_disk(str(out))["id"])
-
-
-def _check_corpus(out: Path, src: Path) -> None:
-    res = subprocess.run([sys.executable, str(CHECK_CORPUS), str(out), "--source", str(src)],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout + res.stderr
-
-
-def _expected(n: int) -> list[str]:
-    return sorted(f"q{i}" for i in range(1, n + 1))
-
-
-def _wait_for(predicate: object, proc: subprocess.Popen, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if proc.poll() is not None:
-            pytest.fail(f"build exited early ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
-
-
-def _kill_group(proc: subprocess.Popen) -> dict[psutil.Process, str]:
-    """SIGKILL the process group of `proc`; return every descendant it had just before, with its name."""
-    family = {}
-    try:
-        for p in psutil.Process(proc.pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                family[p] = p.name()
-    except psutil.NoSuchProcess:
-        pass
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    return family
-
-
-def _survivors(family: dict[psutil.Process, str], timeout: float = 20) -> list[psutil.Process]:
-    deadline = time.monotonic() + timeout
-    alive = list(family)
-    while time.monotonic() < deadline:
-        alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        if not alive:
-            break
-        time.sleep(0.2)
-    return alive
 
 
 def test_driver_sigkill_then_rerun_finishes_exactly_once(cli: Cli, tmp_path: Path) -> None:
@@ -84,20 +38,8 @@ def test_driver_sigkill_then_rerun_finishes_exactly_once(cli: Cli, tmp_path: Pat
     src = write_source(tmp_path / "qa.jsonl", qa_rows(24))
     out = tmp_path / "out"
     log = tmp_path / "run1.log"
-    proc = cli.popen(build_args(src, out), log)
-    family: dict[psutil.Process, str] = {}
-    try:
-        _wait_for(lambda: any((out / ".echox" / "audio").glob("*.done.json")), proc, 240, log)
-        family = _kill_group(proc)
-        assert proc.returncode == -signal.SIGKILL
-        alive = _survivors(family)
-        assert not alive, f"processes outlived the killed driver: {[family[p] for p in alive]}"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        for p in family:  # only processes this test started
-            with contextlib.suppress(psutil.Error):
-                p.kill()
+    family = kill_when(cli, build_args(src, out), log,
+                       lambda: any((out / ".echox" / "audio").glob("*.done.json")), timeout=240)
     assert {"raylet", "gcs_server"} <= set(family.values()), f"Ray was not running: {set(family.values())}"
     assert not (out / "manifest.json").exists()
     done_before = {p.name: p.stat().st_mtime_ns for p in (out / ".echox" / "audio").glob("*.done.json")}
@@ -107,8 +49,8 @@ def test_driver_sigkill_then_rerun_finishes_exactly_once(cli: Cli, tmp_path: Pat
 
     res = cli.run(build_args(src, out))
     assert res.returncode == 0, res.stderr[-3000:]
-    _check_corpus(out, src)
-    assert _ids(out) == _expected(24)
+    check_corpus(out, src)
+    assert corpus_ids(out) == expected_ids(24)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["totals"] == {**manifest["totals"], "rows": 24, "rejected": 0, "source_records": 24}
     for name, mtime in {**done_before, **audio_before}.items():
@@ -155,8 +97,8 @@ def test_sigkill_of_a_ray_worker_is_retried(tmp_path: Path, ray_session: None) -
         killer.join(timeout=5)
     assert killed, "no synthesize-shard worker was caught running"
     assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == psutil.STATUS_ZOMBIE
-    _check_corpus(out, src)
-    assert _ids(out) == _expected(15)
+    check_corpus(out, src)
+    assert corpus_ids(out) == expected_ids(15)
 
 
 def test_worker_dying_after_prefect_completed_is_harmless(tmp_path: Path, ray_session: None) -> None:
@@ -213,8 +155,8 @@ def test_transient_task_failure_is_retried_with_backoff(tmp_path: Path, ray_sess
     assert state.is_completed(), state.message
     fired = sorted(p.name for p in (out / ".echox" / "faults").iterdir())
     assert fired == ["label-shard-0-raise", "synthesize-shard-1-raise"]
-    _check_corpus(out, src)
-    assert _ids(out) == _expected(6)
+    check_corpus(out, src)
+    assert corpus_ids(out) == expected_ids(6)
     for name in ("synthesize-shard-1", "label-shard-0"):  # failed, waited its backoff, then completed
         states = _task_run_states(state.state_details.flow_run_id, name, until="Completed")
         assert [s.name for s in states] == ["Pending", "Running", "AwaitingRetry", "Retrying", "Completed"]
@@ -280,13 +222,13 @@ def test_two_builds_into_one_directory_cannot_interleave(cli: Cli, tmp_path: Pat
     first = cli.popen(build_args(src, out), log)
     try:
         lock = out / ".echox" / "lock"
-        _wait_for(lambda: lock.exists() and lock.read_text().startswith("pid"), first, 120, log)
+        wait_for(lambda: lock.exists() and lock.read_text().startswith("pid"), first, 120, log)
         started = time.monotonic()
         second = cli.run(build_args(src, out), timeout=120)
         took = time.monotonic() - started
         assert first.poll() is None, "the first build should still be running"
     finally:
-        _survivors(_kill_group(first), timeout=10)
+        survivors(kill_group(first), timeout=10)
     assert second.returncode == 2, second.stderr[-2000:]
     assert f"{out} is locked by a running build (pid {first.pid})" in second.stderr
     assert "Traceback" not in second.stderr

@@ -7,61 +7,35 @@ run's: shard sha256s, final weights, rejects. A rerun that redoes, loses or chan
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
 from tasks.build_corpus import FAULT_ENV
 from tasks.shards import file_sha256
 from tests.reliability.conftest import ROOT, Cli, build_args, qa_rows, write_source
-from tests.reliability.test_faults import _check_corpus, _expected, _ids, _kill_group, _survivors
+from tests.reliability.killing import (
+    check_corpus,
+    corpus_ids,
+    expected_ids,
+    kill_group,
+    kill_when,
+    survivors,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
-MAX_UNITS = 6  # as in tests/flows/test_echo_labels.py: a mix of kept and rejected rows
+MAX_UNITS = 6  # T2C length guard of the echo runs (kills are compared with a clean run at the same guard)
 ECHO_SHARDS = 6
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: float, log: Path,
-             poll: float = 0.02) -> None:
-    """Poll `predicate` until true; fail with the log's tail if `proc` exits first or time runs out."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            pytest.fail(f"exited early ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s:\n{log.read_text()[-3000:]}")
-        time.sleep(poll)
-
-
-def kill_when(cli: Cli, args: list[str], log: Path, ready: Callable[[], bool], timeout: float = 300) -> None:
-    """Start `echox ARGS`, SIGKILL its process group once `ready()`, and check nothing outlived it."""
-    proc = cli.popen(args, log)
-    family: dict[psutil.Process, str] = {}
-    try:
-        wait_for(ready, proc, timeout, log)
-        family = _kill_group(proc)
-        assert proc.returncode == -signal.SIGKILL
-        alive = _survivors(family)
-        assert not alive, f"processes outlived the killed driver: {[family[p] for p in alive]}"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        for p in family:  # only processes this test started
-            with contextlib.suppress(psutil.Error):
-                p.kill()
 
 
 def rerun(cli: Cli, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -266,7 +240,7 @@ def test_prefect_server_killed_mid_build_fails_cleanly_and_rerun_completes(cli: 
             rc = build.wait(timeout=300)
         finally:
             if build.poll() is None:
-                _survivors(_kill_group(build), timeout=10)
+                survivors(kill_group(build), timeout=10)
     finally:
         server.stop(proc)
     text = log.read_text()
@@ -281,8 +255,8 @@ def test_prefect_server_killed_mid_build_fails_cleanly_and_rerun_completes(cli: 
         rerun(Cli({**cli.env, "PREFECT_API_URL": url}), build_args(src, out))
     finally:
         server.stop(proc)
-    _check_corpus(out, src)
-    assert _ids(out) == _expected(12)
+    check_corpus(out, src)
+    assert corpus_ids(out) == expected_ids(12)
     clean = tmp_path / "clean"
     rerun(cli, build_args(src, clean))
     assert corpus_result(out) == corpus_result(clean)
