@@ -88,35 +88,22 @@ def run_ray(config: TrainConfig, build: Callable[[], nn.Module] | str, *, ray_ad
     Starts a local Ray (or joins `ray_address`) unless one is already running in this process.
     A failure on any worker is raised here: EchoxErrors as themselves, others as RuntimeError.
     """
-    from core import runtime
-
-    runtime.configure()  # RAY_AUTH_MODE=disabled, no usage stats: must precede ray.init
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from core.runtime import ray_session
 
     config = absolute(config)
-    started = not ray.is_initialized()
-    if started:
-        env = {"env_vars": {"PYTHONPATH": _repo_pythonpath()}}
-        ray.init(address=ray_address, runtime_env=env, **_ray_init_kwargs(ray_address, object_store_mb))
-    try:
+    env = {"env_vars": {"PYTHONPATH": _repo_pythonpath()}}  # workers import the project from this tree
+    with ray_session(ray_address, object_store_mb=object_store_mb, runtime_env=env):
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
         trainer = TorchTrainer(
             train_loop, train_loop_config=loop_config(config, build, launcher="ray", **hooks),
             scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu),
             run_config=RunConfig(storage_path=str(Path(config.out_dir) / "ray"), name=name,
-                                 worker_runtime_env={"env_vars": {"PYTHONPATH": _repo_pythonpath()}}))
+                                 worker_runtime_env=env))
         _fit(trainer)
-    finally:
-        if started:
-            ray.shutdown()
     return read_summary(config.out_dir)
 
-def _ray_init_kwargs(address: str | None, object_store_mb: int) -> dict:
-    """ray.init arguments: a bounded local Ray, or nothing extra when joining a cluster."""
-    from core import runtime
-
-    return {} if address else runtime.ray_init_kwargs(None, object_store_mb=object_store_mb)
 
 def _fit(trainer: Any) -> None:
     """trainer.fit(), turning a worker failure into the worker's own error (or a RuntimeError naming it)."""
