@@ -30,7 +30,7 @@ demo: venv
 	$(PY) -m echox.cli demo --config configs/demo.yaml
 
 test: venv
-	$(PY) -m pytest -q --timeout=1500
+	$(PY) -m pytest -q -m "not slow" --timeout=1500
 
 test-all: venv
 	$(PY) -m pytest -q --timeout=3000
