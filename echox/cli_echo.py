@@ -12,6 +12,9 @@ from tasks.configs import EchoLabelsConfig
 
 
 def _run_echo_labels(cfg: EchoLabelsConfig) -> int:
+    from tasks.echo_labels import check_inputs
+
+    check_inputs(cfg.corpus, cfg.s2t, cfg.t2c, cfg.out)
     runtime.ensure_prefect_api()  # after validation, before prefect is imported (it reads settings then)
     from flows.echo_labels import echo_labels
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core import runtime
+from core.errors import InputError
 from echox.cli_options import Command
 from tasks.configs import EvaluateConfig
 
@@ -13,6 +14,11 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
     """Run the flow on validated options, print the summary table."""
     import json
 
+    from tasks.evaluate import check_checkpoints
+
+    if not Path(cfg.eval_set).exists():
+        raise InputError(f"eval set not found: {cfg.eval_set}")
+    check_checkpoints(Path(cfg.model), Path(cfg.t2c) if cfg.t2c else None)  # before Prefect starts
     runtime.ensure_prefect_api()  # after validation, before prefect is imported (it reads settings then)
     from flows.evaluate import evaluate
     from tasks.evaluate import format_report

@@ -63,6 +63,23 @@ def checkpoint_path(path: str | Path) -> Path:
     return p
 
 
+def check_inputs(corpus: str, s2t: str, t2c: str, out: str) -> None:
+    """What the inputs alone show wrong, checked in the driver before Prefect or Ray start."""
+    from models.io import read_config
+    from tasks.out_dir import check_out_path
+    from tasks.shards import finished_manifest
+
+    if not Path(corpus).is_dir():
+        raise InputError(f"corpus directory not found: {corpus}")
+    finished_manifest(Path(corpus))
+    for given, stage in ((s2t, "s2t"), (t2c, "t2c")):
+        config = read_config(checkpoint_path(given))
+        if config["stage"] != stage:
+            raise CheckpointError(f"--{stage} {given} is a {config['stage']} checkpoint, not a {stage} one")
+    for given in (corpus, s2t, t2c):
+        check_out_path(Path(out), Path(given))
+
+
 def checkpoint_hash(path: str | Path, stage: str) -> dict:
     """{path, stage, config_sha256, weights_sha256, sha256} of a saved model (sha256 covers both files)."""
     from models.io import CONFIG_NAME, WEIGHTS_NAME, read_config

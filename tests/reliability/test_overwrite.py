@@ -126,6 +126,9 @@ def test_build_over_the_reject_limit_leaves_no_manifest(tmp_path: Path, capfd: p
     for read in (load_corpus, corpus_num_units):
         with pytest.raises(InputError, match="is a failed corpus build, not a usable one: 1 of 4 records"):
             read(out)
+    labels = ["echo-labels", "--corpus", str(out), "--s2t", "a", "--t2c", "b", "--out", str(tmp_path / "l")]
+    rc, err = _main(labels, capfd)
+    assert_user_error(rc, err, "echo-labels", "is a failed corpus build")
     train = ["train", "--stage", "s2t", "--corpus", str(out), "--out", str(tmp_path / "run")]
     rc, err = _main(train, capfd)
     assert_user_error(rc, err, "train", "is a failed corpus build")
@@ -175,6 +178,12 @@ def test_build_input_mistakes_fail_before_prefect_and_create_nothing(
     (["echo-labels", "--corpus", "c", "--s2t", "a", "--t2c", "b", "--out", "o", "--workers", "0"],
      "echo-labels", "workers"),
     (["pipeline", "--config", "/nope.yaml"], "pipeline", "config file not found: /nope.yaml"),
+    (["echo-labels", "--corpus", "/nope", "--s2t", "a", "--t2c", "b", "--out", "o"], "echo-labels",
+     "corpus directory not found: /nope"),
+    (["evaluate", "--model", "m", "--eval-set", "/nope.jsonl", "--out", "r.json"], "evaluate",
+     "eval set not found: /nope.jsonl"),
+    (["evaluate", "--model", "/nope", "--eval-set", __file__, "--out", "r.json"], "evaluate",
+     "checkpoint directory /nope does not exist"),
 ])
 def test_bad_options_fail_before_prefect(capfd: pytest.CaptureFixture[str], no_prefect: None,
                                          argv: list[str], command: str, match: str) -> None:
