@@ -11,7 +11,7 @@ from prefect.futures import as_completed
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
-from core.errors import EchoxError, InputError
+from core.errors import EchoxError
 from core.runs import record_process
 from core.runtime import ray_session
 from flows.policy import RAY_OPTIONS, RETRY
@@ -103,13 +103,10 @@ def _report_repairs(config: BuildCorpusConfig, rebuilt: list[str]) -> None:
 def build_corpus(config: BuildCorpusConfig) -> str:
     """Build a speech corpus from a QA source; returns the corpus directory."""
     out = Path(config.out)
-    stages.check_out_path(out, Path(config.source) if Path(config.source).exists() else None)
-    if not Path(config.source).exists():  # before the lock creates the output directory
-        raise InputError(f"source not found: {config.source}")
-    lock = stages.acquire_lock(out)
+    lock = stages.acquire_lock(out)  # refuses an --out that is a file
     try:
         identity = stages.plan_build(config)  # before Ray starts: a user mistake fails in a second
-    except EchoxError:
+    except EchoxError:  # (a missing source, a source inside --out, ... : see inspect_build)
         lock.release(remove_created=True)  # a refused folder is left as it was found
         raise
     try:
