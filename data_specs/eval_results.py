@@ -16,7 +16,7 @@ import pyarrow as pa
 from core.errors import IntegrityError
 from data_specs._validate import check_schema
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: text mode (voice, question_seconds nullable), mode, Wilson intervals
 REPORT_TAG = "echox.eval_report"
 SECONDS = {"unit": "s"}
 
@@ -31,8 +31,9 @@ ITEM_SCHEMA = pa.schema(
                  metadata={"doc": "accepted answers: `answers`, else `aliases`, else `answer`"}),
         pa.field("reference", pa.string(), nullable=False,
                  metadata={"doc": "reference answer text (T2C input for the unit metrics)"}),
-        pa.field("voice", pa.string(), nullable=False),
-        pa.field("question_seconds", pa.float32(), nullable=False, metadata=SECONDS),
+        pa.field("voice", pa.string(), nullable=True, metadata={"doc": "None in text mode"}),
+        pa.field("question_seconds", pa.float32(), nullable=True,
+                 metadata={"doc": "None in text mode", **SECONDS}),
         pa.field("response", pa.string(), nullable=False),
         pa.field("correct", pa.bool_(), nullable=False,
                  metadata={"doc": "a normalised gold answer is whole words of the normalised response"}),

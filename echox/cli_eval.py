@@ -6,7 +6,7 @@ from pathlib import Path
 
 from core import runtime
 from core.errors import InputError
-from echox.cli_options import Command
+from echox.cli_options import Command, Flag
 from tasks.configs import EvaluateConfig
 
 
@@ -18,7 +18,21 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
 
     if not Path(cfg.eval_set).exists():
         raise InputError(f"eval set not found: {cfg.eval_set}")
-    check_checkpoints(Path(cfg.model), Path(cfg.t2c) if cfg.t2c else None)  # before Prefect starts
+    if cfg.train_source and not Path(cfg.train_source).exists():
+        raise InputError(f"training source not found: {cfg.train_source}")
+    if cfg.mode == "speech":  # before Prefect starts
+        check_checkpoints(Path(cfg.model), Path(cfg.t2c) if cfg.t2c else None)  # type: ignore[arg-type]
+    elif cfg.model:
+        from tasks.eval_text import text_llm_dir
+
+        text_llm_dir(model=cfg.model, preset=None, overrides={}, cache_dir=Path("."))
+    else:
+        from models.presets import resolve_preset
+
+        if resolve_preset(str(cfg.preset), **cfg.preset_overrides).llm == "random":
+            from tasks.eval_text import text_llm_dir
+
+            text_llm_dir(model=None, preset=cfg.preset, overrides=cfg.preset_overrides, cache_dir=Path("."))
     runtime.ensure_prefect_api()  # after validation, before prefect is imported (it reads settings then)
     from flows.evaluate import evaluate
     from tasks.evaluate import format_report
@@ -31,8 +45,11 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
 
 EVAL_COMMANDS = [
     Command("evaluate", EvaluateConfig, run_evaluate,  # type: ignore[arg-type]
-            help="spoken-QA accuracy of an s2t or echo checkpoint on an eval set",
+            help="spoken-QA accuracy of an s2t or echo checkpoint (or, --mode text, of a base LLM)",
             description="Speak the eval set's questions (cached TTS), answer them with the checkpoint and "
                         "score the answers with the whole-word alias match; a JSON report, a table, and "
-                        "Prefect artifacts."),
+                        "Prefect artifacts. --mode text asks a base instruct LLM the written questions: the "
+                        "knowledge a speech model built on it can keep.",
+            flags={"preset_overrides": Flag(flag="--set", help="override a preset field (--mode text "
+                                            "--preset), e.g. --set llm_path=/models/llama (repeatable)")}),
 ]

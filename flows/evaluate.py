@@ -16,6 +16,7 @@ from core.errors import InputError
 from core.runs import record_process
 from tasks import evaluate as ev
 from tasks.configs import EvaluateConfig
+from tasks.shards import atomic_write
 
 
 @task(name="synthesize-questions", tags=["eval", "tts"])
@@ -42,11 +43,30 @@ def answer_questions_task(config: EvaluateConfig, questions: str) -> str:
             update_progress_artifact(progress, progress=pct)
             step["last"] = pct
 
-    ev.answer_questions(Path(questions), Path(config.model), Path(config.out),
-                        t2c=Path(config.t2c) if config.t2c else None, device=config.device,
-                        max_new_tokens=config.max_new_tokens, max_units=config.max_units,
-                        progress=report_progress)
+    if config.mode == "text":
+        ev.answer_text_questions(Path(config.eval_set), Path(questions), Path(config.out),
+                                 system_prompt=config.system_prompt, max_new_tokens=config.max_new_tokens,
+                                 limit=config.limit, device=config.device,
+                                 max_reject_fraction=config.max_reject_fraction,
+                                 model_name=config.model or f"preset {config.preset}",
+                                 progress=report_progress)
+    else:
+        ev.answer_questions(Path(questions), Path(config.model), Path(config.out),  # type: ignore[arg-type]
+                            t2c=Path(config.t2c) if config.t2c else None, device=config.device,
+                            max_new_tokens=config.max_new_tokens, max_units=config.max_units,
+                            progress=report_progress)
     return config.out
+
+
+@task(name="prepare-text-llm", tags=["eval"])
+def prepare_text_llm_task(config: EvaluateConfig) -> str:
+    """Text mode: the LLM directory to load (the --model directory, or the preset's base LLM, built once)."""
+    from core import runtime
+    from tasks.eval_text import text_llm_dir
+
+    cache = Path(config.cache_dir) if config.cache_dir else runtime.state_dir() / "models"
+    return str(text_llm_dir(model=config.model, preset=config.preset, overrides=config.preset_overrides,
+                            cache_dir=cache))
 
 
 def publish(report: dict) -> None:
@@ -68,12 +88,25 @@ def evaluate(config: EvaluateConfig) -> str:
     import json
 
     # Cheap checks first, so a wrong path fails before minutes of speech synthesis.
-    ev.check_checkpoints(Path(config.model), Path(config.t2c) if config.t2c else None)
+    if config.mode == "speech":
+        ev.check_checkpoints(Path(config.model), Path(config.t2c) if config.t2c else None)  # type: ignore[arg-type]
     if not Path(config.eval_set).exists():
         raise InputError(f"eval set not found: {config.eval_set}")
-    questions = synthesize_questions_task(config)
+    if config.train_source and not Path(config.train_source).exists():
+        raise InputError(f"training source not found: {config.train_source}")
+    # Text mode answers the written questions: the "questions" input is the LLM directory to load.
+    questions = prepare_text_llm_task(config) if config.mode == "text" else synthesize_questions_task(config)
     out = answer_questions_task(config, questions)
     report = json.loads(Path(out).read_text())
+    if config.train_source:
+        overlap = ev.train_overlap(Path(config.eval_set), Path(config.train_source))
+        if overlap:
+            get_run_logger().warning(f"evaluate: {overlap} eval question(s) also occur in the training "
+                                     f"source {config.train_source}; knowledge should be measured on "
+                                     "held-out ones")
+        report["train_overlap"] = overlap
+        text = json.dumps(report, indent=1, ensure_ascii=False)
+        atomic_write(Path(out), lambda p: p.write_text(text))
     publish(report)
     get_run_logger().info("evaluate: " + "; ".join(f"{r['metric']} {r['value']}"
                                                    for r in ev.summary_rows(report)))

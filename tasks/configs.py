@@ -184,8 +184,22 @@ class EchoLabelsConfig(Frozen):
 class EvaluateConfig(Frozen):
     """Parameters of a spoken-QA evaluation of an S2T or echo checkpoint."""
 
-    model: str = Field(description="Checkpoint to evaluate: an s2t or echo model directory (or its run "
-                       "directory).")
+    mode: Literal["speech", "text"] = Field("speech", description="speech: spoken questions into an s2t or "
+                                            "echo checkpoint; text: written questions into a base instruct "
+                                            "LLM (--preset or --model), the knowledge there is to keep.")
+    model: str | None = Field(None, description="Checkpoint to evaluate: an s2t or echo model directory (or "
+                              "its run directory); with --mode text, a local HF causal-LM directory.")
+    preset: str | None = Field(None, description="With --mode text: the base LLM of this model preset "
+                               "(e.g. smollm2-135m), built as training builds it.")
+    preset_overrides: dict[str, Any] = Field(default_factory=dict, description="Preset fields to override "
+                                             "(--mode text --preset).")
+    system_prompt: str | None = Field("Answer the question in one short sentence.", description="With --mode "
+                                      "text: the system turn of the chat prompt (empty: none).")
+    cache_dir: str | None = Field(None, description="With --mode text --preset: where base LLM directories "
+                                  "are built and cached (default: the state folder).")
+    train_source: str | None = Field(None, description="The training source: eval questions that also occur "
+                                     "there are counted and reported (knowledge is measured on held-out "
+                                     "questions).")
     eval_set: str = Field(description="Eval set: JSONL (or Parquet / datasets directory) with id, question "
                           "and answers (a list), or answer + aliases as in data/sample/qa_eval.jsonl.")
     out: str = Field(description="Path of the JSON report; the questions manifest is written beside it.")
@@ -213,3 +227,20 @@ class EvaluateConfig(Frozen):
     def tts_choice(self) -> Choice:
         """The selected TTS engine and its options, built from the flat fields."""
         return TTS_ENGINES.choose(self.tts, self)
+
+    @model_validator(mode="after")
+    def _inputs_of_mode(self) -> EvaluateConfig:
+        """speech needs --model; text needs exactly one of --model / --preset and takes no --t2c."""
+        if self.mode == "speech":
+            if not self.model:
+                raise ValueError("--model (an s2t or echo checkpoint) is required")
+            if self.preset:
+                raise ValueError("--preset selects a base LLM for --mode text; speech mode reads the "
+                                 "checkpoint's own")
+        else:
+            if bool(self.model) == bool(self.preset):
+                raise ValueError("--mode text takes exactly one of --model (a local HF LLM directory) "
+                                 "and --preset")
+            if self.t2c:
+                raise ValueError("--t2c scores an echo checkpoint's units: not with --mode text")
+        return self

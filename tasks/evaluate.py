@@ -25,6 +25,7 @@ the model's response, which need not be the reference.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -82,6 +83,19 @@ def unit_edit_distance(hyp: list[int], ref: list[int]) -> float:
     return levenshtein(hyp, ref) / longest if longest else 0.0
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> list[float] | None:
+    """The Wilson score interval [low, high] of a proportion correct/n (95 % by default); None when n = 0.
+
+    Unlike p ± z·sqrt(p(1-p)/n) it stays inside [0, 1] and is not empty at 0 or n correct, which is what
+    small eval sets (59 questions) give."""
+    if n <= 0:
+        return None
+    p, z2 = correct / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
 def summarize(items: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """(summary, by_category) of scored rows: counts, accuracy, mean latencies and unit metrics."""
     def mean(key: str) -> float | None:
@@ -90,7 +104,8 @@ def summarize(items: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, di
 
     def stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
         k = sum(bool(r["correct"]) for r in rows)
-        return {"items": len(rows), "correct": k, "accuracy": k / len(rows) if rows else None}
+        return {"items": len(rows), "correct": k, "accuracy": k / len(rows) if rows else None,
+                "accuracy_ci95": wilson_interval(k, len(rows))}
 
     means = {f"mean_{k}": mean(k) for k in ("latency_s", "first_token_s", "first_units_s")}
     summary = {**stats(items), **means, "unit_accuracy": mean("unit_accuracy"),
@@ -248,19 +263,53 @@ def answer_questions(questions: Path, model: Path, out: Path, *, t2c: Path | Non
             rejects.append(Reject(line=row["line"], id=row["id"], reason=e.reason, stage="answer").to_dict())
         if progress is not None:
             progress(i, len(manifest["items"]))
-    summary, by_category = summarize(items)
-    report = {"schema": REPORT_TAG, "version": SCHEMA_VERSION, "model": str(model), "stage": answerer.stage,
+    report = {"model": str(model), "stage": answerer.stage, "mode": "speech",
               "t2c": None if t2c is None else str(t2c), "eval_set": manifest["eval_set"],
-              "tts": manifest["tts"],
-              "voices": manifest["voices"], "seed": manifest["seed"], "limit": manifest["limit"],
-              "max_new_tokens": max_new_tokens, "device": device,
-              "summary": {**summary, "rejected": len(rejects),
-                          "answer_wall_s": time.perf_counter() - start},
+              "tts": manifest["tts"], "voices": manifest["voices"], "seed": manifest["seed"],
+              "limit": manifest["limit"], "max_new_tokens": max_new_tokens, "device": device}
+    return write_report(out, report, items, rejects, time.perf_counter() - start)
+
+
+def train_overlap(eval_set: Path, source: Path) -> int:
+    """How many eval questions also occur (normalised) in the training source: knowledge is measured on
+    held-out questions, so a non-zero count is reported and warned about."""
+    from tasks.source import read_source
+
+    records, _ = read_source(Path(source))
+    seen = {normalize_answer(r.question) for r in records}
+    items, _ = read_eval_set(Path(eval_set))
+    return sum(normalize_answer(i.question) in seen for i in items)
+
+
+def write_report(out: Path, params: dict[str, Any], items: list[dict[str, Any]],
+                 rejects: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    """Summarise scored items, validate the whole report and write it atomically to `out`; return it."""
+    summary, by_category = summarize(items)
+    report = {"schema": REPORT_TAG, "version": SCHEMA_VERSION, **params,
+              "summary": {**summary, "rejected": len(rejects), "answer_wall_s": wall_s},
               "by_category": by_category, "items": items, "rejects": rejects}
     validate_report(report)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(Path(out), lambda p: p.write_text(json.dumps(report, indent=1, ensure_ascii=False)))
     return report
+
+
+def answer_text_questions(eval_set: Path, llm_dir: Path, out: Path, *, system_prompt: str | None,
+                          max_new_tokens: int = 64, limit: int | None = None, device: str = "cpu",
+                          max_reject_fraction: float = 1.0, model_name: str | None = None,
+                          progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Text mode: the LLM in `llm_dir` answers the written questions; write the JSON report, return it."""
+    from tasks.eval_text import TEXT_STAGE, answer_written
+
+    start = time.perf_counter()
+    items, rejects = answer_written(Path(eval_set), Path(llm_dir), system_prompt=system_prompt,
+                                    max_new_tokens=max_new_tokens, limit=limit, device=device,
+                                    max_reject_fraction=max_reject_fraction, progress=progress)
+    params = {"model": model_name or str(llm_dir), "llm_dir": str(llm_dir), "stage": TEXT_STAGE,
+              "mode": "text", "t2c": None, "eval_set": str(eval_set), "tts": None, "voices": None,
+              "seed": None, "limit": limit, "max_new_tokens": max_new_tokens, "device": device,
+              "system_prompt": system_prompt}
+    return write_report(out, params, items, rejects, time.perf_counter() - start)
 
 
 # ----------------------------------------------------------------------------- presentation
@@ -271,12 +320,22 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def accuracy_text(stats: dict[str, Any]) -> str:
+    """"0.407 (24/59, 95% CI 0.29-0.54)": accuracy, counts and the Wilson interval when there is one."""
+    ci = stats.get("accuracy_ci95")
+    interval = "" if not ci else f", 95% CI {ci[0]:.2f}-{ci[1]:.2f}"
+    return f"{_fmt(stats['accuracy'])} ({stats['correct']}/{stats['items']}{interval})"
+
+
 def summary_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     """(metric, value) rows: accuracy overall and per category, latencies, unit metrics, rejects."""
     s = report["summary"]
-    rows = [{"metric": "accuracy", "value": f"{_fmt(s['accuracy'])} ({s['correct']}/{s['items']})"}]
-    rows += [{"metric": f"accuracy: {c}", "value": f"{_fmt(v['accuracy'])} ({v['correct']}/{v['items']})"}
+    rows = [{"metric": "accuracy", "value": accuracy_text(s)}]
+    rows += [{"metric": f"accuracy: {c}", "value": accuracy_text(v)}
              for c, v in report["by_category"].items()]
+    if report.get("train_overlap") is not None:
+        rows.append({"metric": "eval questions also in the training source",
+                     "value": str(report["train_overlap"])})
     for key in ("mean_latency_s", "mean_first_token_s", "mean_first_units_s", "unit_accuracy",
                 "unit_edit_distance", "rejected"):
         if s.get(key) is not None:
@@ -294,7 +353,9 @@ def item_rows(report: dict[str, Any], limit: int = 50) -> list[dict[str, Any]]:
 def summary_markdown(report: dict[str, Any]) -> str:
     """A markdown summary of the report for the Prefect UI."""
     lines = [f"# Spoken-QA evaluation of `{report['model']}` ({report['stage']})", "",
-             f"Eval set `{report['eval_set']}`, TTS {report['tts']}.", "", "| metric | value |", "|---|---|"]
+             f"Eval set `{report['eval_set']}`, " + (f"TTS {report['tts']}." if report.get("mode") != "text"
+                                                     else "written questions (text mode)."),
+             "", "| metric | value |", "|---|---|"]
     lines += [f"| {r['metric']} | {r['value']} |" for r in summary_rows(report)]
     wrong = [r for r in report["items"] if not r["correct"]][:5]
     if wrong:

@@ -1,0 +1,139 @@
+"""The knowledge there is to keep: a base instruct LLM answering the eval set's WRITTEN questions.
+
+`echox evaluate --mode text` scores the LLM a speech model starts from with the same eval set, the same
+normaliser and the same whole-word alias match as the spoken evaluation, so its accuracy is the upper
+bound of what stage I and echo training can keep. The prompt is the LLM's own chat template (the one the
+S2T's prompt is rendered with) with the question as the user turn and an optional one-sentence system turn.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError, InputError
+from tasks.eval_questions import EvalItem, check_eval_rejects, read_eval_set
+
+TEXT_STAGE = "text-llm"
+"""What a text-mode report calls its model's stage."""
+
+
+def is_hf_llm_dir(path: Path) -> bool:
+    """A local HF causal-LM directory: a config.json with a model_type and a tokenizer beside it."""
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    return isinstance(data, dict) and "model_type" in data and has_tokenizer
+
+
+def text_llm_dir(*, model: str | None, preset: str | None, overrides: dict[str, Any],
+                 cache_dir: Path) -> Path:
+    """The LLM directory a text-mode evaluation loads: `model` as given, or the preset's base LLM (built
+    and cached exactly as training builds it); ConfigError/InputError for what has no knowledge to score."""
+    if model is not None:
+        path = Path(model)
+        if not path.is_dir():
+            raise InputError(f"--model {model}: no such directory")
+        config = path / "config.json"
+        stage = json.loads(config.read_text()).get("stage") if config.is_file() else None
+        if stage is not None:
+            raise ConfigError(f"--model {model} is an echox {stage} checkpoint; --mode text takes a base LLM "
+                              "directory (a local HF causal LM) or --preset")
+        if not is_hf_llm_dir(path):
+            raise InputError(f"--model {model} is not an HF causal-LM directory (config.json with a "
+                             "model_type, and a tokenizer)")
+        return path
+    from models.llm import prepare_base_llm
+    from models.presets import resolve_preset
+
+    spec = resolve_preset(str(preset), **overrides)
+    if spec.llm == "random":
+        raise ConfigError(f"preset {spec.name!r} has a random-init LLM (its tokenizer is trained per "
+                          "corpus): it holds no knowledge to measure; use a preset with a real LLM "
+                          "(smollm2-135m) or --model DIR")
+    return prepare_base_llm(spec, corpus_texts=None, cache_dir=cache_dir)
+
+
+class TextAnswerer:
+    """A causal LM and its tokenizer loaded once; answers written questions greedily, timed."""
+
+    def __init__(self, llm_dir: Path, *, system_prompt: str | None, max_new_tokens: int,
+                 device: str = "cpu") -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from models.llm import load_tokenizer
+
+        self.tokenizer = load_tokenizer(llm_dir)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(f"{llm_dir}: the tokenizer has no chat template (an instruct LLM is needed)")
+        self.model = AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=torch.float32).to(device).eval()
+        self.system_prompt = system_prompt or None
+        self.max_new_tokens, self.device = max_new_tokens, device
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """Token ids of the chat prompt for one question, ending with the assistant header."""
+        from models.llm import TEMPLATE_KWARGS
+
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages.append({"role": "user", "content": question})
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                  **TEMPLATE_KWARGS)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def answer(self, question: str) -> dict[str, Any]:
+        """Greedy response text, its token count and latency."""
+        import torch
+
+        start = time.perf_counter()
+        ids = torch.tensor([self.prompt_ids(question)], device=self.device)
+        pad = self.tokenizer.pad_token_id
+        with torch.inference_mode():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=self.max_new_tokens,
+                                      pad_token_id=pad if pad is not None else self.tokenizer.eos_token_id)
+        new = out[0, ids.shape[1]:].tolist()
+        return {"response": self.tokenizer.decode(new, skip_special_tokens=True).strip(),
+                "num_tokens": len(new), "latency_s": time.perf_counter() - start}
+
+
+def text_item(item: EvalItem, answered: dict[str, Any], matched: str | None) -> dict[str, Any]:
+    """The report's row of one written question (no voice, no audio, no units)."""
+    row = {k: v for k, v in asdict(item).items() if k in ("id", "line", "question", "category", "reference")}
+    speech = dict.fromkeys(("voice", "question_seconds", "first_token_s", "first_units_s", "num_units",
+                            "num_segments", "unit_accuracy", "unit_edit_distance", "reference_units"))
+    return {**row, **speech, "spoken_question": item.question, "gold": list(item.gold), **answered,
+            "correct": matched is not None, "matched": matched}
+
+
+def answer_written(eval_set: Path, llm_dir: Path, *, system_prompt: str | None, max_new_tokens: int,
+                   limit: int | None, device: str, max_reject_fraction: float,
+                   progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], list[dict]]:
+    """(items, rejects) of the eval set's written questions answered by the LLM in `llm_dir`."""
+    from tasks.evaluate import match_answer
+
+    items, rejects = read_eval_set(Path(eval_set))
+    if limit is not None and len(items) > limit:
+        items = items[:limit]
+        rejects = [r for r in rejects if r.line < items[-1].line]
+    if not items:
+        raise InputError(f"{eval_set}: no question can be evaluated ({len(rejects)} rejected)")
+    check_eval_rejects(Path(eval_set), len(items), rejects, max_reject_fraction)
+    answerer = TextAnswerer(llm_dir, system_prompt=system_prompt, max_new_tokens=max_new_tokens,
+                            device=device)
+    rows = []
+    for i, item in enumerate(items, start=1):
+        answered = answerer.answer(item.question)
+        rows.append(text_item(item, answered, match_answer(answered["response"], item.gold)))
+        if progress is not None:
+            progress(i, len(items))
+    return rows, [r.to_dict() for r in rejects]
