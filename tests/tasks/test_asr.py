@@ -214,3 +214,15 @@ def test_a_piper_build_with_the_asr_gate(tmp_path: Path) -> None:
     (voice,) = asr["wer_by_voice"]
     assert asr["wer_by_voice"][voice]["rows"] == len(QA)  # every record heard, kept or rejected
     assert "question_asr_wer" in json.loads((Path(cfg.out) / "dataset_info.json").read_text())["features"]
+
+
+def test_the_counts_artifact_reports_the_gate() -> None:
+    from flows.build_corpus import _counts_table
+
+    manifest = {"totals": {"source_records": 4, "rows": 3, "rejected": 1, "audio_hours": 0.01},
+                "shards": [{}], "rejects_by_reason": {"ASR word error rate …": 1}}
+    assert not any("WER" in r["what"] or "ASR gate" in r["what"] for r in _counts_table(manifest))
+    asr = {"rejected": 1, "wer_by_voice": {"joe": {"rows": 4, "question_wer": 0.1, "answer_wer": 0.2}}}
+    rows = {r["what"]: r["count"] for r in _counts_table({**manifest, "asr": asr})}
+    assert rows["rejected by the ASR gate"] == 1
+    assert rows["mean question WER (joe)"] == 0.1 and rows["mean answer WER (joe)"] == 0.2
