@@ -73,6 +73,33 @@ def tts(ctx: BenchContext) -> dict[str, Any]:
     return {"cases": cases, "notes": ["rtf = wall seconds per second of speech (lower is faster)."]}
 
 
+def asr(ctx: BenchContext) -> dict[str, Any]:
+    """Real-time factor and word error rate of the recogniser on Piper and espeak-ng speech."""
+    from tasks.asr import make_asr, word_error_rate
+    from tasks.backends.tts_espeak import EspeakTTS
+    from tasks.backends.tts_piper import PiperTTS
+    from tasks.text_norm import spoken_form
+
+    records = qa_pairs(ctx.pick(10, 2), ctx.seed)
+    texts = [spoken_form(r[k]) for r in records for k in ("question", "answer")]
+    load_s, _, _, recogniser = timed(make_asr)
+    cases = []
+    for tts_name, make in (("piper", lambda: PiperTTS(threads=1)), ("espeak", EspeakTTS)):
+        engine = make()  # untimed set-up: the clips
+        clips = [engine.synthesize(t, engine.voices()[0]) for t in texts]
+        audio_s = sum(map(len, clips)) / SAMPLE_RATE
+        recogniser.transcribe(clips[0])  # warm-up
+        m = repeat(lambda c=clips: [recogniser.transcribe(x) for x in c], ctx.repeats)
+        wer = statistics.fmean(word_error_rate(t, h) for t, h in zip(texts, m["result"], strict=True))
+        m["result"] = None  # the transcripts stay out of the results file
+        cases.append(case(f"pocketsphinx-{tts_name}", {"speech": tts_name, "utterances": len(clips)}, m,
+                          work={"audio_s": audio_s, "utterances": len(clips)},
+                          rtf=round(m["wall_s"]["median"] / audio_s, 4), wer=round(wer, 4),
+                          load_s=round(load_s, 3)))
+    return {"cases": cases, "notes": ["rtf = wall seconds per second of speech (lower is faster); wer = "
+                                      "mean word error rate against the spoken text (voice: the first)."]}
+
+
 W2V_QUICK = {"encoder_config": {
     "model_dim": 64, "num_encoder_layers": 2, "num_encoder_attn_heads": 4, "ffn_inner_dim": 128,
     "feature_dim": 32, "feature_extractor_layer_descs": [[32, 10, 5]] + [[32, 3, 2]] * 4 + [[32, 2, 2]] * 2,
@@ -368,7 +395,7 @@ def corpus_build(ctx: BenchContext) -> dict[str, Any]:
 
 
 STAGES: dict[str, StageFn] = {
-    "text_norm": text_norm, "tts": tts, "features": features, "kmeans": kmeans, "shards": shards,
+    "text_norm": text_norm, "tts": tts, "asr": asr, "features": features, "kmeans": kmeans, "shards": shards,
     "baseline": baseline, "corpus_build": corpus_build, "train": train, "echo_labels": echo_labels,
     "streaming": streaming,
 }

@@ -37,10 +37,28 @@ SCHEMA = pa.schema(
     metadata={"schema": "echox.corpus", "version": str(SCHEMA_VERSION)},
 )
 
+# Optional columns of a build with --asr-check: what the recogniser heard, and its word error rate
+# against the spoken-form text. A build without the gate has none of them (and SCHEMA exactly).
+ASR_FIELDS = [
+    pa.field("question_asr_text", pa.string(), nullable=False, metadata={"doc": "recognised question"}),
+    pa.field("answer_asr_text", pa.string(), nullable=False, metadata={"doc": "recognised answer"}),
+    pa.field("question_asr_wer", pa.float32(), nullable=False,
+             metadata={"unit": "word error rate vs question_text"}),
+    pa.field("answer_asr_wer", pa.float32(), nullable=False,
+             metadata={"unit": "word error rate vs answer_text"}),
+]
+SCHEMA_WITH_ASR = pa.schema([*SCHEMA, *ASR_FIELDS], metadata=SCHEMA.metadata)
+
+
+def schema(asr: bool) -> pa.Schema:
+    """The corpus schema of a build with (asr=True) or without the ASR columns."""
+    return SCHEMA_WITH_ASR if asr else SCHEMA
+
 
 def validate(table: pa.Table) -> None:
     """Raise IntegrityError when the table breaks the corpus contract."""
-    check_schema(table, SCHEMA, "corpus")
+    has_asr = any(f.name in table.column_names for f in ASR_FIELDS)
+    check_schema(table, schema(has_asr), "corpus")  # the ASR columns come all four or none
     if table.num_rows and set(table.column("sample_rate").to_pylist()) != {SAMPLE_RATE}:
         raise IntegrityError(f"corpus sample_rate must be {SAMPLE_RATE}")
     units = table.column("answer_units").to_pylist()

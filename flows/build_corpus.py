@@ -86,7 +86,19 @@ def _counts_table(manifest: dict) -> list[dict]:
             {"what": "rejected", "count": t["rejected"]},
             {"what": "shards", "count": len(manifest["shards"])},
             {"what": "audio hours", "count": t["audio_hours"]}]
-    return rows + [{"what": f"rejected: {r}", "count": n} for r, n in manifest["rejects_by_reason"].items()]
+    rows += [{"what": f"rejected: {r}", "count": n} for r, n in manifest["rejects_by_reason"].items()]
+    return rows + _asr_rows(manifest.get("asr"))
+
+
+def _asr_rows(asr: dict | None) -> list[dict]:
+    """The ASR gate's lines of the counts artifact (none without --asr-check)."""
+    if asr is None:
+        return []
+    rows = [{"what": "rejected by the ASR gate", "count": asr["rejected"]}]
+    for voice, t in asr["wer_by_voice"].items():
+        rows += [{"what": f"mean question WER ({voice})", "count": t["question_wer"]},
+                 {"what": f"mean answer WER ({voice})", "count": t["answer_wer"]}]
+    return rows
 
 
 def _report_repairs(config: BuildCorpusConfig, rebuilt: list[str]) -> None:

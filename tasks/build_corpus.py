@@ -23,7 +23,8 @@ import pyarrow as pa
 from core.errors import EchoxError, InputError, RecordRejected
 from data_specs import corpus as corpus_spec
 from data_specs.rejects import Reject
-from tasks.backends import FEATURE_EXTRACTORS, TTS_ENGINES, Choice
+from tasks.asr import ASR_COLUMNS, check_row, tally
+from tasks.backends import FEATURE_EXTRACTORS, RECOGNISERS, TTS_ENGINES, Choice
 from tasks.configs import BuildCorpusConfig
 from tasks.corpus_finalize import (  # noqa: F401 - re-exported for the flow
     check_codebook_frames,
@@ -80,7 +81,7 @@ class Compute:
 
 @dataclass(frozen=True)
 class SynthesisOptions:
-    """What stage 1 of every shard needs: the two backends, voice choice and length limits."""
+    """What stage 1 of every shard needs: the backends, voice choice, length limits and the ASR gate."""
 
     tts: Choice
     features: Choice
@@ -89,13 +90,15 @@ class SynthesisOptions:
     max_question_seconds: float
     max_answer_seconds: float
     compute: Compute
+    asr: Choice | None = None  # the recogniser of --asr-check; None: no ASR columns, no gate
+    max_asr_wer: float | None = None
 
     @classmethod
     def of(cls, cfg: BuildCorpusConfig) -> SynthesisOptions:
         """The stage-1 options of a build."""
         return cls(cfg.tts_choice(), cfg.feature_choice(), tuple(cfg.voices) if cfg.voices else None,
                    cfg.seed, cfg.max_question_seconds, cfg.max_answer_seconds,
-                   Compute(cfg.workers, cfg.threads_per_worker))
+                   Compute(cfg.workers, cfg.threads_per_worker), cfg.asr_choice(), cfg.max_asr_wer)
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,11 @@ def _features(choice: Choice) -> Any:
     return FEATURE_EXTRACTORS.create(choice)
 
 
+@functools.cache
+def _asr(choice: Choice) -> Any:
+    return RECOGNISERS.create(choice)
+
+
 def worker_setup(compute: Compute) -> None:
     """Pin this worker's compute threads (torch; onnxruntime is pinned where the voice loads)."""
     import torch
@@ -156,13 +164,16 @@ def synthesize_record(rec: dict, opts: SynthesisOptions, tts: Any, voices: list[
     return {**rec, "voice": voice, "question_audio": q_audio, "answer_audio": a_audio}
 
 
-def _stage1_table(rows: list[dict]) -> pa.Table:
+def _stage1_table(rows: list[dict], asr: bool) -> pa.Table:
     cols = ["id", "line", "question_text", "answer_text", "question_original", "answer_original", "voice"]
+    cols += ["question_asr_text", "answer_asr_text"] if asr else []
     data: dict[str, Any] = {c: [r[c] for r in rows] for c in cols}
     data["aliases"] = pa.array([r["aliases"] for r in rows], pa.list_(pa.string()))
     data["extra"] = [json.dumps(r["extra"], sort_keys=True, ensure_ascii=False) for r in rows]
     for c in ("question_audio", "answer_audio"):
         data[c] = pa.array([r[c] for r in rows], pa.list_(pa.int16()))
+    for c in ("question_asr_wer", "answer_asr_wer") if asr else ():
+        data[c] = pa.array([r[c] for r in rows], pa.float32())
     return pa.table(data)
 
 
@@ -219,22 +230,32 @@ def synthesize_shard(shard: ShardPaths, opts: SynthesisOptions) -> dict:
     worker_setup(opts.compute)
     tts = _tts(opts.tts, opts.compute.threads())
     feats_backend = _features(opts.features)
+    asr = _asr(opts.asr) if opts.asr else None
     voices = list(opts.voices or tts.voices())
-    rows, feats, rejects = [], [], []
+    rows, feats, rejects, heard = [], [], [], []
     for rec in load_plan(shard.plan):
         try:
             row = synthesize_record(rec, opts, tts, voices)
         except RecordRejected as e:
             rejects.append(Reject(rec["line"], rec["id"], e.reason, stage="tts").to_dict())
             continue
+        if asr is not None:
+            cols, reason = check_row(asr, row, opts.max_asr_wer)
+            row = {**row, **cols}
+            heard.append(row)
+            if reason:
+                rejects.append(Reject(rec["line"], rec["id"], reason, stage="asr").to_dict())
+                continue
         rows.append(row)
         feats += [feats_backend.extract(row["question_audio"]), feats_backend.extract(row["answer_audio"])]
-    audio_entry = write_arrow(shard.audio, _stage1_table(rows))
+    audio_entry = write_arrow(shard.audio, _stage1_table(rows, asr is not None))
     _save_feats(shard.feats, feats)
     seconds = sum(len(r["question_audio"]) + len(r["answer_audio"]) for r in rows) / SAMPLE_RATE
     marker = {"shard": shard.index, "rows": len(rows), "rejects": rejects, "audio_seconds": seconds,
               "frames": sum(len(f) for f in feats),
               "audio_sha256": audio_entry["sha256"], "feats_sha256": file_sha256(shard.feats)}
+    if asr is not None:  # the gate's figures: every record heard, kept or rejected
+        marker["asr"] = {"by_voice": tally(heard), "rejected": sum(r["stage"] == "asr" for r in rejects)}
     write_json(shard.stage1_done, marker)
     return {**marker, "rebuilt": rebuilt} if rebuilt else marker
 
@@ -301,6 +322,7 @@ def corpus_table(audio: pa.Table, feats: list[np.ndarray], centroids: np.ndarray
     n = audio.num_rows
     q_units = [units_of(feats[2 * k], centroids) for k in range(n)]
     a_units = [units_of(feats[2 * k + 1], centroids) for k in range(n)]
+    asr = "question_asr_text" in audio.column_names  # a build with --asr-check
     q_secs = [len(a) / SAMPLE_RATE for a in audio.column("question_audio").to_pylist()] if n else []
     a_secs = [len(a) / SAMPLE_RATE for a in audio.column("answer_audio").to_pylist()] if n else []
     cols = {
@@ -316,8 +338,9 @@ def corpus_table(audio: pa.Table, feats: list[np.ndarray], centroids: np.ndarray
         "question_units": pa.array([u for u, _ in q_units], pa.list_(pa.int32())),
         "question_durations": pa.array([d for _, d in q_units], pa.list_(pa.int32())),
         "extra": audio.column("extra"),
+        **{c: audio.column(c) for c in (ASR_COLUMNS if asr else ())},
     }
-    return pa.table(cols, schema=corpus_spec.SCHEMA)
+    return pa.table(cols, schema=corpus_spec.schema(asr))
 
 
 def label_shard(shard: ShardPaths, codebook: Path, codebook_sha: str) -> dict:

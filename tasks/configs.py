@@ -10,11 +10,14 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from core.config import Frozen
-from tasks.backends import FEATURE_EXTRACTORS, TTS_ENGINES, Choice, Registry
+from tasks.backends import FEATURE_EXTRACTORS, RECOGNISERS, TTS_ENGINES, Choice, Registry
 
 # Options that change how a build runs but not what it produces; left out of the config hash.
 EXECUTION_FIELDS = {"out", "source", "workers", "ray_address", "overwrite", "threads_per_worker",
                     "max_reject_fraction", "progress"}
+# The ASR gate's options: part of the config hash only when the gate is on, so a build without it
+# keeps the hash (and the bytes) it had before they existed.
+ASR_GATE_FIELDS = {"asr_check", "asr", "max_asr_wer"}
 
 
 def registered(registry: Registry, name: str) -> str:
@@ -69,6 +72,13 @@ class BuildCorpusConfig(Frozen):
                                        "fraction of records is rejected.")
     overwrite: bool = Field(False, description="Replace an output directory holding a different build.")
     progress: bool = Field(True, description="Print per-shard progress to the terminal.")
+    asr_check: bool = Field(False, description="Transcribe every question and answer with the "
+                            "recogniser (--asr) and add the columns question/answer_asr_text and "
+                            "question/answer_asr_wer (word error rate against the spoken text).")
+    asr: str = Field("pocketsphinx", description="Recogniser of --asr-check.",
+                     json_schema_extra={"enum": RECOGNISERS.names()})
+    max_asr_wer: float | None = Field(None, ge=0, description="With --asr-check: reject a record whose "
+                                      "question or answer word error rate is above this (0 = heard exactly).")
 
     @field_validator("tts")
     @classmethod
@@ -80,9 +90,29 @@ class BuildCorpusConfig(Frozen):
     def _units_known(cls, name: str) -> str:
         return registered(FEATURE_EXTRACTORS, name)
 
+    @field_validator("asr")
+    @classmethod
+    def _asr_known(cls, name: str) -> str:
+        return registered(RECOGNISERS, name)
+
+    @model_validator(mode="after")
+    def _asr_options_need_the_check(self) -> BuildCorpusConfig:
+        """--max-asr-wer and --asr only act with --asr-check; without it they would be silently ignored."""
+        if not self.asr_check:
+            fields = type(self).model_fields
+            given = [f for f in ("max_asr_wer", "asr") if getattr(self, f) != fields[f].default]
+            if given:
+                flags = ", ".join(f"{f} (--{f.replace('_', '-')})" for f in given)
+                raise ValueError(f"{flags} needs asr_check (--asr-check)")
+        return self
+
     def content_hash_fields(self) -> dict:
         """The fields that decide the build's content (for the config hash)."""
-        return self.model_dump(exclude=EXECUTION_FIELDS)
+        return self.model_dump(exclude=EXECUTION_FIELDS | (set() if self.asr_check else ASR_GATE_FIELDS))
+
+    def asr_choice(self) -> Choice | None:
+        """The recogniser of --asr-check and its options; None when the gate is off."""
+        return RECOGNISERS.choose(self.asr, self) if self.asr_check else None
 
     def tts_choice(self) -> Choice:
         """The selected TTS engine and its options, built from the flat fields."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from core.errors import EchoxError, InputError
 from data_specs import corpus as corpus_spec
-from tasks.backends import FEATURE_EXTRACTORS
+from tasks.backends import FEATURE_EXTRACTORS, RECOGNISERS
 from tasks.configs import BuildCorpusConfig
 from tasks.corpus_paths import BuildPaths
 from tasks.out_dir import FAILURE, drop_previous
@@ -45,6 +45,8 @@ def finalize_build(cfg: BuildCorpusConfig, identity: dict, stage1: list[dict], e
         raise EchoxError(f"accounting failed: {rows} rows + {len(rejects)} rejects != "
                          f"{identity['num_source_records']} source records")
     manifest = corpus_manifest(cfg, identity, shards, entries, rejects, codebook_sha)
+    if cfg.asr_check:  # only then: a build without the gate keeps its manifest as it was
+        manifest["asr"] = asr_report(cfg, stage1)
     manifest["repairs"] = previous_repairs(paths.out) + ([rebuilt] if (rebuilt := rebuilt_files(
         stage1, entries)) else [])
     failure = reject_fraction_problem(manifest, cfg.max_reject_fraction)
@@ -52,7 +54,8 @@ def finalize_build(cfg: BuildCorpusConfig, identity: dict, stage1: list[dict], e
         mark_failed(paths.out, {**manifest, "status": "failed", "reason": failure})
         return {**manifest, "status": "failed", "reason": failure}
     (paths.out / FAILURE).unlink(missing_ok=True)
-    write_datasets_layout(paths.out, [s["path"] for s in shards], corpus_spec.SCHEMA, identity["hash"])
+    write_datasets_layout(paths.out, [s["path"] for s in shards], corpus_spec.schema(cfg.asr_check),
+                          identity["hash"])
     write_json(paths.out / "manifest.json", manifest)
     drop_previous(paths.out)
     return manifest
@@ -75,6 +78,17 @@ def corpus_manifest(cfg: BuildCorpusConfig, identity: dict, shards: list[dict], 
                    "rejected": len(rejects), "audio_hours": round(hours, 6)},
         "rejects_by_reason": dict(Counter(reason_key(r["reason"]) for r in rejects).most_common()),
     }
+
+
+def asr_report(cfg: BuildCorpusConfig, stage1: list[dict]) -> dict:
+    """The ASR gate's figures: recogniser, threshold, rows it rejected, mean WERs per voice (all heard)."""
+    from tasks.asr import wer_by_voice
+
+    choice = cfg.asr_choice()
+    parts = [m.get("asr", {}) for m in stage1]
+    return {"recogniser": RECOGNISERS.identity(choice) if choice else None, "max_wer": cfg.max_asr_wer,
+            "rejected": sum(p.get("rejected", 0) for p in parts),
+            "wer_by_voice": wer_by_voice(p.get("by_voice", {}) for p in parts)}
 
 
 def mark_failed(out: Path, failed_manifest: dict) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.errors import ConfigError, InputError
-from tasks.backends import FEATURE_EXTRACTORS, TTS_ENGINES, Choice
+from tasks.backends import FEATURE_EXTRACTORS, RECOGNISERS, TTS_ENGINES, Choice
 from tasks.configs import BuildCorpusConfig
 
 
@@ -16,6 +16,8 @@ def preflight(cfg: BuildCorpusConfig) -> None:
     """Check in the driver what the workers will need, so a user mistake fails before Ray starts."""
     check_tts(cfg.tts_choice(), cfg.voices)
     check_features(cfg.feature_choice())
+    if (asr := cfg.asr_choice()) is not None:
+        RECOGNISERS.get(asr.name).check(asr.options)  # the recogniser of --asr-check is installed
     if cfg.codebook:
         check_codebook(cfg)
     elif cfg.num_units > cfg.kmeans_max_frames:

@@ -49,19 +49,9 @@ from tasks.eval_questions import (  # noqa: F401 - re-exported: the flow and tes
     read_eval_set,
 )
 from tasks.shards import atomic_write
-from tasks.text_norm import normalize_answer, spoken_form
+from tasks.text_norm import match_answer, spoken_form
 
 # ----------------------------------------------------------------------------- scoring
-
-
-def match_answer(response: str, gold: tuple[str, ...] | list[str]) -> str | None:
-    """The first gold answer found as whole words in the normalised response, or None."""
-    words = f" {normalize_answer(response)} "
-    for g in gold:
-        norm = normalize_answer(g)
-        if norm and f" {norm} " in words:
-            return g
-    return None
 
 
 def levenshtein(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:

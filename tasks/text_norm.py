@@ -365,14 +365,35 @@ def spoken_form(text: str, *, max_chars: int = 600, lang: str = "en") -> str:
     return spoken
 
 
-def normalize_answer(text: str) -> str:
-    """Normalise an answer or response for matching: number words; no case, accents, punctuation, articles."""
+def _casefolded(text: str) -> str:
+    """Verbalised, casefolded text without accents or apostrophes (the common start of the two below)."""
     if not isinstance(text, str):
         raise RecordRejected(f"answer must be a string, got {type(text).__name__}")
     text = _normalize(text.casefold(), "en").casefold()  # casefold first too: "Π" must meet the "π" rule
     text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     text = unicodedata.normalize("NFKC", text)  # recompose what is not an accent (Hangul jamo)
-    text = re.sub(r"['’`]", "", text)
-    text = "".join(c if c.isalnum() else " " for c in text)
-    text = re.sub(r"\b(?:a|an|the)\b", " ", text)
-    return " ".join(text.split())
+    return re.sub(r"['’`]", "", text)
+
+
+def _words(text: str) -> str:
+    return " ".join("".join(c if c.isalnum() else " " for c in text).split())
+
+
+def normalize_words(text: str) -> str:
+    """Normalise text to compare word by word (WER): numbers as words; no case, accents, punctuation."""
+    return _words(_casefolded(text))
+
+
+def normalize_answer(text: str) -> str:
+    """Normalise an answer or response for matching: number words; no case, accents, punctuation, articles."""
+    return _words(re.sub(r"\b(?:a|an|the)\b", " ", _casefolded(text)))
+
+
+def match_answer(response: str, gold: tuple[str, ...] | list[str]) -> str | None:
+    """The first gold answer found as whole words in the normalised response, or None (the eval's match)."""
+    words = f" {normalize_answer(response)} "
+    for g in gold:
+        norm = normalize_answer(g)
+        if norm and f" {norm} " in words:
+            return g
+    return None

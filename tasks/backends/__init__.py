@@ -11,14 +11,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.errors import CheckpointError
-from tasks.backends import features_mfcc, features_wav2vec2, tts_espeak, tts_piper
+from tasks.backends import asr_pocketsphinx, features_mfcc, features_wav2vec2, tts_espeak, tts_piper
 from tasks.backends.registry import Backend, BackendOptions, Choice, Registry
 
 if TYPE_CHECKING:
     from tasks.features import FeatureExtractor
 
-__all__ = ["FEATURE_EXTRACTORS", "TTS_ENGINES", "Backend", "BackendOptions", "Choice", "FeatureBackend",
-           "Registry", "features_from_config", "make_features"]
+__all__ = ["FEATURE_EXTRACTORS", "RECOGNISERS", "TTS_ENGINES", "Backend", "BackendOptions", "Choice",
+           "FeatureBackend", "Registry", "features_from_config", "make_features"]
 
 
 class FeatureBackend(Backend, Protocol):
@@ -31,11 +31,14 @@ class FeatureBackend(Backend, Protocol):
 
 TTS_ENGINES: Registry[Backend] = Registry("TTS backend")
 FEATURE_EXTRACTORS: Registry[FeatureBackend] = Registry("feature backend")
+RECOGNISERS: Registry[Backend] = Registry("recogniser")
 
 for _tts in (tts_piper.BACKEND, tts_espeak.BACKEND):  # the order is the UI's and the CLI's
     TTS_ENGINES.register(_tts)
 for _features in (features_mfcc.BACKEND, features_wav2vec2.BACKEND):
     FEATURE_EXTRACTORS.register(_features)
+for _asr in (asr_pocketsphinx.BACKEND,):  # the first is the default (--asr)
+    RECOGNISERS.register(_asr)
 
 
 def make_features(name: str, **options: Any) -> FeatureExtractor:
