@@ -119,7 +119,7 @@ def answer_written(eval_set: Path, llm_dir: Path, *, system_prompt: str | None, 
                    limit: int | None, device: str, max_reject_fraction: float,
                    progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], list[dict]]:
     """(items, rejects) of the eval set's written questions answered by the LLM in `llm_dir`."""
-    from tasks.evaluate import match_answer
+    from tasks.text_norm import match_answer
 
     items, rejects = read_eval_set(Path(eval_set))
     if limit is not None and len(items) > limit:

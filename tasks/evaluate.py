@@ -49,7 +49,7 @@ from tasks.eval_questions import (  # noqa: F401 - re-exported: the flow and tes
     read_eval_set,
 )
 from tasks.shards import atomic_write
-from tasks.text_norm import match_answer, spoken_form
+from tasks.text_norm import match_answer, normalize_answer, spoken_form
 
 # ----------------------------------------------------------------------------- scoring
 
