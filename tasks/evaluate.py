@@ -83,7 +83,9 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> list[float] | 
     p, z2 = correct / n, z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    low = 0.0 if correct == 0 else max(0.0, centre - half)  # exact ends: rounding must not exclude p
+    high = 1.0 if correct == n else min(1.0, centre + half)
+    return [low, high]
 
 
 def summarize(items: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

@@ -127,3 +127,32 @@ def test_cli_fails_fast_on_a_missing_checkpoint(evaluated: tuple[dict, Path],
                  "--out", str(tmp / "missing" / "r.json"), "--tts", "espeak"]) == 2
     assert str(missing) in capsys.readouterr().err
     assert not (tmp / "missing").exists()  # nothing was synthesized
+
+
+def test_text_mode_scores_a_base_llm_on_written_questions(tmp_path: Path, prefect_server: str) -> None:
+    """--mode text: the base LLM directory answers the written questions; same report, no speech fields."""
+    from data_specs.eval_results import validate_report
+    from flows.evaluate import EvaluateConfig, evaluate
+    from models.llm import prepare_base_llm
+    from models.presets import resolve_preset
+    from tests.models.conftest import TEXTS
+
+    llm = prepare_base_llm(resolve_preset("tiny"), corpus_texts=TEXTS * 3, cache_dir=tmp_path / "cache",
+                           seed=0)
+    src = write_jsonl(tmp_path / "eval.jsonl", QUESTIONS)
+    train = write_jsonl(tmp_path / "train.jsonl", [
+        {"id": "t1", "question": "what is the capital of FRANCE", "answer": "Paris."},
+        {"id": "t2", "question": "How tall is Everest?", "answer": "8849 metres."}])
+    cfg = EvaluateConfig(mode="text", model=str(llm), eval_set=str(src), out=str(tmp_path / "text.json"),
+                         max_new_tokens=6, train_source=str(train))
+    report = json.loads(Path(evaluate(config=cfg)).read_text())
+    validate_report(report)
+    assert report["mode"] == "text" and report["stage"] == "text-llm" and report["tts"] is None
+    assert [r["id"] for r in report["items"]] == ["gk-1", "ar-1", "gk-2"]
+    assert [(r["line"], r["id"]) for r in report["rejects"]] == [(3, None)]
+    for row in report["items"]:
+        assert row["voice"] is None and row["question_seconds"] is None and row["unit_accuracy"] is None
+        assert row["spoken_question"] == row["question"] and 0 < row["num_tokens"] <= 6
+    low, high = report["summary"]["accuracy_ci95"]
+    assert 0.0 <= low <= report["summary"]["accuracy"] <= high <= 1.0
+    assert report["train_overlap"] == 1  # "What is the capital of France?" is also a training question

@@ -134,8 +134,9 @@ def test_summarize_by_hand() -> None:
     assert summary["mean_latency_s"] == pytest.approx(3.0)
     assert summary["mean_first_token_s"] == pytest.approx(1.0)  # None rows are left out
     assert summary["unit_accuracy"] == pytest.approx(0.75) and summary["mean_first_units_s"] is None
-    assert by_cat == {"a": {"items": 2, "correct": 1, "accuracy": 0.5},
-                      "b": {"items": 1, "correct": 1, "accuracy": 1.0}}
+    assert by_cat == {
+        "a": {"items": 2, "correct": 1, "accuracy": 0.5, "accuracy_ci95": ev.wilson_interval(1, 2)},
+        "b": {"items": 1, "correct": 1, "accuracy": 1.0, "accuracy_ci95": ev.wilson_interval(1, 1)}}
 
 
 # ----------------------------------------------------------------------------- question audio
@@ -210,8 +211,9 @@ def test_answer_questions_scores_a_scripted_model(tmp_path: Path, monkeypatch: p
     assert responses == ["It is Cairo.", "A spider has 8", "It has sixteen sides,"]
     assert [r["num_tokens"] for r in report["items"]] == [3, 4, 4]
     assert report["summary"]["accuracy"] == pytest.approx(2 / 3) and report["summary"]["rejected"] == 1
-    assert report["by_category"] == {"geo": {"items": 1, "correct": 1, "accuracy": 1.0},
-                                     "num": {"items": 2, "correct": 1, "accuracy": 0.5}}
+    assert report["by_category"] == {
+        "geo": {"items": 1, "correct": 1, "accuracy": 1.0, "accuracy_ci95": ev.wilson_interval(1, 1)},
+        "num": {"items": 2, "correct": 1, "accuracy": 0.5, "accuracy_ci95": ev.wilson_interval(1, 2)}}
     assert all(0 <= r["first_token_s"] <= r["latency_s"] for r in report["items"])
     assert report["rejects"][0]["line"] == 4
     text = ev.format_report(report)
