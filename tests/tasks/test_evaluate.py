@@ -217,7 +217,7 @@ def test_answer_questions_scores_a_scripted_model(tmp_path: Path, monkeypatch: p
     assert all(0 <= r["first_token_s"] <= r["latency_s"] for r in report["items"])
     assert report["rejects"][0]["line"] == 4
     text = ev.format_report(report)
-    assert "accuracy" in text and "0.667 (2/3)" in text and "accuracy: num" in text
+    assert "accuracy" in text and "0.667 (2/3, 95% CI 0.21-0.94)" in text and "accuracy: num" in text
     bad = {**report, "summary": {**report["summary"], "accuracy": 0.5}}
     with pytest.raises(IntegrityError, match="accuracy"):
         validate_report(bad)
