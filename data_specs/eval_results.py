@@ -16,7 +16,7 @@ import pyarrow as pa
 from core.errors import IntegrityError
 from data_specs._validate import check_schema
 
-SCHEMA_VERSION = 2  # 2: text mode (voice, question_seconds nullable), mode, Wilson intervals
+SCHEMA_VERSION = 2  # 2: text mode (voice, question_seconds nullable), mode, Wilson intervals, s2s
 REPORT_TAG = "echox.eval_report"
 SECONDS = {"unit": "s"}
 
@@ -52,6 +52,15 @@ ITEM_SCHEMA = pa.schema(
         pa.field("unit_edit_distance", pa.float32(), nullable=True,
                  metadata={"doc": "Levenshtein(greedy Echo units, T2C units) / max length"}),
         pa.field("reference_units", pa.int32(), nullable=True, metadata={"doc": "len(T2C(reference))"}),
+        pa.field("s2s_response", pa.string(), nullable=True,
+                 metadata={"doc": "what the ASR heard in the vocoded spoken answer (--vocoder)"}),
+        pa.field("s2s_correct", pa.bool_(), nullable=True,
+                 metadata={"doc": "a gold answer is whole words of the normalised s2s_response"}),
+        pa.field("s2s_seconds", pa.float32(), nullable=True, metadata={"doc": "vocoded answer", **SECONDS}),
+        pa.field("ceiling_response", pa.string(), nullable=True,
+                 metadata={"doc": "what the ASR heard in the reference answer's TTS speech"}),
+        pa.field("ceiling_correct", pa.bool_(), nullable=True,
+                 metadata={"doc": "the ASR ceiling: a gold answer is whole words of ceiling_response"}),
     ],
     metadata={"schema": "echox.eval_items", "version": str(SCHEMA_VERSION)},
 )

@@ -14,14 +14,17 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
     """Run the flow on validated options, print the summary table."""
     import json
 
-    from tasks.evaluate import check_checkpoints
+    from tasks.evaluate import check_checkpoints, check_vocoder_pair
 
     if not Path(cfg.eval_set).exists():
         raise InputError(f"eval set not found: {cfg.eval_set}")
     if cfg.train_source and not Path(cfg.train_source).exists():
         raise InputError(f"training source not found: {cfg.train_source}")
     if cfg.mode == "speech":  # before Prefect starts
-        check_checkpoints(Path(cfg.model), Path(cfg.t2c) if cfg.t2c else None)  # type: ignore[arg-type]
+        check_checkpoints(Path(cfg.model), Path(cfg.t2c) if cfg.t2c else None,  # type: ignore[arg-type]
+                          vocoder=bool(cfg.vocoder))
+        if cfg.vocoder:
+            check_vocoder_pair(Path(cfg.model), Path(cfg.vocoder))  # type: ignore[arg-type]
     elif cfg.model:
         from tasks.eval_text import text_llm_dir
 

@@ -54,7 +54,8 @@ def answer_questions_task(config: EvaluateConfig, questions: str) -> str:
         ev.answer_questions(Path(questions), Path(config.model), Path(config.out),  # type: ignore[arg-type]
                             t2c=Path(config.t2c) if config.t2c else None, device=config.device,
                             max_new_tokens=config.max_new_tokens, max_units=config.max_units,
-                            progress=report_progress)
+                            vocoder=Path(config.vocoder) if config.vocoder else None, asr=config.asr,
+                            tts=config.tts_choice(), progress=report_progress)
     return config.out
 
 
@@ -89,7 +90,8 @@ def evaluate(config: EvaluateConfig) -> str:
 
     # Cheap checks first, so a wrong path fails before minutes of speech synthesis.
     if config.mode == "speech":
-        ev.check_checkpoints(Path(config.model), Path(config.t2c) if config.t2c else None)  # type: ignore[arg-type]
+        ev.check_checkpoints(Path(config.model), Path(config.t2c) if config.t2c else None,  # type: ignore[arg-type]
+                             vocoder=bool(config.vocoder))
     if not Path(config.eval_set).exists():
         raise InputError(f"eval set not found: {config.eval_set}")
     if config.train_source and not Path(config.train_source).exists():

@@ -235,6 +235,11 @@ class EvaluateConfig(Frozen):
     out: str = Field(description="Path of the JSON report; the questions manifest is written beside it.")
     t2c: str | None = Field(None, description="T2C checkpoint: adds Echo-decoder unit accuracy and unit edit "
                             "distance against T2C(reference answer) (echo checkpoints only).")
+    vocoder: str | None = Field(None, description="Unit vocoder checkpoint: adds speech-to-speech accuracy "
+                                "(each spoken answer vocoded, recognised by --asr, alias-matched) and the "
+                                "ASR ceiling (the reference answer's TTS speech, recognised); echo checkpoints.")
+    asr: str = Field("pocketsphinx", description="Recogniser of --vocoder's speech-to-speech scoring.",
+                     json_schema_extra={"enum": RECOGNISERS.names()})
     tts: str = tts_field("TTS engine that speaks the questions.")
     voices: list[str] | None = Field(None, description="Voices to choose from per question (seeded); "
                                      "default: the engine's list.")
@@ -271,6 +276,6 @@ class EvaluateConfig(Frozen):
             if bool(self.model) == bool(self.preset):
                 raise ValueError("--mode text takes exactly one of --model (a local HF LLM directory) "
                                  "and --preset")
-            if self.t2c:
-                raise ValueError("--t2c scores an echo checkpoint's units: not with --mode text")
+            if self.t2c or self.vocoder:
+                raise ValueError("--t2c and --vocoder score an echo checkpoint's units: not with --mode text")
         return self

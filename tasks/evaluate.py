@@ -48,6 +48,7 @@ from tasks.eval_questions import (  # noqa: F401 - re-exported: the flow and tes
     questions_path,
     read_eval_set,
 )
+from tasks.eval_speech import SPEECH_FIELDS, speech_summary
 from tasks.shards import atomic_write
 from tasks.text_norm import match_answer, normalize_answer, spoken_form
 
@@ -102,6 +103,8 @@ def summarize(items: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, di
     means = {f"mean_{k}": mean(k) for k in ("latency_s", "first_token_s", "first_units_s")}
     summary = {**stats(items), **means, "unit_accuracy": mean("unit_accuracy"),
                "unit_edit_distance": mean("unit_edit_distance")}
+    if any(r.get("s2s_correct") is not None for r in items):
+        summary |= speech_summary(items)
     cats = sorted({r["category"] for r in items if r.get("category") is not None})
     return summary, {c: stats([r for r in items if r.get("category") == c]) for c in cats}
 
@@ -161,7 +164,7 @@ def _model_dir(path: Path) -> Path:
     return p / "model" if not (p / "config.json").exists() and (p / "model" / "config.json").exists() else p
 
 
-def check_checkpoints(model: Path, t2c: Path | None = None) -> str:
+def check_checkpoints(model: Path, t2c: Path | None = None, *, vocoder: bool = False) -> str:
     """The stage of `model` after checking, from the configs alone, that the pair can be evaluated."""
     from models.io import read_config
 
@@ -169,6 +172,9 @@ def check_checkpoints(model: Path, t2c: Path | None = None) -> str:
     stage = config["stage"]
     if stage not in ("s2t", "echo"):
         raise ConfigError(f"--model {model} is a {stage} checkpoint; give an s2t or echo one")
+    if vocoder and stage != "echo":
+        raise ConfigError("--vocoder speaks an echo checkpoint's units: --model must be an echo checkpoint, "
+                          f"not {stage}")
     if t2c is None:
         return stage
     if stage != "echo":
@@ -183,17 +189,34 @@ def check_checkpoints(model: Path, t2c: Path | None = None) -> str:
     return stage
 
 
+def check_vocoder_pair(model: Path, vocoder: Path) -> None:
+    """InputError unless `vocoder` is a vocoder checkpoint of the echo checkpoint's codebook (K, sha256)."""
+    from models.io import read_config
+    from tasks.vocode import check_codebook, load_vocoder
+
+    extra = read_config(_model_dir(model))["extra"]
+    codebook = {**(extra.get("codebook") or {}), "num_units": extra.get("num_units")}
+    check_codebook(load_vocoder(vocoder), codebook, f"--model {model}")
+
+
 class Answerer:
     """Holds a checkpoint (and optional T2C) loaded once; answers spoken questions and times them."""
 
     def __init__(self, model_path: Path, *, t2c_path: Path | None = None, device: str = "cpu",
-                 max_new_tokens: int = 64, max_units: int = 1000) -> None:
+                 max_new_tokens: int = 64, max_units: int = 1000,
+                 speech: dict[str, Any] | None = None) -> None:
+        """`speech`: SpeechScorer arguments (vocoder_path, asr, tts, wav_dir) for s2s accuracy, or None."""
         from tasks.inference import load_checkpoint_model
 
-        self.stage = check_checkpoints(model_path, t2c_path)
+        self.stage = check_checkpoints(model_path, t2c_path, vocoder=speech is not None)
         self.model = load_checkpoint_model(model_path, self.stage).to(device)
         self.t2c = None if t2c_path is None else load_checkpoint_model(t2c_path, "t2c").to(device)
         self.max_new_tokens, self.max_units = max_new_tokens, max_units
+        self.speech = None
+        if speech is not None:
+            from tasks.eval_speech import SpeechScorer
+
+            self.speech = SpeechScorer(unit_model=self.model, **speech)
 
     def _s2t(self, audio: np.ndarray) -> dict[str, Any]:
         """Greedy text answer with time to first token."""
@@ -208,11 +231,14 @@ class Answerer:
         """Streamed text + units with time to the first segment's units."""
         start, first, ids, units, n = time.perf_counter(), None, [], 0, 0
         stream = self.model.stream_speech(audio, max_new_tokens=self.max_new_tokens, max_units=self.max_units)
+        segments: list[list[int]] = []
         for seg in stream:
             first = time.perf_counter() - start if first is None else first
             ids, units, n = ids + seg.token_ids, units + len(seg.units), n + 1
+            segments.append(list(seg.units))
         return {"response": self.model.s2t.chat.decode(ids), "num_tokens": len(ids), "first_units_s": first,
-                "num_units": units, "num_segments": n, "latency_s": time.perf_counter() - start}
+                "num_units": units, "num_segments": n, "latency_s": time.perf_counter() - start,
+                "segments": segments}
 
     def answer(self, row: dict[str, Any]) -> dict[str, Any]:
         """One questions-manifest row answered and scored: the report's item row."""
@@ -230,23 +256,34 @@ class Answerer:
             out = self._echo(audio) if self.stage == "echo" else self._s2t(audio)
             if self.t2c is not None:
                 out |= echo_unit_scores(self.model, self.t2c, audio, row, self.max_units)
+        segments = out.pop("segments", [])
+        if self.speech is not None:  # vocoded answer → ASR, and the reference's ceiling
+            out |= self.speech.score(row["id"], segments, row["gold"], row["reference"], row["voice"])
         matched = match_answer(out["response"], row["gold"])
         keep = ("id", "line", "question", "spoken_question", "category", "gold", "reference", "voice",
                 "question_seconds")
         empty = dict.fromkeys(("first_token_s", "first_units_s", "num_units", "num_segments", "unit_accuracy",
-                               "unit_edit_distance", "reference_units"))
+                               "unit_edit_distance", "reference_units", *SPEECH_FIELDS))
         return {**{k: row[k] for k in keep}, **empty, **out, "correct": matched is not None,
                 "matched": matched}
 
 
 def answer_questions(questions: Path, model: Path, out: Path, *, t2c: Path | None = None, device: str = "cpu",
-                     max_new_tokens: int = 64, max_units: int = 1000,
+                     max_new_tokens: int = 64, max_units: int = 1000, vocoder: Path | None = None,
+                     asr: str = "pocketsphinx", tts: Any = None,
                      progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Answer every question of a manifest with the checkpoint; write the JSON report to `out`, return it."""
+    """Answer every question of a manifest with the checkpoint; write the JSON report to `out`, return it.
+
+    With a `vocoder` (echo checkpoints): the spoken answers are vocoded, written as WAVs to a folder beside
+    the report (`<report>.answers/`) and recognised by `asr`; `tts` (the question's engine choice) speaks
+    the reference answers for the ASR ceiling."""
     start = time.perf_counter()
     manifest = json.loads(Path(questions).read_text())
+    speech = None if vocoder is None else {
+        "vocoder_path": Path(vocoder), "asr": asr, "tts": tts if tts is not None else manifest["tts"],
+        "wav_dir": Path(out).with_name(Path(out).stem + ".answers")}
     answerer = Answerer(Path(model), t2c_path=t2c, device=device, max_new_tokens=max_new_tokens,
-                        max_units=max_units)
+                        max_units=max_units, speech=speech)
     items, rejects = [], list(manifest["rejects"])
     for i, row in enumerate(manifest["items"], start=1):
         try:
@@ -258,7 +295,8 @@ def answer_questions(questions: Path, model: Path, out: Path, *, t2c: Path | Non
     report = {"model": str(model), "stage": answerer.stage, "mode": "speech",
               "t2c": None if t2c is None else str(t2c), "eval_set": manifest["eval_set"],
               "tts": manifest["tts"], "voices": manifest["voices"], "seed": manifest["seed"],
-              "limit": manifest["limit"], "max_new_tokens": max_new_tokens, "device": device}
+              "limit": manifest["limit"], "max_new_tokens": max_new_tokens, "device": device,
+              "vocoder": None if vocoder is None else str(vocoder), "asr": None if vocoder is None else asr}
     return write_report(out, report, items, rejects, time.perf_counter() - start)
 
 
@@ -328,6 +366,11 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     if report.get("train_overlap") is not None:
         rows.append({"metric": "eval questions also in the training source",
                      "value": str(report["train_overlap"])})
+    for name, label in (("s2s", "s2s_accuracy (answer speech → ASR)"),
+                        ("asr_ceiling", "asr_ceiling (reference speech → ASR)")):
+        if s.get(f"{name}_items"):
+            stats = {k: s[f"{name}_{k}"] for k in ("accuracy", "correct", "items", "accuracy_ci95")}
+            rows.append({"metric": label, "value": accuracy_text(stats)})
     for key in ("mean_latency_s", "mean_first_token_s", "mean_first_units_s", "unit_accuracy",
                 "unit_edit_distance", "rejected"):
         if s.get(key) is not None:

@@ -48,7 +48,7 @@ def test_summary_has_intervals_overall_and_per_category() -> None:
     ({"model": "m", "preset": "smollm2-135m"}, "--preset selects a base LLM for --mode text"),
     ({"mode": "text"}, "exactly one of --model"),
     ({"mode": "text", "model": "m", "preset": "smollm2-135m"}, "exactly one of --model"),
-    ({"mode": "text", "preset": "smollm2-135m", "t2c": "t"}, "--t2c scores an echo checkpoint"),
+    ({"mode": "text", "preset": "smollm2-135m", "t2c": "t"}, "--t2c and --vocoder score an echo checkpoint"),
 ])
 def test_mode_needs_its_inputs(fields: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=re.escape(message)):
