@@ -235,9 +235,9 @@ class EvaluateConfig(Frozen):
     out: str = Field(description="Path of the JSON report; the questions manifest is written beside it.")
     t2c: str | None = Field(None, description="T2C checkpoint: adds Echo-decoder unit accuracy and unit edit "
                             "distance against T2C(reference answer) (echo checkpoints only).")
-    vocoder: str | None = Field(None, description="Unit vocoder checkpoint: adds speech-to-speech accuracy "
-                                "(each spoken answer vocoded, recognised by --asr, alias-matched) and the "
-                                "ASR ceiling (the reference answer's TTS speech, recognised); echo checkpoints.")
+    vocoder: str | None = Field(None, description="Unit vocoder checkpoint (echo checkpoints): adds "
+                                "speech-to-speech accuracy (each spoken answer vocoded, recognised by --asr, "
+                                "alias-matched) and the ASR ceiling (the reference's TTS speech, recognised).")
     asr: str = Field("pocketsphinx", description="Recogniser of --vocoder's speech-to-speech scoring.",
                      json_schema_extra={"enum": RECOGNISERS.names()})
     tts: str = tts_field("TTS engine that speaks the questions.")
