@@ -237,7 +237,7 @@ class EvaluateConfig(Frozen):
                             "distance against T2C(reference answer) (echo checkpoints only).")
     vocoder: str | None = Field(None, description="Unit vocoder checkpoint (echo checkpoints): adds "
                                 "speech-to-speech accuracy (each spoken answer vocoded, recognised by --asr, "
-                                "alias-matched) and the ASR ceiling (the reference's TTS speech, recognised).")
+                                "alias-matched) and the ASR ceiling (the reference TTS speech, recognised).")
     asr: str = Field("pocketsphinx", description="Recogniser of --vocoder's speech-to-speech scoring.",
                      json_schema_extra={"enum": RECOGNISERS.names()})
     tts: str = tts_field("TTS engine that speaks the questions.")
