@@ -50,8 +50,8 @@ def _show(value: Any) -> str:
 
 
 def changes(old: dict, new: dict) -> list[str]:
-    """What differs between two fingerprints of one step, in words ("t2c.lr 0.001 → 0.003",
-    "input t2c changed"); empty when the digests agree."""
+    """What differs between two fingerprints of one step, in words ("t2c.lr 0.001 → 0.003", "input t2c");
+    empty when the digests agree. The plan says "<these> changed"."""
     if old.get("digest") == new.get("digest"):
         return []
     out = []
@@ -64,9 +64,9 @@ def changes(old: dict, new: dict) -> list[str]:
             name = key if key.startswith("preset") else f"{step}.{key}"
             out.append(f"{name} {_show(o_cfg.get(key))} → {_show(n_cfg.get(key))}")
     o_in, n_in = old.get("inputs", {}), new.get("inputs", {})
-    out += [f"input {name} changed" for name in sorted(set(o_in) | set(n_in))
+    out += [f"input {name}" for name in sorted(set(o_in) | set(n_in))
             if o_in.get(name) != n_in.get(name)]
-    return out or ["fingerprint changed"]
+    return out or ["fingerprint"]
 
 
 def only_grown(old: dict, new: dict, field: str) -> tuple[int, int] | None:

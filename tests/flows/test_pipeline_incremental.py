@@ -1,0 +1,239 @@
+"""The pipeline reruns only what a change invalidates: the planner as a pure function over configs and
+recorded fingerprints (table-driven, no training), --dry-run, --from/--only, the swap of a redone step."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.errors import InputError
+from tests.conftest import ROOT
+
+STEPS = ["corpus", "s2t", "t2c", "echo-labels", "echo", "evaluate"]
+
+
+def tiny_data(out: Path, **changes: object) -> dict:
+    """configs/tiny.yaml with absolute inputs, `out`, and `changes` ("t2c.max_steps": 80 sets a field of a
+    section; "seed": 1 a top-level one)."""
+    data = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    data |= {"source": str(ROOT / data["source"]), "eval_set": str(ROOT / data["eval_set"]), "out": str(out)}
+    for key, value in changes.items():
+        section, _, field = key.partition(".")
+        if field:
+            data[section] = {**data.get(section, {}), field: value}
+        else:
+            data[section] = value
+    return data
+
+
+def tiny_cfg(out: Path, **changes: object):
+    from flows.pipeline_config import build
+    from flows.pipeline_config import PipelineConfig
+
+    return build(PipelineConfig, tiny_data(out, **changes), "test")
+
+
+@pytest.fixture
+def verified(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every step's outputs verify (the planner's own decisions are under test, not the checksums)."""
+    import flows.pipeline_plan as plan_module
+
+    steps = tuple(dataclasses.replace(s, done=lambda c: True) for s in plan_module.STEPS)
+    monkeypatch.setattr(plan_module, "STEPS", steps)
+
+
+def record(cfg) -> None:
+    """What a finished pipeline leaves: each step's folder with its fingerprint (and a training step's
+    last checkpoint), as the plan of `cfg` computes them."""
+    from flows.pipeline_plan import make_plan
+    from tasks import fingerprint as fp
+
+    for p in make_plan(cfg):
+        where = Path(p.folder)
+        where.mkdir(parents=True, exist_ok=True)
+        fp.write(where, p.fingerprint)
+        if p.step in ("s2t", "t2c", "echo"):
+            steps = getattr(cfg, p.step).max_steps
+            (where / "checkpoints" / f"step-{steps:06d}").mkdir(parents=True)
+
+
+def actions(cfg, **kw: str) -> dict[str, str]:
+    from flows.pipeline_plan import make_plan
+
+    return {p.step: p.action for p in make_plan(cfg, **kw)}
+
+
+def expect(skip: str = "", resume: str = "", redo: str = "") -> dict[str, str]:
+    """{step: action} for all steps: the named ones as given, the rest skipped."""
+    out = dict.fromkeys(STEPS, "skip")
+    for action, names in (("skip", skip), ("resume", resume), ("redo", redo)):
+        out |= dict.fromkeys(names.split(), action)
+    return out
+
+
+ALL_AFTER_S2T = "s2t echo-labels echo evaluate"
+CASES = [
+    ({}, expect()),
+    ({"corpus.num_units": 17}, expect(redo=" ".join(STEPS))),
+    ({"corpus.workers": 1}, expect()),  # scheduling only
+    ({"corpus.max_reject_fraction": 0.5}, expect()),  # decides failure, not content
+    ({"seed": 1}, expect(redo=" ".join(STEPS))),  # the corpus's voices and k-means, every init
+    ({"preset_overrides": {"lora_rank": 4}}, expect(redo="s2t t2c echo-labels echo evaluate")),
+    ({"s2t.lr": 1e-3}, expect(redo=ALL_AFTER_S2T)),
+    ({"s2t.workers": 1}, expect(redo=ALL_AFTER_S2T)),  # Ray DDP: fewer ranks, other batches
+    ({"s2t.log_every": 3}, expect()),
+    ({"s2t.ckpt_every": 4}, expect()),
+    ({"t2c.max_steps": 80}, expect(resume="t2c", redo="echo-labels echo evaluate")),
+    ({"t2c.max_steps": 40}, expect(redo="t2c echo-labels echo evaluate")),  # fewer steps: start over
+    ({"t2c.workers": 2}, expect()),  # launcher local: one process whatever workers says
+    ({"t2c.unit_vocab_size": 40}, expect(redo="t2c echo-labels echo evaluate")),
+    ({"echo_labels.max_units": 500}, expect(redo="echo-labels echo evaluate")),
+    ({"echo_labels.workers": 2}, expect()),
+    ({"echo_labels.batch_size": 2}, expect()),
+    ({"echo_labels.min_t2c_end_rate": 0.9}, expect()),
+    ({"echo.max_steps": 10}, expect(resume="echo", redo="evaluate")),
+    ({"echo.lr": 1e-3}, expect(redo="echo evaluate")),
+    ({"evaluate.limit": 5}, expect(redo="evaluate")),
+    ({"ray_address": "auto", "parallel_training": False}, expect()),
+]
+
+
+@pytest.mark.parametrize(("changes", "expected"), CASES, ids=[",".join(c) or "unchanged" for c, _ in CASES])
+def test_a_changed_section_reruns_its_step_and_the_steps_after_it(
+        tmp_path: Path, verified: None, changes: dict, expected: dict) -> None:
+    record(tiny_cfg(tmp_path))
+    assert actions(tiny_cfg(tmp_path, **changes)) == expected
+
+
+def test_reasons_name_the_change_and_the_changed_input(tmp_path: Path, verified: None) -> None:
+    from flows.pipeline_plan import make_plan
+
+    record(tiny_cfg(tmp_path))
+    lines = {p.step: p.line() for p in make_plan(tiny_cfg(tmp_path, **{"t2c.max_steps": 80, "echo.lr": 0.01}))}
+    assert lines["t2c"] == "t2c: resume (t2c.max_steps 60 → 80: continue from step 60)"
+    assert lines["echo-labels"] == "echo-labels: redo (input t2c changed)"
+    assert lines["echo"] == "echo: redo (echo.lr 0.003 → 0.01, input echo-labels, input t2c changed)"
+    assert lines["corpus"] == "corpus: skip (unchanged, outputs verify)"
+
+
+def test_a_training_redo_goes_beside_the_old_run_and_continues_an_interrupted_one(
+        tmp_path: Path, verified: None) -> None:
+    from flows.pipeline_plan import make_plan
+    from tasks import fingerprint as fp
+
+    record(tiny_cfg(tmp_path))
+    changed = tiny_cfg(tmp_path, **{"t2c.lr": 0.01})
+    t2c = next(p for p in make_plan(changed) if p.step == "t2c")
+    assert t2c.work == str(tmp_path / "t2c.new") and not t2c.resume
+    # The redo was killed after a checkpoint: the rerun continues it there, the old run still in place.
+    (tmp_path / "t2c.new" / "checkpoints" / "step-000012").mkdir(parents=True)
+    fp.write(tmp_path / "t2c.new", t2c.fingerprint, fp.PENDING)
+    again = next(p for p in make_plan(changed) if p.step == "t2c")
+    assert again.resume and again.work == t2c.work and "from step 12" in again.reason
+
+
+def test_unrecorded_outputs_and_a_killed_first_run(tmp_path: Path, verified: None) -> None:
+    from flows.pipeline_plan import make_plan
+    from tasks import fingerprint as fp
+
+    cfg = tiny_cfg(tmp_path)
+    assert set(actions(cfg).values()) == {"run"}
+    (tmp_path / "s2t" / "checkpoints" / "step-000006").mkdir(parents=True)
+    s2t = next(p for p in make_plan(cfg) if p.step == "s2t")
+    fp.write(tmp_path / "s2t", s2t.fingerprint, fp.PENDING)  # what a killed first run leaves
+    s2t = next(p for p in make_plan(cfg) if p.step == "s2t")
+    assert (s2t.action, s2t.resume, s2t.work) == ("resume", True, str(tmp_path / "s2t"))
+
+
+def test_from_forces_the_step_and_its_dependants(tmp_path: Path, verified: None) -> None:
+    record(tiny_cfg(tmp_path))
+    assert actions(tiny_cfg(tmp_path), from_step="t2c") == expect(redo="t2c echo-labels echo evaluate")
+    assert actions(tiny_cfg(tmp_path), from_step="corpus") == expect(redo=" ".join(STEPS))
+
+
+def test_only_runs_one_step_on_existing_inputs(tmp_path: Path, verified: None) -> None:
+    record(tiny_cfg(tmp_path))
+    changed = tiny_cfg(tmp_path, **{"t2c.max_steps": 80, "echo.lr": 0.01})
+    assert actions(changed, only="echo") == expect(redo="echo")  # t2c's change waits for a full run
+    assert actions(changed, only="t2c") == expect(resume="t2c")
+
+
+def test_only_refuses_inputs_that_do_not_verify(tmp_path: Path) -> None:
+    from flows.pipeline_plan import make_plan
+
+    with pytest.raises(InputError, match=r"^--only echo: its input corpus \(.*\) is missing or does not verify"):
+        make_plan(tiny_cfg(tmp_path), only="echo")
+
+
+def test_step_choices_are_validated(capsys: pytest.CaptureFixture[str]) -> None:
+    from echox.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--config", str(ROOT / "configs" / "tiny.yaml"), "--from", "vocoderx"])
+    assert "invalid choice: 'vocoderx'" in capsys.readouterr().err
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 over every path, size, mtime and content under `root`."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        st = path.stat()
+        h.update(f"{path.relative_to(root)} {st.st_mtime_ns} {st.st_size}".encode())
+        if path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(tmp_path: Path, verified: None,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from echox.cli import main
+
+    out = tmp_path / "run"
+    record(tiny_cfg(out))
+    config = tmp_path / "p.yaml"
+    config.write_text(yaml.safe_dump(tiny_data(out, **{"t2c.max_steps": 80})))
+    before = tree_digest(tmp_path)
+    env_before = os.environ.get("PREFECT_API_URL")
+    assert main(["pipeline", "--config", str(config), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "t2c:         resume (t2c.max_steps 60 → 80: continue from step 60)" in printed
+    assert "echo:        redo   (input echo-labels, input t2c changed)" in printed
+    assert "corpus:      skip   (unchanged, outputs verify)" in printed
+    assert tree_digest(tmp_path) == before
+    assert os.environ.get("PREFECT_API_URL") == env_before  # no Prefect server was started
+
+
+# ----------------------------------------------------------------------------- the swap
+
+
+def test_an_interrupted_swap_leaves_the_previous_output_usable(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks import out_dir
+
+    final, new = tmp_path / "t2c", tmp_path / "t2c.new"
+    for folder, text in ((final, "old"), (new, "new")):
+        (folder / "model").mkdir(parents=True)
+        (folder / "model" / "weights").write_text(text)
+    real_replace, calls = os.replace, []
+
+    def crash_on_second(src: object, dst: object) -> None:
+        calls.append(src)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed between the two renames
+        real_replace(src, dst)
+
+    monkeypatch.setattr(out_dir.os, "replace", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        out_dir.swap_in(new, final)
+    monkeypatch.setattr(out_dir.os, "replace", real_replace)
+    assert out_dir.kept_previous(final) is not None  # the planner reads the old output there
+    assert out_dir.recover_swap(final)
+    assert (final / "model" / "weights").read_text() == "old"
+    out_dir.swap_in(new, final)
+    assert (final / "model" / "weights").read_text() == "new"
+    assert not new.exists() and not (tmp_path / out_dir.PREVIOUS).exists()
