@@ -237,3 +237,62 @@ def test_an_interrupted_swap_leaves_the_previous_output_usable(tmp_path: Path,
     out_dir.swap_in(new, final)
     assert (final / "model" / "weights").read_text() == "new"
     assert not new.exists() and not (tmp_path / out_dir.PREVIOUS).exists()
+
+
+# ----------------------------------------------------------------------------- one real run
+
+
+def _metric_steps(run: Path) -> list[int]:
+    import json
+
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_real_pipeline_resumes_a_larger_max_steps_and_redoes_beside_the_old_run(
+        tmp_path: Path, ray_session: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """configs/tiny.yaml (no evaluation, stage I in one process): a rerun skips everything; a larger
+    t2c.max_steps resumes T2C (--only t2c) from its last step; --dry-run changes nothing; a changed
+    echo.lr redoes echo beside the old run, which is then replaced."""
+    import json
+
+    from echox.cli import main
+    from flows.pipeline import pipeline
+    from flows.pipeline_plan import make_plan
+
+    out = tmp_path / "run"
+    base = {"eval_set": None, "s2t.launcher": "local", "s2t.workers": 1, "s2t.max_steps": 6}
+    cfg = tiny_cfg(out, **base)
+    pipeline(config=cfg)
+    for step in ("corpus", "s2t", "t2c", "echo-labels", "echo"):
+        assert (out / step / "fingerprint.json").exists(), step
+    assert {p.action for p in make_plan(cfg)} == {"skip"}
+    s2t_model = out / "s2t" / "model" / "model.safetensors"
+    stamp = s2t_model.stat().st_mtime_ns
+    pipeline(config=cfg)
+    assert s2t_model.stat().st_mtime_ns == stamp
+
+    bigger = {**base, "t2c.max_steps": 70}
+    config = tmp_path / "bigger.yaml"
+    config.write_text(yaml.safe_dump(tiny_data(out, **bigger)))
+    before = tree_digest(tmp_path)
+    assert main(["pipeline", "--config", str(config), "--dry-run"]) == 0
+    assert "t2c:         resume (t2c.max_steps 60 → 70: continue from step 60)" in capsys.readouterr().out
+    assert tree_digest(tmp_path) == before
+
+    pipeline(config=tiny_cfg(out, **bigger), only="t2c")
+    summary = json.loads((out / "t2c" / "summary.json").read_text())
+    assert summary["steps"] == 70 and summary["resumed_from"].endswith("step-000060")
+    steps = _metric_steps(out / "t2c")
+    assert steps == sorted(set(steps)) and steps[-1] == 70 and 60 in steps  # one continuous curve
+    plan = {p.step: p.line() for p in make_plan(tiny_cfg(out, **bigger))}
+    assert plan["t2c"] == "t2c: skip (unchanged, outputs verify)"
+    assert plan["echo-labels"] == "echo-labels: redo (input t2c changed)"
+
+    changed = tiny_cfg(out, **{**base, "echo.lr": 1e-3})  # t2c back at 60 steps is a change too: --only
+    old_echo = (out / "echo" / "model" / "model.safetensors").read_bytes()
+    pipeline(config=changed, only="echo")
+    assert (out / "echo" / "model" / "model.safetensors").read_bytes() != old_echo
+    assert not (out / "echo.new").exists() and not (out / ".echox-previous").exists()
+    assert next(p for p in make_plan(changed, only="echo") if p.step == "echo").action == "skip"
