@@ -120,6 +120,8 @@ def execute(cfg: PipelineConfig, plans: list[StepPlan]) -> dict[str, str]:
     todo = [p for p in plans if p.action != "skip"]
     while todo:
         ready = _ready(todo, finished)
+        if not ready:  # a step whose input neither ran nor was skipped: a bug in STEPS' order
+            raise RuntimeError(f"no step of {[p.step for p in todo]} has its inputs ready")
         training = [p for p in ready if get_step(p.step).training]
         batch = training if len(training) > 1 else ready[:1]
         if get_step(batch[0].step).training:
