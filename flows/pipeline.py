@@ -39,7 +39,12 @@ LOG_VERB = {"skip": "skipped", "resume": "resumed", "redo": "redone", "run": "ru
 
 
 def _parallel(cfg: PipelineConfig, group: list[TrainFlowConfig]) -> bool:
-    """Whether the training stages of `group` (independent of each other) should train at once."""
+    """Whether the training stages of `group` (independent of each other) should train at once.
+
+    Never two with launcher local: they would train in threads of this one process, whose preparation
+    (importing transformers lazily, building the cached base LLM) is not thread-safe."""
+    if sum(tc.launcher == "local" for tc in group) > 1:
+        return False
     if cfg.parallel_training is not None:
         return cfg.parallel_training
     if cfg.ray_address:
