@@ -208,6 +208,32 @@ def test_dry_run_prints_the_plan_and_changes_nothing(tmp_path: Path, verified: N
     assert os.environ.get("PREFECT_API_URL") == env_before  # no Prefect server was started
 
 
+def test_dry_run_imports_neither_prefect_nor_ray(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "p.yaml"
+    config.write_text(yaml.safe_dump(tiny_data(tmp_path / "run")))
+    code = ("import sys; from echox.cli import main; "
+            f"rc = main(['pipeline', '--config', {str(config)!r}, '--dry-run']); "
+            "print('loaded', sorted(m for m in ('prefect', 'ray') if m in sys.modules)); sys.exit(rc)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "corpus:      run    (no output yet)" in res.stdout and "loaded []" in res.stdout
+    assert not (tmp_path / "run").exists()
+
+
+def test_two_in_process_trainers_never_share_the_process(tmp_path: Path) -> None:
+    from flows.pipeline import _parallel
+    from flows.pipeline_config import stage_config
+
+    cfg = tiny_cfg(tmp_path, parallel_training=True)
+    done = {"corpus": str(tmp_path / "corpus")}
+    local = [stage_config(cfg, s, done).model_copy(update={"launcher": "local"}) for s in ("s2t", "t2c")]
+    assert not _parallel(cfg, local)
+    assert _parallel(cfg, [stage_config(cfg, s, done) for s in ("s2t", "t2c")])  # tiny: s2t on Ray
+
+
 # ----------------------------------------------------------------------------- the swap
 
 
