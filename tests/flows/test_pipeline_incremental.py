@@ -170,6 +170,18 @@ def test_only_refuses_inputs_that_do_not_verify(tmp_path: Path) -> None:
         make_plan(tiny_cfg(tmp_path), only="echo")
 
 
+def test_only_on_missing_inputs_is_a_one_line_cli_error(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from echox.cli import main
+
+    config = tmp_path / "p.yaml"
+    config.write_text(yaml.safe_dump(tiny_data(tmp_path / "run")))
+    assert main(["pipeline", "--config", str(config), "--only", "echo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("echox pipeline: error: --only echo: its input corpus") and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_step_choices_are_validated(capsys: pytest.CaptureFixture[str]) -> None:
     from echox.cli import main
 
