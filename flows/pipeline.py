@@ -29,6 +29,7 @@ from flows.pipeline_steps import (  # noqa: F401 - the done checks' old home
     folder,
     get_step,
     labels_done,
+    output_path,
     training_done,
 )
 from tasks import fingerprint as fp
@@ -101,15 +102,20 @@ def train_stages(cfg: PipelineConfig, plans: list[StepPlan], done: dict[str, str
 
 # ------------------------------------------------------------------ other steps
 def run_step(cfg: PipelineConfig, plan: StepPlan, done: dict[str, str]) -> str:
-    """Run a corpus, echo-labels or evaluation step in its folder; record its fingerprint when done."""
+    """Run a corpus, echo-labels or evaluation step (in its folder, or beside it and then renamed into
+    place); record its fingerprint when it has finished. Returns the path later steps read."""
     step = get_step(plan.step)
     step_cfg: Any = step.config(cfg, done)
+    work, where = Path(plan.work), Path(plan.folder)
+    update: dict[str, Any] = {"out": str(work)} if work != where else {}
     if "overwrite" in type(step_cfg).model_fields:  # the pipeline owns the folder: replace it safely
-        step_cfg = step_cfg.model_copy(update={"overwrite": True})
-    where = Path(plan.folder)
-    (where / fp.NAME).unlink(missing_ok=True)  # stale until this run finishes
-    result = step.run(step_cfg)
-    fp.write(where, plan.fingerprint or {})
+        update["overwrite"] = True
+    (work / fp.NAME).unlink(missing_ok=True)  # stale until this run finishes
+    result = step.run(step_cfg.model_copy(update=update))
+    fp.write(work, plan.fingerprint or {})
+    if work != where:
+        swap_in(work, where)
+        return output_path(cfg, step)
     return result
 
 
@@ -148,7 +154,7 @@ def pipeline(config: PipelineConfig, from_step: str | None = None, only: str | N
     log = get_run_logger()
     validate(config)
     for step in STEPS:  # a rename interrupted mid-swap: the previous output goes back first
-        if step.training and recover_swap(folder(config, step)):
+        if step.beside and recover_swap(folder(config, step)):
             log.warning(f"{step.name}: put back the previous output an interrupted redo had moved aside")
     plans = make_plan(config, from_step=from_step, only=only)
     create_table_artifact(key="pipeline-plan", table=plan_rows(plans),

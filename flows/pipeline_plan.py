@@ -8,9 +8,8 @@ its normalised config and its inputs' fingerprints, and compares it with the rec
   a step whose input is redone or resumed is redone too ("input t2c changed");
 - a training step whose fingerprint differs only by a larger `max_steps` → resume from its newest
   checkpoint (the step counter and metrics.jsonl continue);
-- any other change → redo: a training step trains into `<step>.new/` beside the old run, which stays
-  until the new one is renamed into place; the corpus and echo labels rebuild with their own safe
-  replace (the old build is kept in `.echox-previous/` until the new one has finished);
+- any other change → redo: the step writes into `<step>.new/` beside the old output, which stays
+  usable until the new one is renamed into place (the evaluation report is rewritten in place);
 - `--from STEP` forces the step and every step after it; `--only STEP` plans that step alone, on inputs
   that must already verify.
 """
@@ -142,11 +141,14 @@ def decide(step: Step, step_cfg: Any, new: dict, recorded: dict | None, where: P
 
 
 def _redo(step: Step, plan: Any, where: Path, new: dict, reason: str) -> StepPlan:
-    """Redo a step that holds an output: a training step beside it in `<folder>.new` (continuing an
-    interrupted redo of the same fingerprint there), other steps in place with their safe replace."""
-    if not step.training:
-        return plan("redo", reason)
+    """Redo a step that holds an output beside it, in `<folder>.new` (a training step continues an
+    interrupted redo of the same fingerprint there; a corpus or echo-labels build resumes its own
+    verified shards there), or in place for a step that is not `beside` (the evaluation report)."""
     beside = where.with_name(where.name + NEW_SUFFIX)
+    if not step.beside:
+        return plan("redo", reason)
+    if not step.training:
+        return plan("redo", reason, beside)
     pending, at = fp.read(beside, fp.PENDING), last_step(beside)
     if pending and pending["digest"] == new["digest"] and at:
         return plan("redo", f"{reason}; continue the interrupted redo from step {at}", beside, True)

@@ -5,6 +5,10 @@ No Prefect (and no torch) at import: the CLI validates `--from`/`--only` against
 built from the PipelineConfig and its inputs' outputs, how it runs, how its outputs verify, and which
 config fields its fingerprint leaves out. Adding a training stage to the pipeline is one
 `training_step(...)` entry in `STEPS` plus a `TrainStep` field of that name in `PipelineConfig`.
+
+The preset and its overrides enter the fingerprints of the training steps (they are fields of their
+configs); the corpus build does not read them, so changing the preset keeps the corpus, and echo labels
+and evaluation see them through the fingerprints of the checkpoints they read.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ class Step:
     """The path later steps read, relative to the step's folder ("" = the folder)."""
     training: bool = False
     """A training stage: resumable on a larger max_steps, redone beside the old run, run in parallel."""
+    beside: bool = True
+    """A redo writes into `<folder>.new` (its config's `out`) and is renamed into place when finished,
+    so the previous output stays usable until then; False: redone in place (a single report file)."""
     enabled: Callable[[PipelineConfig], bool] = lambda cfg: True
     """Whether this pipeline runs the step at all (evaluation needs an eval set)."""
 
@@ -209,7 +216,7 @@ STEPS: tuple[Step, ...] = (
     training_step("echo", ("corpus", "s2t", "t2c", "echo-labels")),
     Step("evaluate", ("echo", "t2c"), evaluate_config, _run_evaluate, lambda c: report_done(Path(c.out)),
          EVALUATE_IGNORED, _schema("eval_results"), files=lambda c: {"eval_set": _sha(c.eval_set)},
-         output="report.json", enabled=lambda cfg: bool(cfg.eval_set)),
+         output="report.json", beside=False, enabled=lambda cfg: bool(cfg.eval_set)),
 )
 """In an order where every step comes after the steps it depends on."""
 

@@ -137,6 +137,45 @@ def test_a_training_redo_goes_beside_the_old_run_and_continues_an_interrupted_on
     assert again.resume and again.work == t2c.work and "from step 12" in again.reason
 
 
+def test_a_corpus_or_labels_redo_goes_beside_the_old_build(tmp_path: Path, verified: None) -> None:
+    from flows.pipeline_plan import make_plan
+
+    record(tiny_cfg(tmp_path))
+    plans = {p.step: p for p in make_plan(tiny_cfg(tmp_path, **{"corpus.num_units": 17}))}
+    assert plans["corpus"].work == str(tmp_path / "corpus.new")
+    assert plans["echo-labels"].work == str(tmp_path / "echo-labels.new")
+    assert plans["evaluate"].work == plans["evaluate"].folder == str(tmp_path / "eval")  # in place
+
+
+def test_a_step_redone_beside_is_renamed_into_place_with_its_fingerprint(
+        tmp_path: Path, verified: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import flows.pipeline as pipeline_module
+    from flows.pipeline_plan import make_plan
+    from tasks import fingerprint as fp
+
+    record(tiny_cfg(tmp_path))
+    (tmp_path / "echo-labels" / "manifest.json").write_text("old")
+    seen = []
+
+    def fake_labels(c: object) -> str:  # what the echo-labels flow leaves: its files in c.out
+        seen.append(c)
+        assert (tmp_path / "echo-labels" / "manifest.json").read_text() == "old"  # still usable
+        Path(c.out).mkdir()
+        (Path(c.out) / "manifest.json").write_text("new")
+        return c.out
+
+    step = dataclasses.replace(pipeline_module.get_step("echo-labels"), run=fake_labels)
+    monkeypatch.setattr(pipeline_module, "get_step", lambda name: step)
+    cfg = tiny_cfg(tmp_path, **{"echo_labels.max_units": 500})
+    plan = next(p for p in make_plan(cfg) if p.step == "echo-labels")
+    done = pipeline_module.input_outputs(cfg)
+    assert pipeline_module.run_step(cfg, plan, done) == str(tmp_path / "echo-labels")
+    assert seen[0].out == str(tmp_path / "echo-labels.new") and seen[0].overwrite
+    assert (tmp_path / "echo-labels" / "manifest.json").read_text() == "new"
+    assert fp.read(tmp_path / "echo-labels") == plan.fingerprint
+    assert not (tmp_path / "echo-labels.new").exists()
+
+
 def test_unrecorded_outputs_and_a_killed_first_run(tmp_path: Path, verified: None) -> None:
     from flows.pipeline_plan import make_plan
     from tasks import fingerprint as fp
@@ -292,7 +331,7 @@ def test_real_pipeline_resumes_a_larger_max_steps_and_redoes_beside_the_old_run(
         tmp_path: Path, ray_session: None, capsys: pytest.CaptureFixture[str]) -> None:
     """configs/tiny.yaml (no evaluation, stage I in one process): a rerun skips everything; a larger
     t2c.max_steps resumes T2C (--only t2c) from its last step; --dry-run changes nothing; a changed
-    echo.lr redoes echo beside the old run, which is then replaced."""
+    echo.lr redoes echo beside the old run, which is then replaced, and so do changed echo labels."""
     import json
 
     from echox.cli import main
@@ -334,3 +373,9 @@ def test_real_pipeline_resumes_a_larger_max_steps_and_redoes_beside_the_old_run(
     assert (out / "echo" / "model" / "model.safetensors").read_bytes() != old_echo
     assert not (out / "echo.new").exists() and not (out / ".echox-previous").exists()
     assert next(p for p in make_plan(changed, only="echo") if p.step == "echo").action == "skip"
+
+    relabel = tiny_cfg(out, **{**base, "echo_labels.max_units": 900})  # rebuilt beside, then renamed
+    pipeline(config=relabel, only="echo-labels")
+    assert json.loads((out / "echo-labels" / "manifest.json").read_text())["max_units"] == 900
+    assert not (out / "echo-labels.new").exists()
+    assert next(p for p in make_plan(relabel, only="echo-labels") if p.step == "echo-labels").action == "skip"
