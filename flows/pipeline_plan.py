@@ -126,6 +126,8 @@ def decide(step: Step, step_cfg: Any, new: dict, recorded: dict | None, where: P
                 return plan("run", "its folder holds an unfinished run of another config: start over")
         elif not step.done(step_cfg):
             return plan("run", "continue the unfinished build")
+        else:  # a build from before fingerprints: its own build hash decides, in place, what is redone
+            return plan("redo", "no fingerprint recorded; the build keeps what its own hash matches")
         return _redo(step, plan, where, new, "no fingerprint recorded")
     diff = fp.changes(recorded, new)
     if not diff:

@@ -189,6 +189,19 @@ def test_unrecorded_outputs_and_a_killed_first_run(tmp_path: Path, verified: Non
     assert (s2t.action, s2t.resume, s2t.work) == ("resume", True, str(tmp_path / "s2t"))
 
 
+def test_outputs_from_before_fingerprints(tmp_path: Path, verified: None) -> None:
+    """A build rechecks itself in place (its own build hash keeps what matches); a training run, which has
+    no such hash, is retrained beside the old one."""
+    from flows.pipeline_plan import make_plan
+
+    for step in ("corpus", "s2t"):
+        (tmp_path / step).mkdir()
+        (tmp_path / step / "summary.json").write_text("{}")
+    plans = {p.step: p for p in make_plan(tiny_cfg(tmp_path))}
+    assert (plans["corpus"].action, plans["corpus"].work) == ("redo", str(tmp_path / "corpus"))
+    assert (plans["s2t"].action, plans["s2t"].work) == ("redo", str(tmp_path / "s2t.new"))
+
+
 def test_from_forces_the_step_and_its_dependants(tmp_path: Path, verified: None) -> None:
     record(tiny_cfg(tmp_path))
     assert actions(tiny_cfg(tmp_path), from_step="t2c") == expect(redo="t2c echo-labels echo evaluate")
