@@ -72,12 +72,17 @@ def _run_t2c(opts: T2COptions) -> int:
 
 def _run_pipeline(opts: PipelineOptions) -> int:
     from flows.pipeline_config import load_pipeline_config
+    from flows.pipeline_plan import format_plan, make_plan
 
     cfg = load_pipeline_config(Path(opts.config), out=opts.out)
+    plans = make_plan(cfg, from_step=opts.from_step, only=opts.only)  # from configs and files alone
+    if opts.dry_run:
+        print(f"plan for {cfg.out}:\n{format_plan(plans)}")
+        return 0
     runtime.ensure_prefect_api()  # after validation, before prefect is imported (it reads settings then)
     from flows.pipeline import pipeline
 
-    _print_outputs(pipeline(config=cfg))
+    _print_outputs(pipeline(config=cfg, from_step=opts.from_step, only=opts.only))
     return 0
 
 
@@ -180,7 +185,11 @@ COMMANDS = [
     Command("t2c", T2COptions, _run_t2c, help="units for a text with a stage-II checkpoint"),  # type: ignore[arg-type]
     Command("pipeline", PipelineOptions, _run_pipeline, help="run the whole DAG from a YAML config",  # type: ignore[arg-type]
             description="Run the whole DAG: corpus → stage I ∥ stage II → echo labels → echo training → "
-                        "evaluation. Finished steps whose outputs verify are skipped on a rerun."),
+                        "evaluation. A rerun redoes only what a change invalidates: each step records a "
+                        "fingerprint of its config and inputs; an unchanged step whose outputs verify is "
+                        "skipped, a larger max_steps resumes, any other change redoes the step and the "
+                        "steps after it. --dry-run prints that plan.",
+            flags={"from_step": Flag(flag="--from")}),
     Command("demo", DemoOptions, _run_demo,  # type: ignore[arg-type]
             help="the whole DAG on the bundled sample (configs/demo.yaml), with the UI"),
     Command("server", ServerOptions, _run_server,  # type: ignore[arg-type]

@@ -5,9 +5,18 @@ models into argparse options, and a handler receives the validated model."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, field_validator
 
 from core.config import Frozen
+
+
+def _step_choices(schema: dict[str, Any]) -> None:
+    """The pipeline's step names as the field's JSON-schema enum (the generated CLI's choices)."""
+    from flows.pipeline_steps import step_names
+
+    schema["enum"] = step_names()
 
 
 class AskOptions(Frozen):
@@ -65,6 +74,22 @@ class PipelineOptions(Frozen):
 
     config: str = Field(description="Pipeline YAML (configs/*.yaml).")
     out: str | None = Field(None, description="Override the config's output directory.")
+    dry_run: bool = Field(False, description="Print the plan (each step: skip, resume, redo or run, and "
+                          "why) and change nothing.")
+    from_step: str | None = Field(None, description="Redo this step and every step after it, whatever "
+                                  "their fingerprints say.", json_schema_extra=_step_choices)
+    only: str | None = Field(None, description="Run only this step, on the existing outputs of the steps "
+                             "before it (which must verify).", json_schema_extra=_step_choices)
+
+    @field_validator("from_step", "only")
+    @classmethod
+    def _a_step(cls, name: str | None) -> str | None:
+        """A step of the pipeline DAG (flows/pipeline_steps.py)."""
+        from flows.pipeline_steps import step_names
+
+        if name is not None and name not in step_names():
+            raise ValueError(f"not a pipeline step; choose one of {', '.join(step_names())}")
+        return name
 
 
 class DemoOptions(Frozen):

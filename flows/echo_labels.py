@@ -120,6 +120,10 @@ def echo_labels(config: EchoLabelsConfig) -> str:
             _report(config, f"echo-labels: {out} already holds this run's verified labels; skipped")
             manifest = json.loads((out / "manifest.json").read_text())
         else:
+            rate = stages.check_t2c_ends(config.corpus, config.t2c, max_units=config.max_units,
+                                         min_rate=config.min_t2c_end_rate, samples=config.t2c_check_samples)
+            _report(config, f"echo-labels: the T2C ends {100 * rate:.0f} % of sampled answer segments "
+                            f"within {config.max_units} units")
             _report(config, f"echo-labels: {plan['corpus']['rows']} rows in {len(plan['jobs'])} shards "
                             f"→ {out} ({config.workers} actors)")
             with ray_session(config.ray_address, num_cpus=config.workers * config.cpus_per_actor):

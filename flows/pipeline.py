@@ -1,144 +1,169 @@
-"""The whole DAG as one flow: corpus → units → stage I ∥ stage II → echo labels → echo training → evaluation.
+"""The whole DAG as one flow: corpus → stage I ∥ stage II → echo labels → echo training → evaluation.
 
-Every step takes and returns paths. A step whose outputs verify (manifest checksums, final checkpoint)
-is skipped on a rerun, so a crashed or extended pipeline continues where it stopped.
+The steps are data (flows/pipeline_steps.py: STEPS); the plan (flows/pipeline_plan.py) says, per step,
+skip / resume / redo / run and why, from each step's recorded fingerprint. The flow publishes the plan as
+a table artifact, then runs what it says in DAG order: independent training stages together when the
+resources allow, each step taking its inputs' output paths, recording its fingerprint when it finishes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
 
 from core.runs import record_process
 from flows.pipeline_config import (  # noqa: F401 - load_pipeline_config is part of this module's interface
-    ECHO_STAGE,
-    FIRST_STAGES,
     PipelineConfig,
-    corpus_config,
-    echo_labels_config,
-    evaluate_config,
     load_pipeline_config,
-    stage_config,
     validate,
 )
-from tasks.configs import BuildCorpusConfig, TrainFlowConfig
+from flows.pipeline_plan import StepPlan, format_plan, input_outputs, make_plan, plan_rows
+from flows.pipeline_steps import (  # noqa: F401 - the done checks' old home
+    STEPS,
+    corpus_done,
+    folder,
+    get_step,
+    labels_done,
+    output_path,
+    training_done,
+)
+from tasks import fingerprint as fp
+from tasks.configs import TrainFlowConfig
+from tasks.out_dir import recover_swap, swap_in
+
+LOG_VERB = {"skip": "skipped", "resume": "resumed", "redo": "redone", "run": "run"}
 
 
-# ------------------------------------------------------------------ skip checks
-def corpus_done(c: BuildCorpusConfig) -> bool:
-    """The corpus exists, its shards verify, and it was built from this config and source."""
-    from tasks import build_corpus as stages
-    from tasks.shards import load_manifest, verify_manifest
+def _parallel(cfg: PipelineConfig, group: list[TrainFlowConfig]) -> bool:
+    """Whether the training stages of `group` (independent of each other) should train at once.
 
-    out = Path(c.out)
-    manifest = load_manifest(out)
-    build_json = stages.BuildPaths(out).build_json
-    if manifest is None or verify_manifest(out, manifest) or not build_json.exists():
+    Never two with launcher local: they would train in threads of this one process, whose preparation
+    (importing transformers lazily, building the cached base LLM) is not thread-safe."""
+    if sum(tc.launcher == "local" for tc in group) > 1:
         return False
-    recorded = json.loads(build_json.read_text())
-    return manifest.get("config_hash") == recorded["hash"] == stages.config_hash(
-        c, recorded["source_sha256"]) and Path(c.source).exists()
-
-
-def training_done(tc: TrainFlowConfig) -> bool:
-    """The run finished its steps and its final checkpoint verifies."""
-    from tasks.checkpoint import verify_checkpoint
-
-    summary_path = Path(tc.out) / "summary.json"
-    if not summary_path.exists() or not (Path(tc.out) / "model" / "config.json").exists():
-        return False
-    summary = json.loads(summary_path.read_text())
-    try:
-        verify_checkpoint(Path(summary["checkpoint"]))
-    except Exception:  # any failure to verify means: redo the step
-        return False
-    return int(summary["steps"]) >= tc.max_steps
-
-
-def labels_done(out: Path) -> bool:
-    """The echo labels exist and every shard verifies."""
-    from tasks.shards import load_manifest, verify_manifest
-
-    manifest = load_manifest(out)
-    return manifest is not None and not verify_manifest(out, manifest)
-
-
-# ------------------------------------------------------------------ steps
-def _parallel(cfg: PipelineConfig) -> bool:
     if cfg.parallel_training is not None:
         return cfg.parallel_training
     if cfg.ray_address:
-        return True  # a cluster schedules both; Ray Train waits for resources if it must
-    need = sum(s.workers for s in (cfg.s2t, cfg.t2c) if s.launcher == "ray")
-    return not (cfg.s2t.use_gpu or cfg.t2c.use_gpu) and (os.cpu_count() or 1) >= 2 * max(need, 1)
+        return True  # a cluster schedules them all; Ray Train waits for resources if it must
+    need = sum(tc.workers for tc in group if tc.launcher == "ray")
+    return not any(tc.use_gpu for tc in group) and (os.cpu_count() or 1) >= len(group) * max(need, 1)
 
 
-def train_stages(cfg: PipelineConfig, done: dict[str, str]) -> dict[str, str]:
-    """Stages I and II (independent): in parallel when resources allow, else one after the other.
+# ------------------------------------------------------------------ training steps
+def start_training(cfg: PipelineConfig, plan: StepPlan, done: dict[str, str]) -> TrainFlowConfig:
+    """Prepare the run folder of a training step (fresh, or the checkpoints it resumes) and its config."""
+    work = Path(plan.work)
+    if not plan.resume:
+        shutil.rmtree(work, ignore_errors=True)  # an unfinished run of another config, or a stale .new
+    work.mkdir(parents=True, exist_ok=True)
+    fp.write(work, plan.fingerprint or {}, fp.PENDING)  # a killed run is resumed only by this fingerprint
+    tc = get_step(plan.step).config(cfg, done)
+    return tc.model_copy(update={"out": str(work), "resume": plan.resume})
 
-    Returns each stage's final model directory (what the later steps take as input)."""
-    from flows.train import publish, train_task
 
-    todo, models = [], {}
-    for tc in (stage_config(cfg, s, done) for s in FIRST_STAGES):
-        if training_done(tc):
-            get_run_logger().info(f"{tc.stage}: final checkpoint verifies, skipped")
-            models[tc.stage] = str(Path(tc.out) / "model")
-        else:
-            todo.append(tc)
-    if _parallel(cfg) and len(todo) == 2:
+def finish_training(plan: StepPlan, tc: TrainFlowConfig, summary: dict) -> str:
+    """Publish a finished training step, record its fingerprint and put it in place; its model folder."""
+    from flows.train import publish
+    from tasks.shards import write_json
+
+    publish(tc, summary)
+    work, where = Path(plan.work), Path(plan.folder)
+    fp.write(work, plan.fingerprint or {})
+    (work / fp.PENDING).unlink(missing_ok=True)
+    if work != where:  # a redo beside the old run: the fingerprint moves in with the output
+        summary_path = work / "summary.json"
+        summary = {k: v.replace(str(work), str(where)) if k in ("model_dir", "checkpoint") else v
+                   for k, v in json.loads(summary_path.read_text()).items()}
+        write_json(summary_path, summary)
+        swap_in(work, where)
+    return str(where / "model")
+
+
+def train_stages(cfg: PipelineConfig, plans: list[StepPlan], done: dict[str, str]) -> dict[str, str]:
+    """Training steps that do not depend on each other: at once when resources allow, else in turn."""
+    from flows.train import train_task
+
+    configs = [(plan, start_training(cfg, plan, done)) for plan in plans]
+    if len(configs) > 1 and _parallel(cfg, [tc for _, tc in configs]):
         from core.runtime import ray_session
 
-        with ray_session(cfg.ray_address):  # one Ray for both trainers, so neither shuts it down
-            futures = [(tc, train_task.submit(tc)) for tc in todo]
-            results = [(tc, fut.result()) for tc, fut in futures]
+        with ray_session(cfg.ray_address):  # one Ray for all trainers, so none shuts it down
+            futures = [(plan, tc, train_task.submit(tc)) for plan, tc in configs]
+            results = [(plan, tc, fut.result()) for plan, tc, fut in futures]
     else:
-        results = [(tc, train_task(tc)) for tc in todo]
-    for tc, summary in results:
-        publish(tc, summary)
-        models[tc.stage] = str(Path(tc.out) / "model")
-    return models
+        results = [(plan, tc, train_task(tc)) for plan, tc in configs]
+    return {plan.step: finish_training(plan, tc, summary) for plan, tc, summary in results}
+
+
+# ------------------------------------------------------------------ other steps
+def run_step(cfg: PipelineConfig, plan: StepPlan, done: dict[str, str]) -> str:
+    """Run a corpus, echo-labels or evaluation step (in its folder, or beside it and then renamed into
+    place); record its fingerprint when it has finished. Returns the path later steps read."""
+    step = get_step(plan.step)
+    step_cfg: Any = step.config(cfg, done)
+    work, where = Path(plan.work), Path(plan.folder)
+    update: dict[str, Any] = {"out": str(work)} if work != where else {}
+    if "overwrite" in type(step_cfg).model_fields:  # the pipeline owns the folder: replace it safely
+        update["overwrite"] = True
+    (work / fp.NAME).unlink(missing_ok=True)  # stale until this run finishes
+    result = step.run(step_cfg.model_copy(update=update))
+    fp.write(work, plan.fingerprint or {})
+    if work != where:
+        swap_in(work, where)
+        return output_path(cfg, step)
+    return result
+
+
+# ------------------------------------------------------------------ the flow
+def _ready(plans: list[StepPlan], finished: set[str]) -> list[StepPlan]:
+    return [p for p in plans if set(get_step(p.step).depends_on) <= finished]
+
+
+def execute(cfg: PipelineConfig, plans: list[StepPlan]) -> dict[str, str]:
+    """Run the plan's steps in DAG order; returns every step's output (name → path later steps read)."""
+    done = input_outputs(cfg)
+    finished = {p.step for p in plans if p.action == "skip"}
+    todo = [p for p in plans if p.action != "skip"]
+    while todo:
+        ready = _ready(todo, finished)
+        if not ready:  # a step whose input neither ran nor was skipped: a bug in STEPS' order
+            raise RuntimeError(f"no step of {[p.step for p in todo]} has its inputs ready")
+        training = [p for p in ready if get_step(p.step).training]
+        batch = training if len(training) > 1 else ready[:1]
+        if get_step(batch[0].step).training:
+            done |= train_stages(cfg, batch, done)
+        else:
+            done[batch[0].step] = run_step(cfg, batch[0], done)
+        finished |= {p.step for p in batch}
+        todo = [p for p in todo if p not in batch]
+    return done
 
 
 @flow(name="pipeline", flow_run_name="pipeline", on_running=[record_process])
-def pipeline(config: PipelineConfig) -> dict:
-    """Run the whole DAG; returns the paths of every step's output.
+def pipeline(config: PipelineConfig, from_step: str | None = None, only: str | None = None) -> dict:
+    """Run the DAG's steps that the plan says need running; returns the paths of every step's output.
 
-    Each step takes its inputs from what the steps before it returned (or, when skipped, the outputs
-    that verified), never from a path rebuilt by convention."""
-    from flows.build_corpus import build_corpus
-    from flows.echo_labels import echo_labels
-    from flows.train import train
+    `from_step` forces that step and every step after it; `only` runs that one step on existing inputs."""
+    from prefect.artifacts import create_table_artifact
 
     log = get_run_logger()
     validate(config)
-    out = Path(config.out)
-    c = corpus_config(config)
-    done: dict[str, str] = {}
-    if corpus_done(c):
-        log.info(f"corpus: {c.out} verifies, skipped")
-        done["corpus"] = c.out
-    else:
-        done["corpus"] = build_corpus(config=c)
-    done |= train_stages(config, done)
-    labels = echo_labels_config(config, done)
-    if labels_done(Path(labels.out)):
-        log.info("echo labels: manifest verifies, skipped")
-        done["echo-labels"] = labels.out
-    else:
-        done["echo-labels"] = echo_labels(config=labels)
-    echo_cfg = stage_config(config, ECHO_STAGE, done)
-    if training_done(echo_cfg):
-        log.info("echo: final checkpoint verifies, skipped")
-        done[ECHO_STAGE] = str(Path(echo_cfg.out) / "model")
-    else:
-        done[ECHO_STAGE] = train(cfg=echo_cfg)
-    paths = {name: str(out / name) for name in ("corpus", *FIRST_STAGES, "echo-labels", ECHO_STAGE)}
-    if config.eval_set:
-        from flows.evaluate import evaluate
-
-        paths["report"] = str(evaluate(config=evaluate_config(config, done)))
+    for step in STEPS:  # a rename interrupted mid-swap: the previous output goes back first
+        if step.beside and recover_swap(folder(config, step)):
+            log.warning(f"{step.name}: put back the previous output an interrupted redo had moved aside")
+    plans = make_plan(config, from_step=from_step, only=only)
+    create_table_artifact(key="pipeline-plan", table=plan_rows(plans),
+                          description=f"Pipeline plan for {config.out}")
+    log.info("plan:\n" + format_plan(plans))
+    for p in plans:
+        log.info(f"{p.step}: {LOG_VERB[p.action]} ({p.reason})")
+    done = execute(config, plans)
+    paths = {p.step: p.folder for p in plans if p.step != "evaluate"}
+    if "evaluate" in done and any(p.step == "evaluate" for p in plans):
+        paths["report"] = done["evaluate"]
     return paths

@@ -11,7 +11,8 @@ from pydantic import Field
 from core.config import Frozen, build, load_yaml
 from tasks.configs import BuildCorpusConfig, EchoLabelsConfig, EvaluateConfig, TrainFlowConfig, TrainStep
 
-# The EchoX DAG's training stages: two independent ones, then echo training, which needs both.
+# The EchoX DAG's training stages: two independent ones, then echo training, which needs both (the DAG
+# itself is flows/pipeline_steps.py: STEPS).
 FIRST_STAGES = ("s2t", "t2c")
 ECHO_STAGE = "echo"
 
@@ -40,11 +41,16 @@ class PipelineConfig(Frozen):
     seed: int = Field(0, description="Seed for every step.")
 
 
+def training_sections() -> list[str]:
+    """The PipelineConfig sections that configure a training stage (its `TrainStep` fields)."""
+    return [name for name, f in PipelineConfig.model_fields.items() if f.annotation is TrainStep]
+
+
 def planned_outputs(cfg: PipelineConfig) -> dict[str, str]:
     """Where each step will write its output under `cfg.out` (the input paths `validate` checks with,
     before any step has run; a running pipeline uses what each step returned instead)."""
     out = Path(cfg.out)
-    return {"corpus": str(out / "corpus"), **{s: str(out / s / "model") for s in (*FIRST_STAGES, ECHO_STAGE)},
+    return {"corpus": str(out / "corpus"), **{s: str(out / s / "model") for s in training_sections()},
             "echo-labels": str(out / "echo-labels")}
 
 
@@ -93,7 +99,7 @@ def validate(cfg: PipelineConfig) -> None:
     """Build every step's config up front, so a bad field fails before any work (naming the field)."""
     planned = planned_outputs(cfg)
     corpus_config(cfg)
-    for stage in (*FIRST_STAGES, ECHO_STAGE):
+    for stage in training_sections():
         stage_config(cfg, stage, planned)
     echo_labels_config(cfg, planned)
     if cfg.eval_set:

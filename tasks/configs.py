@@ -205,6 +205,12 @@ class EchoLabelsConfig(Frozen):
                             "batched T2C generation).")
     max_units: int = Field(1000, ge=1, description="Length guard of the T2C per segment; a row whose "
                            "segment hits it is rejected.")
+    min_t2c_end_rate: float = Field(0.5, ge=0, le=1, description="Fail fast, before labelling, when the "
+                                    "T2C ends fewer than this fraction of sampled answer segments within "
+                                    "max_units (an under-trained T2C would have every row rejected after a "
+                                    "full pass); 0 turns the check off.")
+    t2c_check_samples: int = Field(16, ge=1, description="Corpus answers whose segments the T2C end-rate "
+                                   "check generates for (greedy, within max_units).")
     ray_address: str | None = Field(None, description="Address of an existing Ray cluster; default: "
                                     "start Ray locally with workers × cpus_per_actor CPUs.")
     overwrite: bool = Field(False, description="Replace an output directory holding a different run.")

@@ -103,6 +103,54 @@ def check_compatible(s2t: Any, t2c: Any) -> None:
         raise CheckpointError("the S2T and T2C checkpoints use different tokenizers")
 
 
+# ----------------------------------------------------------------------------- fail fast on an untrained T2C
+
+
+def sample_answers(corpus: str | Path, n: int) -> list[str]:
+    """Up to `n` distinct answer texts of a corpus, in order (from as few shards as that takes)."""
+    from tasks.data import shard_entries
+
+    root, found = Path(corpus), []
+    for shard in shard_entries(root):
+        for text in read_arrow(root / shard["path"]).column("answer_text").to_pylist():
+            if text not in found:
+                found.append(text)
+            if len(found) == n:
+                return found
+    return found
+
+
+@torch.inference_mode()
+def t2c_end_rate(t2c: Any, answers: Sequence[str], max_units: int) -> tuple[float, int]:
+    """(fraction, count) of the answers' sentence segments for which the T2C, greedy, emits its end of
+    sequence within `max_units` units: the segments echo labelling would hand it."""
+    pieces = []
+    for text in answers:
+        ids = t2c.encode(text)
+        pieces += [ids[a:b] for a, b in sentence_segments([t2c.tokenizer.decode([t]) for t in ids])]
+    if not pieces:
+        return 1.0, 0
+    out = t2c.generate_units(pieces, max_units=max_units)
+    return sum(not o.truncated for o in out) / len(out), len(out)
+
+
+def check_t2c_ends(corpus: str, t2c_path: str, *, max_units: int, min_rate: float,
+                   samples: int = 16) -> float:
+    """Fail fast (InputError, one line) when the T2C ends too few sampled answer segments within
+    `max_units`: every row would be rejected at the length guard after a full pass. Returns the rate."""
+    if min_rate <= 0:
+        return 1.0
+    from tasks.inference import load_checkpoint_model
+
+    t2c = load_checkpoint_model(t2c_path, "t2c").eval()
+    rate, count = t2c_end_rate(t2c, sample_answers(corpus, samples), max_units)
+    if count and rate < min_rate:
+        raise InputError(f"the T2C ends only {100 * rate:.0f} % of sequences within {max_units} units "
+                         f"({count} segments of {samples} answers; min_t2c_end_rate {min_rate:g}): train "
+                         f"it longer")
+    return rate
+
+
 # ----------------------------------------------------------------------------- the worker
 
 
@@ -279,11 +327,14 @@ def stats_rows(manifest: dict) -> list[dict]:
 
 
 def label_local(corpus: str, s2t: str, t2c: str, out: str, *, batch_size: int = 8, max_units: int = 1000,
-                overwrite: bool = False, threads: int = 1) -> dict:
-    """The whole stage in this process, without Ray or Prefect (tests, debugging); returns the manifest."""
+                overwrite: bool = False, threads: int = 1, min_end_rate: float = 0.0) -> dict:
+    """The whole stage in this process, without Ray or Prefect (tests, debugging); returns the manifest.
+
+    `min_end_rate` > 0 runs the T2C end-rate check first (the flow always does, with its config's rate)."""
     plan = plan_run(corpus, s2t, t2c, out, max_units=max_units, overwrite=overwrite)
     if plan["done"]:
         return load_manifest(Path(out)) or {}
+    check_t2c_ends(corpus, t2c, max_units=max_units, min_rate=min_end_rate)
     labeler = EchoLabeler(s2t, t2c, "cpu", threads, batch_size=batch_size, max_units=max_units)
     entries = []
     for job in plan["jobs"]:

@@ -161,3 +161,34 @@ def prepare_out_dir(out: Path, build_hash: str, overwrite: bool) -> OutDirPlan:
     plan = plan_out_dir(out, build_hash, overwrite)
     apply_out_dir(out, plan)
     return plan
+
+
+def swap_in(new: Path, final: Path) -> None:
+    """Put the finished output `new` in place of `final` with renames, as a replace keeps a build: the old
+    `final` waits in `<parent>/.echox-previous/<name>` until `new` is in place, then is removed.
+
+    Interrupted at any point, either `final` or the kept previous output is whole (`recover_swap`)."""
+    previous = final.parent / PREVIOUS / final.name
+    if final.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        previous.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(final, previous)
+    os.replace(new, final)
+    shutil.rmtree(previous, ignore_errors=True)
+    if previous.parent.is_dir() and not any(previous.parent.iterdir()):
+        previous.parent.rmdir()
+
+
+def kept_previous(final: Path) -> Path | None:
+    """The previous output a swap interrupted between its renames left aside (None if none)."""
+    previous = final.parent / PREVIOUS / final.name
+    return previous if not final.exists() and previous.is_dir() else None
+
+
+def recover_swap(final: Path) -> bool:
+    """Undo a swap interrupted between its renames: the previous output goes back to `final`."""
+    previous = kept_previous(final)
+    if previous is None:
+        return False
+    os.replace(previous, final)
+    return True

@@ -269,15 +269,19 @@ def test_prefect_server_killed_mid_build_fails_cleanly_and_rerun_completes(cli: 
 
 
 def test_pipeline_rerun_resumes_a_training_step_that_left_checkpoints(tmp_path: Path) -> None:
-    """What lets a killed pipeline continue: a stage with checkpoints resumes them (else the trainer
-    refuses the folder as 'already holds checkpoints')."""
-    from flows.pipeline_config import load_pipeline_config, planned_outputs, stage_config
+    """What lets a killed pipeline continue: a training step whose folder holds checkpoints of the run it
+    plans (recorded as its pending fingerprint when it started) resumes them; others start clean."""
+    from flows.pipeline_config import load_pipeline_config
+    from flows.pipeline_plan import make_plan
+    from tasks import fingerprint as fp
 
     cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml", out=str(tmp_path))
-    done = planned_outputs(cfg)
-    assert not stage_config(cfg, "s2t", done).resume
-    (tmp_path / "s2t" / "checkpoints").mkdir(parents=True)
-    assert stage_config(cfg, "s2t", done).resume and not stage_config(cfg, "t2c", done).resume
+    s2t = next(p for p in make_plan(cfg) if p.step == "s2t")
+    assert (s2t.action, s2t.resume) == ("run", False)
+    (tmp_path / "s2t" / "checkpoints" / "step-000006").mkdir(parents=True)
+    fp.write(tmp_path / "s2t", s2t.fingerprint, fp.PENDING)
+    plans = {p.step: p for p in make_plan(cfg)}
+    assert (plans["s2t"].action, plans["s2t"].resume) == ("resume", True) and not plans["t2c"].resume
 
 
 @pytest.mark.slow

@@ -1,0 +1,254 @@
+"""The pipeline's DAG as data: one `Step` entry per step, read by the planner and the flow.
+
+No Prefect (and no torch) at import: the CLI validates `--from`/`--only` against `step_names()` and
+`--dry-run` plans from configs and files alone. A step entry says what it depends on, how its config is
+built from the PipelineConfig and its inputs' outputs, how it runs, how its outputs verify, and which
+config fields its fingerprint leaves out. Adding a training stage to the pipeline is one
+`training_step(...)` entry in `STEPS` plus a `TrainStep` field of that name in `PipelineConfig`.
+
+The preset and its overrides enter the fingerprints of the training steps (they are fields of their
+configs); the corpus build does not read them, so changing the preset keeps the corpus, and echo labels
+and evaluation see them through the fingerprints of the checkpoints they read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flows.pipeline_config import (
+    PipelineConfig,
+    corpus_config,
+    echo_labels_config,
+    evaluate_config,
+    stage_config,
+)
+from tasks.configs import EXECUTION_FIELDS, BuildCorpusConfig, TrainFlowConfig
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the pipeline DAG."""
+
+    name: str
+    """The step's name (`--from`, `--only`, the plan, its folder under the pipeline's out)."""
+    depends_on: tuple[str, ...]
+    """Steps whose outputs it reads; a changed one makes this step rerun."""
+    config: Callable[[PipelineConfig, dict[str, str]], Any]
+    """Its validated config from the pipeline's config and its inputs' outputs (step name → path)."""
+    run: Callable[[Any], str]
+    """Runs its flow on that config; returns the output path later steps read (imports Prefect)."""
+    done: Callable[[Any], bool]
+    """Its outputs exist and verify."""
+    ignored: frozenset[str]
+    """Config fields its fingerprint leaves out: they do not change its output (see each list)."""
+    version: Callable[[], str]
+    """The format of what it writes (a schema or format version constant, not the git hash)."""
+    files: Callable[[Any], dict[str, str | None]] = lambda c: {}
+    """Input files that are not steps' outputs, by name → sha256 (the QA source, the eval set)."""
+    output: str = ""
+    """The path later steps read, relative to the step's folder ("" = the folder)."""
+    training: bool = False
+    """A training stage: resumable on a larger max_steps, redone beside the old run, run in parallel."""
+    beside: bool = True
+    """A redo writes into `<folder>.new` (its config's `out`) and is renamed into place when finished,
+    so the previous output stays usable until then; False: redone in place (a single report file)."""
+    enabled: Callable[[PipelineConfig], bool] = lambda cfg: True
+    """Whether this pipeline runs the step at all (evaluation needs an eval set)."""
+
+    def normalised(self, step_cfg: Any) -> dict:
+        """The step config's fields that decide its output (its fingerprint's `config`)."""
+        data = step_cfg.model_dump(exclude=set(self.ignored))
+        if self.training:  # workers/launcher are ignored; the DDP world size they give is not
+            data["world_size"] = step_cfg.workers if step_cfg.launcher == "ray" else 1
+        return data
+
+
+# ------------------------------------------------------------------ done checks
+def corpus_done(c: BuildCorpusConfig) -> bool:
+    """The corpus exists, its shards verify, and it was built from this config and source."""
+    from tasks import build_corpus as stages
+    from tasks.shards import load_manifest, verify_manifest
+
+    out = Path(c.out)
+    manifest = load_manifest(out)
+    build_json = stages.BuildPaths(out).build_json
+    if manifest is None or verify_manifest(out, manifest) or not build_json.exists():
+        return False
+    recorded = json.loads(build_json.read_text())
+    return manifest.get("config_hash") == recorded["hash"] == stages.config_hash(
+        c, recorded["source_sha256"]) and Path(c.source).exists()
+
+
+def training_done(tc: TrainFlowConfig) -> bool:
+    """The run finished its steps and its final checkpoint verifies (found by name under the run
+    folder, so a run trained beside the old one and renamed into place still verifies)."""
+    from tasks.checkpoint import verify_checkpoint
+
+    summary_path = Path(tc.out) / "summary.json"
+    if not summary_path.exists() or not (Path(tc.out) / "model" / "config.json").exists():
+        return False
+    try:
+        summary = json.loads(summary_path.read_text())
+        verify_checkpoint(Path(tc.out) / "checkpoints" / Path(summary["checkpoint"]).name)
+    except Exception:  # any failure to verify means: redo the step
+        return False
+    return int(summary["steps"]) >= tc.max_steps
+
+
+def labels_done(out: Path) -> bool:
+    """The echo labels exist and every shard verifies."""
+    from tasks.shards import load_manifest, verify_manifest
+
+    manifest = load_manifest(out)
+    return manifest is not None and not verify_manifest(out, manifest)
+
+
+def report_done(out: Path) -> bool:
+    """The evaluation report exists and is a finished JSON report."""
+    try:
+        return "summary" in json.loads(Path(out).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def _sha(path: str | None) -> str | None:
+    """sha256 of an input file or folder (None when not given)."""
+    if path is None:
+        return None
+    from tasks.corpus_plan import source_digest
+
+    return source_digest(Path(path)) if Path(path).exists() else "missing"
+
+
+# ------------------------------------------------------------------ run functions (Prefect inside)
+def _run_corpus(c: BuildCorpusConfig) -> str:
+    from flows.build_corpus import build_corpus
+
+    return build_corpus(config=c)
+
+
+def _run_labels(c: Any) -> str:
+    from flows.echo_labels import echo_labels
+
+    return echo_labels(config=c)
+
+
+def _run_training(tc: TrainFlowConfig) -> str:
+    from flows.train import train
+
+    return train(cfg=tc)
+
+
+def _run_evaluate(c: Any) -> str:
+    from flows.evaluate import evaluate
+
+    return str(evaluate(config=c))
+
+
+def _model_version() -> str:
+    from models.io import FORMAT, FORMAT_VERSION
+    from tasks.checkpoint import FORMAT as CHECKPOINT_FORMAT
+
+    return f"{FORMAT} {FORMAT_VERSION}, checkpoint {CHECKPOINT_FORMAT}"
+
+
+def _schema(module: str) -> Callable[[], str]:
+    def version() -> str:
+        import importlib
+
+        return f"{module} schema {importlib.import_module(f'data_specs.{module}').SCHEMA_VERSION}"
+    return version
+
+
+# ------------------------------------------------------------------ ignored fields, per step
+CORPUS_IGNORED = frozenset(EXECUTION_FIELDS | {"codebook"})
+"""The corpus build's own EXECUTION_FIELDS (also left out of its build hash): where it writes, how many
+workers and threads, the Ray address, the reject threshold (it only decides whether the run fails),
+--overwrite and progress lines; `source` and `codebook` are paths, fingerprinted by their sha256 instead."""
+
+TRAIN_IGNORED = frozenset({
+    "out", "corpus", "echo_labels", "s2t", "t2c",  # paths: their steps' fingerprints stand for them
+    "resume",  # how the run starts, decided by the planner, not what it trains
+    "ray_address",  # where it runs
+    "cache_dir",  # where the base LLM is cached; it is built deterministically from the corpus
+    "log_every",  # metrics lines only
+    "ckpt_every",  # checkpoints resume bit-identically, so their spacing does not change the model
+    "workers", "launcher",  # replaced by the DDP world size they give (which does change batches)
+})
+"""Training fields that decide how a run is carried out, not the model it ends with."""
+
+LABELS_IGNORED = frozenset({
+    "out", "corpus", "s2t", "t2c",  # paths: their steps' fingerprints stand for them
+    "workers", "cpus_per_actor", "num_gpus_per_actor", "ray_address",  # scheduling of the actors
+    "batch_size",  # rows are labelled independently; the labels' own run hash leaves it out too
+    "overwrite", "progress",
+    "min_t2c_end_rate", "t2c_check_samples",  # the fail-fast check decides whether it runs, not what
+})
+"""Echo-labels fields that do not change the labels (its run hash keeps corpus, models, max_units)."""
+
+EVALUATE_IGNORED = frozenset({
+    "out", "model", "t2c",  # paths: their steps' fingerprints stand for them
+    "eval_set",  # a path: its sha256 is an input
+    "audio_cache",  # a content-keyed cache of the spoken questions
+    "max_reject_fraction",  # decides only whether the evaluation fails
+})
+"""Evaluation fields that do not change the report."""
+
+
+def training_step(stage: str, depends_on: tuple[str, ...]) -> Step:
+    """The entry of a training stage (a registered stage with a `TrainStep` field of its name in
+    PipelineConfig; its inputs come from `stage_inputs`, by what the stage registry says it needs)."""
+    return Step(stage, depends_on, lambda cfg, done: stage_config(cfg, stage, done), _run_training,
+                training_done, TRAIN_IGNORED, _model_version, output="model", training=True)
+
+
+STEPS: tuple[Step, ...] = (
+    Step("corpus", (), lambda cfg, done: corpus_config(cfg), _run_corpus, corpus_done, CORPUS_IGNORED,
+         _schema("corpus"), files=lambda c: {"source": _sha(c.source), "codebook": _sha(c.codebook)}),
+    training_step("s2t", ("corpus",)),
+    training_step("t2c", ("corpus",)),
+    Step("echo-labels", ("corpus", "s2t", "t2c"), echo_labels_config, _run_labels,
+         lambda c: labels_done(Path(c.out)), LABELS_IGNORED, _schema("echo_labels")),
+    training_step("echo", ("corpus", "s2t", "t2c", "echo-labels")),
+    Step("evaluate", ("echo", "t2c"), evaluate_config, _run_evaluate, lambda c: report_done(Path(c.out)),
+         EVALUATE_IGNORED, _schema("eval_results"), files=lambda c: {"eval_set": _sha(c.eval_set)},
+         output="report.json", beside=False, enabled=lambda cfg: bool(cfg.eval_set)),
+)
+"""In an order where every step comes after the steps it depends on."""
+
+FOLDERS = {"evaluate": "eval"}
+"""Step folders under the pipeline's out that are not named as the step."""
+
+
+def step_names() -> list[str]:
+    """Every step's name, in DAG order (the choices of --from and --only)."""
+    return [s.name for s in STEPS]
+
+
+def get_step(name: str) -> Step:
+    """The step called `name`."""
+    return next(s for s in STEPS if s.name == name)
+
+
+def folder(cfg: PipelineConfig, step: Step) -> Path:
+    """The step's output folder under the pipeline's out."""
+    return Path(cfg.out) / FOLDERS.get(step.name, step.name)
+
+
+def output_path(cfg: PipelineConfig, step: Step) -> str:
+    """The path later steps read from the step (its folder, or a file or folder in it)."""
+    base = folder(cfg, step)
+    return str(base / step.output) if step.output else str(base)
+
+
+def downstream(name: str) -> list[str]:
+    """`name` and every step that depends on it, directly or not, in DAG order."""
+    found = {name}
+    for step in STEPS:
+        if found & set(step.depends_on):
+            found.add(step.name)
+    return [s.name for s in STEPS if s.name in found]
