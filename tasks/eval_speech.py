@@ -79,7 +79,7 @@ def _safe(name: str) -> str:
 
 def speech_summary(items: list[dict[str, Any]]) -> dict[str, Any]:
     """s2s accuracy and the ASR ceiling over the items that were scored, each with its Wilson interval."""
-    from tasks.evaluate import wilson_interval
+    from tasks.eval_stats import wilson_interval
 
     out: dict[str, Any] = {}
     for name, key in (("s2s", "s2s_correct"), ("asr_ceiling", "ceiling_correct")):

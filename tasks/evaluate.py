@@ -25,7 +25,6 @@ the model's response, which need not be the reference.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -49,6 +48,7 @@ from tasks.eval_questions import (  # noqa: F401 - re-exported: the flow and tes
     read_eval_set,
 )
 from tasks.eval_speech import SPEECH_FIELDS, speech_summary
+from tasks.eval_stats import wilson_interval
 from tasks.shards import atomic_write
 from tasks.text_norm import match_answer, normalize_answer, spoken_form
 
@@ -72,21 +72,6 @@ def unit_edit_distance(hyp: list[int], ref: list[int]) -> float:
     """Levenshtein(hyp, ref) / max(len(hyp), len(ref)): 0 identical, 1 nothing in common (0 if both empty)."""
     longest = max(len(hyp), len(ref))
     return levenshtein(hyp, ref) / longest if longest else 0.0
-
-
-def wilson_interval(correct: int, n: int, z: float = 1.959964) -> list[float] | None:
-    """The Wilson score interval [low, high] of a proportion correct/n (95 % by default); None when n = 0.
-
-    Unlike p ± z·sqrt(p(1-p)/n) it stays inside [0, 1] and is not empty at 0 or n correct, which is what
-    small eval sets (59 questions) give."""
-    if n <= 0:
-        return None
-    p, z2 = correct / n, z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    low = 0.0 if correct == 0 else max(0.0, centre - half)  # exact ends: rounding must not exclude p
-    high = 1.0 if correct == n else min(1.0, centre + half)
-    return [low, high]
 
 
 def summarize(items: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
