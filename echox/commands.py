@@ -52,7 +52,7 @@ class SpeakOptions(Frozen):
 class VocodeOptions(Frozen):
     """`echox vocode`: units → a 16 kHz WAV with a unit vocoder."""
 
-    model: str = Field(description="Vocoder checkpoint (echox train --stage vocoder): model or run directory.")
+    model: str = Field(description="Vocoder checkpoint (train --stage vocoder): model or run directory.")
     units: str | None = Field(None, description='Units to speak, e.g. "12 7 33" (or --corpus with --id).')
     corpus: str | None = Field(None, description="Corpus directory to take a row's units from (with --id).")
     id: str | None = Field(None, description="Row id in --corpus whose units are spoken.")
