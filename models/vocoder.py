@@ -177,12 +177,17 @@ def _inverse(sr: int, n_fft: int, win: int, hop: int, n_mels: int, iters: int) -
 
 
 def griffin_lim(mel: Tensor, cfg: VocoderConfig) -> Tensor:
-    """(F, n_mels) log-mel → (F · hop,) float waveform in [-1, 1]."""
+    """(F, n_mels) log-mel → (F · hop,) float waveform in [-1, 1] (exactly F · hop samples)."""
     inv, gl = _inverse(cfg.sample_rate, cfg.n_fft, cfg.win_length, cfg.hop_length, cfg.n_mels,
                        cfg.griffin_lim_iters)
+    frames = mel.shape[0]
+    # Silent frames after the end: the centred iSTFT of F frames gives hop · (F - 1) samples, and the STFT's
+    # reflect padding needs more than n_fft / 2 of them.
+    short = max(1, math.ceil(cfg.n_fft / cfg.hop_length) + 2 - frames)
+    mel = torch.cat([mel.float(), mel.new_full((short, mel.shape[1]), math.log(1e-5))])
     spec = inv(torch.exp(mel.float()).T).clamp_min(0.0)  # (n_fft/2+1, F) magnitude
-    wav = gl.forward(spec) if spec.shape[1] > 1 else torch.zeros(0)
-    out = torch.zeros(mel.shape[0] * cfg.hop_length)
+    wav = gl.forward(spec)  # (hop · (F - 1),)
+    out = torch.zeros(frames * cfg.hop_length)
     out[: min(len(wav), len(out))] = wav[: len(out)]
     return out.clamp(-1.0, 1.0)
 
