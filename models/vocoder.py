@@ -53,9 +53,9 @@ class VocoderConfig:
     """Transformer layers over units (after two conv layers)."""
     heads: int = 2
     """Attention heads of the encoder."""
-    decoder_dim: int = 192
+    decoder_dim: int = 128
     """Decoder (frame-level) channels C."""
-    decoder_layers: int = 4
+    decoder_layers: int = 3
     """Residual conv layers of the decoder."""
     kernel: int = 5
     """Conv kernel size (encoder, duration predictor, decoder)."""
@@ -71,6 +71,9 @@ class VocoderConfig:
     """STFT hop of the log-mel (160 = 100 mel frames per second at 16 kHz)."""
     n_mels: int = 80
     """Mel bands."""
+    max_train_units: int = 64
+    """Training crops each utterance to a random window of at most this many units (0: whole utterances);
+    the decoder is local and the encoder needs little context, so windows cut the cost per step."""
     griffin_lim_iters: int = 32
     """Griffin-Lim iterations (generator "griffin-lim")."""
     generator: str = "griffin-lim"
@@ -89,7 +92,8 @@ class VocoderConfig:
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {},
-    "base": {"dim": 256, "encoder_layers": 4, "heads": 4, "decoder_dim": 384, "decoder_layers": 6},
+    "base": {"dim": 256, "encoder_layers": 4, "heads": 4, "decoder_dim": 384, "decoder_layers": 6,
+             "max_train_units": 256},
 }
 """Named vocoder sizes; a model preset picks one by VOCODER_SIZE_OF (tiny for CPU presets)."""
 VOCODER_SIZE_OF = {"tiny": "tiny", "smollm2-135m": "tiny", "llama-3b": "base", "llama-8b": "base"}
@@ -154,9 +158,10 @@ def log_mel(audio: np.ndarray, cfg: VocoderConfig) -> Tensor:
     return torch.log(mel.clamp_min(1e-5)).T.contiguous()  # (F, n_mels)
 
 
-def target_mel(audio: np.ndarray, frames: int, cfg: VocoderConfig) -> Tensor:
-    """(frames · upsample, n_mels) log-mel aligned with `frames` unit frames (edge-padded if short)."""
-    mel = log_mel(audio, cfg)[cfg.mel_offset:]  # (F', n_mels)
+def target_mel(audio: np.ndarray, frames: int, cfg: VocoderConfig, start: int = 0) -> Tensor:
+    """(frames · upsample, n_mels) log-mel aligned with unit frames [start, start + frames) (edge-padded if
+    the audio is short)."""
+    mel = log_mel(audio, cfg)[cfg.mel_offset + start * cfg.upsample:]  # (F', n_mels)
     need = frames * cfg.upsample
     if mel.shape[0] < need:
         pad = mel[-1:] if mel.shape[0] else torch.full((1, cfg.n_mels), math.log(1e-5))
@@ -345,11 +350,21 @@ def _row_units(row: dict[str, Any], side: str) -> tuple[np.ndarray, np.ndarray]:
     return units, durs
 
 
+def _window(n: int, limit: int) -> tuple[int, int]:
+    """A random [start, end) of at most `limit` of n units (all of them when limit is 0 or n ≤ limit)."""
+    if not limit or n <= limit:
+        return 0, n
+    start = int(torch.randint(0, n - limit + 1, ()).item())  # torch's RNG: seeded per rank, resumed
+    return start, start + limit
+
+
 def collate_vocoder(rows: list[dict[str, Any]], model: Any) -> dict[str, Tensor]:
     """Two examples per corpus row (question and answer speech): units (B, U), unit_lengths (B,),
     durations (B, U) in unit frames (0 on padding), mels (B, F, n_mels) log-mel of the row's audio aligned
-    with the unit frames, mel_lengths (B,) with B = 2 · len(rows)."""
+    with the unit frames, mel_lengths (B,) with B = 2 · len(rows). In training mode each utterance is cut
+    to a random window of at most cfg.max_train_units units (and the matching mel frames)."""
     cfg: VocoderConfig = model.cfg
+    limit = cfg.max_train_units if model.training else 0
     seqs, durs, mels = [], [], []
     for row in rows:
         for side in ("question", "answer"):
@@ -357,9 +372,11 @@ def collate_vocoder(rows: list[dict[str, Any]], model: Any) -> dict[str, Tensor]
             if units.max() >= cfg.num_units or units.min() < 0:
                 raise InputError(f"row {row.get('id', '?')!r}: {side} units fall outside "
                                  f"[0, {cfg.num_units})")
-            seqs.append(torch.from_numpy(units))
-            durs.append(torch.from_numpy(d))
-            mels.append(target_mel(np.asarray(row[f"{side}_audio"]), int(d.sum()), cfg))
+            a, b = _window(len(units), limit)
+            seqs.append(torch.from_numpy(units[a:b]))
+            durs.append(torch.from_numpy(d[a:b]))
+            mels.append(target_mel(np.asarray(row[f"{side}_audio"]), int(d[a:b].sum()), cfg,
+                                   start=int(d[:a].sum())))
     return {
         "units": nn.utils.rnn.pad_sequence(seqs, batch_first=True),
         "unit_lengths": torch.tensor([len(s) for s in seqs]),

@@ -126,3 +126,22 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     d1, m1 = model.predict(units)
     d2, m2 = loaded.predict(units)
     assert torch.equal(d1, d2) and torch.equal(m1, m2)
+
+
+def test_training_crops_utterances_to_unit_windows_with_their_mel() -> None:
+    import dataclasses
+
+    model = tiny_vocoder()
+    model.cfg = dataclasses.replace(model.cfg, max_train_units=3)
+    rows = vocoder_rows(1)
+    torch.manual_seed(1)
+    batch = collate_vocoder(rows, model.train())
+    assert batch["unit_lengths"].tolist() == [3, 3]
+    assert batch["mel_lengths"].tolist() == batch["durations"].sum(1).tolist()
+    units, durs = rows[0]["question_units"], rows[0]["question_durations"]
+    start = next(i for i in range(len(units)) if units[i:i + 3].tolist() == batch["units"][0].tolist())
+    full = target_mel(rows[0]["question_audio"], int(durs.sum()), model.cfg)
+    first = int(durs[:start].sum())
+    n = int(batch["mel_lengths"][0])
+    assert torch.equal(batch["mels"][0, :n], full[first : first + n])
+    assert collate_vocoder(rows, model.eval())["unit_lengths"].tolist() == [6, 6]  # eval: whole utterances
