@@ -142,27 +142,35 @@ def config_from_dict(data: dict[str, Any]) -> VocoderConfig:
 
 @functools.lru_cache(maxsize=4)
 def _mel_transform(sr: int, n_fft: int, win: int, hop: int, n_mels: int) -> nn.Module:
-    """The (cached) magnitude mel transform of these settings."""
+    """The (cached) magnitude mel transform of these settings, over frames the caller has padded."""
     import torchaudio
 
     return torchaudio.transforms.MelSpectrogram(
         sample_rate=sr, n_fft=n_fft, win_length=win, hop_length=hop, n_mels=n_mels, power=1.0,
-        center=True, norm="slaney", mel_scale="slaney")
+        center=False, norm="slaney", mel_scale="slaney")
 
 
-def log_mel(audio: np.ndarray, cfg: VocoderConfig) -> Tensor:
-    """(F, n_mels) log-mel of 1-D int16/float 16 kHz audio (centred frames, hop cfg.hop_length)."""
+def log_mel(audio: np.ndarray, cfg: VocoderConfig, first: int = 0, frames: int | None = None) -> Tensor:
+    """(F, n_mels) log-mel of 1-D int16/float 16 kHz audio: centred frames (hop cfg.hop_length, the signal
+    reflect-padded by n_fft / 2 as torch.stft(center=True) does), frames [first, first + frames) only."""
     wav = np.asarray(audio)
     x = torch.from_numpy(wav.astype(np.float32) / (32768.0 if wav.dtype == np.int16 else 1.0))
-    mel = _mel_transform(cfg.sample_rate, cfg.n_fft, cfg.win_length, cfg.hop_length, cfg.n_mels)(x)
+    pad, hop = cfg.n_fft // 2, cfg.hop_length
+    total = 1 + len(x) // hop
+    last = total if frames is None else min(total, first + frames)
+    if last <= first:
+        return torch.zeros(0, cfg.n_mels)
+    x = F.pad(x[None, None], (pad, pad), mode="reflect" if len(x) > pad else "constant")[0, 0]
+    seg = x[first * hop : (last - 1) * hop + cfg.n_fft]  # only the samples these frames read
+    mel = _mel_transform(cfg.sample_rate, cfg.n_fft, cfg.win_length, hop, cfg.n_mels)(seg)
     return torch.log(mel.clamp_min(1e-5)).T.contiguous()  # (F, n_mels)
 
 
 def target_mel(audio: np.ndarray, frames: int, cfg: VocoderConfig, start: int = 0) -> Tensor:
     """(frames · upsample, n_mels) log-mel aligned with unit frames [start, start + frames) (edge-padded if
     the audio is short)."""
-    mel = log_mel(audio, cfg)[cfg.mel_offset + start * cfg.upsample:]  # (F', n_mels)
     need = frames * cfg.upsample
+    mel = log_mel(audio, cfg, cfg.mel_offset + start * cfg.upsample, need)  # (≤ need, n_mels)
     if mel.shape[0] < need:
         pad = mel[-1:] if mel.shape[0] else torch.full((1, cfg.n_mels), math.log(1e-5))
         mel = torch.cat([mel, pad.expand(need - mel.shape[0], -1)])

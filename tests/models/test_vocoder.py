@@ -145,3 +145,18 @@ def test_training_crops_utterances_to_unit_windows_with_their_mel() -> None:
     n = int(batch["mel_lengths"][0])
     assert torch.equal(batch["mels"][0, :n], full[first : first + n])
     assert collate_vocoder(rows, model.eval())["unit_lengths"].tolist() == [6, 6]  # eval: whole utterances
+
+
+def test_log_mel_of_a_frame_range_equals_the_centred_stft_mel() -> None:
+    import torchaudio
+
+    from models.vocoder import log_mel
+
+    cfg = VocoderConfig(num_units=K)
+    audio = (np.random.default_rng(0).standard_normal(16_000) * 3000).astype(np.int16)
+    ref = torchaudio.transforms.MelSpectrogram(sample_rate=16_000, n_fft=1024, hop_length=160, n_mels=80,
+                                               power=1.0, norm="slaney", mel_scale="slaney")(
+        torch.from_numpy(audio.astype(np.float32) / 32768))
+    ref = torch.log(ref.clamp_min(1e-5)).T  # (101, 80)
+    assert torch.allclose(log_mel(audio, cfg), ref, atol=1e-5)
+    assert torch.allclose(log_mel(audio, cfg, 30, 20), ref[30:50], atol=1e-5)
