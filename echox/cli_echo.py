@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from core import runtime
 from core.errors import InputError
 from echox.cli_options import Command, Flag
 from echox.commands import EchoEvalOptions, SpeakOptions, VocodeOptions
 from tasks.configs import EchoLabelsConfig
+
+if TYPE_CHECKING:
+    from tasks.speak import SpeechOut
 
 
 def _run_echo_labels(cfg: EchoLabelsConfig) -> int:
@@ -55,13 +59,13 @@ def _run_speak(args: SpeakOptions) -> int:
     return 0
 
 
-def _write_answer(out: object, path: str) -> None:
+def _write_answer(out: SpeechOut, path: str) -> None:
     """Write the vocoded answer and report the time to first audio."""
     from tasks.vocode import write_wav_atomic
 
-    audio = out.audio()  # type: ignore[attr-defined]
+    audio = out.audio()
     write_wav_atomic(path, audio)
-    first = out.first_audio_s  # type: ignore[attr-defined]
+    first = out.first_audio_s
     shown = "none (no units)" if first is None else f"{first:.3f} s"
     print(f"time to first audio: {shown}; {len(audio) / 16000:.2f} s of speech written to {path}")
 
