@@ -97,7 +97,7 @@ def run_vocode(args: VocodeOptions) -> int:
         units, codebook = corpus_units(str(args.corpus), str(args.id), args.side)
         check_codebook(model, codebook, f"corpus {args.corpus}")
     start = time.perf_counter()
-    audio, durations = vocode_with_durations(model, units)
+    audio, durations = vocode_with_durations(model, units, args.duration_scale)
     took = time.perf_counter() - start
     write_wav_atomic(args.out_wav, audio)
     seconds = len(audio) / 16000

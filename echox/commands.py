@@ -58,6 +58,8 @@ class VocodeOptions(Frozen):
     id: str | None = Field(None, description="Row id in --corpus whose units are spoken.")
     side: Literal["answer", "question"] = Field("answer", description="Which units of the --id row.")
     out_wav: str = Field(description="Output WAV (16 kHz, 16-bit; written atomically).")
+    duration_scale: float = Field(1.0, gt=0, description="Stretch the predicted unit durations (> 1: slower "
+                                  "speech; log-duration training predicts geometric means, a little short).")
     threads: int | None = Field(None, ge=1, description="Torch threads (default: torch's choice).")
 
 

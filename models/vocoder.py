@@ -312,11 +312,15 @@ class UnitVocoder(nn.Module):
                 "num_tokens": fmask.sum()}
 
     @torch.no_grad()
-    def predict(self, units: Tensor) -> tuple[Tensor, Tensor]:
-        """One unit sequence (U,) → predicted durations (U,) in unit frames (≥ 1) and log-mel (F, n_mels)."""
+    def predict(self, units: Tensor, duration_scale: float = 1.0) -> tuple[Tensor, Tensor]:
+        """One unit sequence (U,) → predicted durations (U,) in unit frames (≥ 1) and log-mel (F, n_mels).
+
+        Durations are exp(log-duration) · duration_scale rounded cumulatively (the total is the rounded
+        sum, not a sum of per-unit roundings, which shortens runs of 1–2 frame units)."""
         units = units.reshape(1, -1)
         x, _, log_dur = self.encode(units, torch.tensor([units.shape[1]], device=units.device))
-        durations = torch.round(torch.exp(log_dur)).long().clamp_min(1)  # (1, U)
+        ends = torch.round(torch.cumsum(torch.exp(log_dur) * duration_scale, dim=1))  # (1, U)
+        durations = torch.diff(ends, dim=1, prepend=ends.new_zeros(1, 1)).long().clamp_min(1)  # (1, U)
         mel, _ = self.decode(x, durations)
         return durations[0], mel[0]
 

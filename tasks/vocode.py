@@ -91,21 +91,25 @@ def check_out_wav(path: str | Path) -> Path:
     return p
 
 
-def vocode_with_durations(model: Any, units: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(int16 16 kHz waveform, predicted durations in unit frames) of a unit sequence."""
+def vocode_with_durations(model: Any, units: Sequence[int] | np.ndarray,
+                          duration_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(int16 16 kHz waveform, predicted durations in unit frames) of a unit sequence; `duration_scale`
+    stretches the predicted durations (> 1: slower speech)."""
     import torch
 
+    if not duration_scale > 0:
+        raise InputError(f"duration scale must be > 0, got {duration_scale}")
     arr = check_units(units, model.num_units)
     with torch.inference_mode():
-        durations, mel = model.predict(torch.from_numpy(arr))
+        durations, mel = model.predict(torch.from_numpy(arr), duration_scale)
         wav = model.generate(mel)  # (F · hop,)
     pcm = np.clip(np.round(wav.numpy() * 32767.0), -32768, 32767).astype(np.int16)
     return pcm, durations.numpy()
 
 
-def vocode(model: Any, units: Sequence[int] | np.ndarray) -> np.ndarray:
+def vocode(model: Any, units: Sequence[int] | np.ndarray, duration_scale: float = 1.0) -> np.ndarray:
     """The 16 kHz int16 waveform of a unit sequence (predicted durations)."""
-    return vocode_with_durations(model, units)[0]
+    return vocode_with_durations(model, units, duration_scale)[0]
 
 
 def write_wav_atomic(path: str | Path, audio: np.ndarray, sr: int = 16_000) -> Path:
