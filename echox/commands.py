@@ -60,7 +60,8 @@ class VocodeOptions(Frozen):
     out_wav: str = Field(description="Output WAV (16 kHz, 16-bit; written atomically).")
     duration_scale: float = Field(1.0, gt=0, description="Stretch the predicted unit durations (> 1: slower "
                                   "speech; log-duration training predicts geometric means, a little short).")
-    threads: int | None = Field(None, ge=1, description="Torch threads (default: torch's choice).")
+    threads: int = Field(1, ge=1, description="Torch threads (Griffin-Lim's small FFTs gain little from "
+                         "more, and lose much on a busy machine).")
 
 
 class EchoEvalOptions(Frozen):
