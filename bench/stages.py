@@ -315,6 +315,39 @@ def streaming(ctx: BenchContext) -> dict[str, Any]:
                       "real model; wall_s is the time to the first segment."]}
 
 
+def vocoder(ctx: BenchContext) -> dict[str, Any]:
+    """Real-time factor of speech out: units → durations → log-mel → Griffin-Lim (tiny vocoder, K=100)."""
+    import torch
+
+    from models.presets import resolve_preset
+    from models.vocoder import build_vocoder, vocoder_config
+
+    _threads(ctx.cores)
+    preset = resolve_preset("tiny")
+    model = build_vocoder(preset, vocoder_config(preset, {"num_units": 100}), seed=ctx.seed).eval()
+    rng = np.random.default_rng(ctx.seed)
+    seqs = [torch.from_numpy(rng.integers(0, 100, ctx.pick(150, 30))) for _ in range(ctx.pick(5, 2))]
+
+    def run() -> float:
+        samples = 0
+        with torch.inference_mode():
+            for units in seqs:
+                _, mel = model.predict(units)
+                samples += len(model.generate(mel))
+        return samples / SAMPLE_RATE
+
+    run()  # warm-up (caches the mel inverse and Griffin-Lim windows)
+    m = repeat(run, ctx.repeats)
+    audio_s = m["result"]
+    rtf = {k: round(v / audio_s, 4) for k, v in m["wall_s"].items() if isinstance(v, float)}
+    return {"cases": [case("vocode (tiny, Griffin-Lim 32 it.)",
+                           {"sequences": len(seqs), "units": int(sum(len(u) for u in seqs))}, m,
+                           work={"audio_s": audio_s}, rtf=rtf)],
+            "notes": ["Random-init tiny vocoder: predicted durations of an untrained model, so the audio "
+                      "length differs from a trained one; the cost per second of audio (rtf = wall / audio "
+                      "seconds) is what it measures. Griffin-Lim dominates."]}
+
+
 # ---------------------------------------------------------------- corpus-level runs (one process each)
 def _corpus_cases(ctx: BenchContext) -> list[dict[str, Any]]:
     """Prefect+Ray build cases: default settings at every size, 1 vs 2 pinned workers at scaling_size."""
@@ -397,7 +430,7 @@ def corpus_build(ctx: BenchContext) -> dict[str, Any]:
 STAGES: dict[str, StageFn] = {
     "text_norm": text_norm, "tts": tts, "asr": asr, "features": features, "kmeans": kmeans, "shards": shards,
     "baseline": baseline, "corpus_build": corpus_build, "train": train, "echo_labels": echo_labels,
-    "streaming": streaming,
+    "streaming": streaming, "vocoder": vocoder,
 }
 NEEDS_PREFECT = {"corpus_build"}
 # corpus_build runs the plain loop in its own rounds; the baseline stage alone adds the other sizes.

@@ -19,10 +19,18 @@ from typing import Any
 from core import runtime
 from core.config import build
 from core.errors import EchoxError
-from echox.cli_echo import ECHO_COMMANDS
+from echox.cli_echo import ECHO_COMMANDS, run_vocode
 from echox.cli_eval import EVAL_COMMANDS
 from echox.cli_options import Command, Flag, add_commands, given
-from echox.commands import AskOptions, DemoOptions, PipelineOptions, ServeOptions, ServerOptions, T2COptions
+from echox.commands import (
+    AskOptions,
+    DemoOptions,
+    PipelineOptions,
+    ServeOptions,
+    ServerOptions,
+    T2COptions,
+    VocodeOptions,
+)
 from tasks.configs import BuildCorpusConfig, TrainFlowConfig
 
 
@@ -175,7 +183,7 @@ COMMANDS = [
                         "only a previous build's own files.",
             flags={"progress": Flag(negate="--quiet", help="no per-shard progress")}),
     Command("train", TrainFlowConfig, _run_train,  # type: ignore[arg-type]
-            help="train stage I (s2t), II (t2c) or III (echo) under DDP",
+            help="train stage I (s2t), II (t2c), III (echo) or the unit vocoder under DDP",
             description="Train one stage under DDP (Ray Train, or one local process). Checkpoints, metrics "
                         "and the final model go to --out; --resume continues from the last verified "
                         "checkpoint.",
@@ -183,6 +191,8 @@ COMMANDS = [
                                             "llm_path=/models/llama (repeatable)")}),
     Command("ask", AskOptions, _run_ask, help="answer a spoken question with a stage-I (or echo) checkpoint"),  # type: ignore[arg-type]
     Command("t2c", T2COptions, _run_t2c, help="units for a text with a stage-II checkpoint"),  # type: ignore[arg-type]
+    Command("vocode", VocodeOptions, run_vocode,  # type: ignore[arg-type]
+            help="units → a 16 kHz WAV with a unit vocoder (--units, or --corpus with --id)"),
     Command("pipeline", PipelineOptions, _run_pipeline, help="run the whole DAG from a YAML config",  # type: ignore[arg-type]
             description="Run the whole DAG: corpus → stage I ∥ stage II → echo labels → echo training → "
                         "evaluation. A rerun redoes only what a change invalidates: each step records a "

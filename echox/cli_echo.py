@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from core import runtime
 from core.errors import InputError
 from echox.cli_options import Command, Flag
-from echox.commands import EchoEvalOptions, SpeakOptions
+from echox.commands import EchoEvalOptions, SpeakOptions, VocodeOptions
 from tasks.configs import EchoLabelsConfig
+
+if TYPE_CHECKING:
+    from tasks.speak import SpeechOut
 
 
 def _run_echo_labels(cfg: EchoLabelsConfig) -> int:
@@ -25,24 +29,80 @@ def _run_echo_labels(cfg: EchoLabelsConfig) -> int:
 
 def _run_speak(args: SpeakOptions) -> int:
     from tasks.inference import check_window, load_audio, load_checkpoint_model
-    from tasks.speak import check_vocoder, format_segment, speak
+    from tasks.speak import SpeechOut, check_vocoder_fits, format_segment, load_speak_vocoder, speak
 
-    if args.out_wav and not args.vocoder:
-        raise InputError("--out-wav needs --vocoder (a unit vocoder turns units into a waveform)")
-    check_vocoder(args.vocoder)
+    vocoder = load_speak_vocoder(args.vocoder, args.out_wav)
     audio = load_audio(args.audio)
     model = load_checkpoint_model(args.model, "echo")
     check_window(model, audio, args.audio)
+    if vocoder is not None:
+        check_vocoder_fits(vocoder, model)
     count = iter(range(1, 1 << 30))
+    out = SpeechOut(vocoder) if vocoder is not None else None
+
+    def on_segment(seg: object, t: float) -> None:
+        print(format_segment(next(count), seg, t), flush=True)
+        if out is not None:
+            out(seg)
+
     result = speak(model, audio, max_new_tokens=args.max_new_tokens, max_units=args.max_units,
-                   on_segment=lambda seg, t: print(format_segment(next(count), seg, t), flush=True),
-                   lookahead=args.lookahead, min_len_peak=args.min_len_peak,
+                   on_segment=on_segment, lookahead=args.lookahead, min_len_peak=args.min_len_peak,
                    min_len_thresh=args.min_len_thresh, thresh=args.thresh)
     first = "none (no answer tokens)" if result.first_segment_s is None else f"{result.first_segment_s:.3f} s"
     print(f"answer: {result.text.strip()!r}")
     print(f"time to first segment: {first}; {len(result.segments)} segments, {result.num_units} units "
           f"in {result.total_s:.3f} s")
-    print("no --vocoder given: no waveform written (the units above are the output)")
+    if out is None:
+        print("no --vocoder given: no waveform written (the units above are the output)")
+        return 0
+    _write_answer(out, str(args.out_wav))
+    return 0
+
+
+def _write_answer(out: SpeechOut, path: str) -> None:
+    """Write the vocoded answer and report the time to first audio."""
+    from tasks.vocode import write_wav_atomic
+
+    audio = out.audio()
+    write_wav_atomic(path, audio)
+    first = out.first_audio_s
+    shown = "none (no units)" if first is None else f"{first:.3f} s"
+    print(f"time to first audio: {shown}; {len(audio) / 16000:.2f} s of speech written to {path}")
+
+
+def run_vocode(args: VocodeOptions) -> int:
+    import time
+
+    import torch
+
+    from tasks.vocode import (
+        check_codebook,
+        check_out_wav,
+        corpus_units,
+        load_vocoder,
+        parse_units,
+        vocode_with_durations,
+        write_wav_atomic,
+    )
+
+    if (args.units is None) == (args.corpus is None) or (args.corpus is None) != (args.id is None):
+        raise InputError("give --units, or --corpus with --id (one of the two)")
+    check_out_wav(args.out_wav)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_vocoder(args.model)
+    if args.units is not None:
+        units = parse_units(args.units)
+    else:
+        units, codebook = corpus_units(str(args.corpus), str(args.id), args.side)
+        check_codebook(model, codebook, f"corpus {args.corpus}")
+    start = time.perf_counter()
+    audio, durations = vocode_with_durations(model, units, args.duration_scale)
+    took = time.perf_counter() - start
+    write_wav_atomic(args.out_wav, audio)
+    seconds = len(audio) / 16000
+    print(f"{len(units)} units, {int(durations.sum())} frames → {seconds:.2f} s of speech in {took:.2f} s "
+          f"(real-time factor {took / max(seconds, 1e-9):.3f}), written to {args.out_wav}")
     return 0
 
 
@@ -81,7 +141,7 @@ ECHO_COMMANDS = [
                         "sentences, T2C units per segment; model-holding Ray actors, one task a shard.",
             flags={"progress": Flag(negate="--quiet", help="no per-shard progress")}),
     Command("speak", SpeakOptions, _run_speak,  # type: ignore[arg-type]
-            help="stream a spoken answer: text and units segment by segment"),
+            help="stream a spoken answer: text and units segment by segment (--vocoder: a WAV too)"),
     Command("echo-eval", EchoEvalOptions, _run_echo_eval,  # type: ignore[arg-type]
             help="Echo decoder unit accuracy against the pseudo-labels"),
 ]

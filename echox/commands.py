@@ -5,7 +5,7 @@ models into argparse options, and a handler receives the validated model."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -46,12 +46,29 @@ class SpeakOptions(Frozen):
     audio: str = Field(description="A WAV/FLAC file of the question (any rate; resampled to 16 kHz).")
     max_new_tokens: int = Field(256, ge=1, description="Longest answer, in text tokens.")
     max_units: int = Field(1000, ge=1, description="Unit length guard per segment.")
-    vocoder: str | None = Field(None, description="Unit vocoder checkpoint (not supported yet).")
-    out_wav: str | None = Field(None, description="Waveform output (needs --vocoder).")
+    vocoder: str | None = Field(None, description="Unit vocoder checkpoint (echox train --stage vocoder) of "
+                                "the echo model's codebook: each segment is vocoded as it closes.")
+    out_wav: str | None = Field(None, description="WAV of the spoken answer (needs --vocoder; written "
+                                "atomically at the end).")
     lookahead: int = Field(5, ge=0, description="Segment trigger: the local-maximum window, in tokens.")
     min_len_peak: int = Field(50, ge=1, description="Segment trigger: tokens before a cut at a peak.")
     min_len_thresh: int = Field(20, ge=1, description="Segment trigger: tokens before a cut above --thresh.")
     thresh: float = Field(0.1, description="Segment trigger: cosine similarity to '.' that allows a cut.")
+
+
+class VocodeOptions(Frozen):
+    """`echox vocode`: units → a 16 kHz WAV with a unit vocoder."""
+
+    model: str = Field(description="Vocoder checkpoint (train --stage vocoder): model or run directory.")
+    units: str | None = Field(None, description='Units to speak, e.g. "12 7 33" (or --corpus with --id).')
+    corpus: str | None = Field(None, description="Corpus directory to take a row's units from (with --id).")
+    id: str | None = Field(None, description="Row id in --corpus whose units are spoken.")
+    side: Literal["answer", "question"] = Field("answer", description="Which units of the --id row.")
+    out_wav: str = Field(description="Output WAV (16 kHz, 16-bit; written atomically).")
+    duration_scale: float = Field(1.0, gt=0, description="Stretch the predicted unit durations (> 1: slower "
+                                  "speech; log-duration training predicts geometric means, a little short).")
+    threads: int = Field(1, ge=1, description="Torch threads (Griffin-Lim's small FFTs gain little from "
+                         "more, and lose much on a busy machine).")
 
 
 class EchoEvalOptions(Frozen):

@@ -61,10 +61,12 @@ def save_model(model: nn.Module, out_dir: Path) -> Path:
     try:
         tmp.mkdir()
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        _save_llm_skeleton(Path(info.llm_dir), tmp / LLM_SUBDIR)
+        if info.llm_dir:  # stages without an LLM (the vocoder) have none to copy
+            _save_llm_skeleton(Path(info.llm_dir), tmp / LLM_SUBDIR)
         config = {
             "format": FORMAT, "version": FORMAT_VERSION, "stage": info.stage,
-            "preset": preset_to_dict(info.preset), "base_llm_dir": str(Path(info.llm_dir).resolve()),
+            "preset": preset_to_dict(info.preset),
+            "base_llm_dir": str(Path(info.llm_dir).resolve()) if info.llm_dir else "",
             "extra": info.extra, "external": sorted(info.external),
         }
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=1, sort_keys=True))

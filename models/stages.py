@@ -9,6 +9,7 @@ only when called, so the config and the CLI can list the stages cheaply.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 NEEDS = {
     "base_llm": "the preset's base LLM directory, built or reused by the driver",
-    "num_units": "K of the corpus codebook, read from its manifest",
+    "num_units": "K and identity (sha256, features, frame rate) of the corpus codebook, from its manifest",
     "echo_labels": "an echo pseudo-label directory (--echo-labels)",
     "s2t": "a stage-I checkpoint (--s2t), loaded and handed to the builder",
     "t2c": "a stage-II checkpoint (--t2c), loaded and handed to the builder",
@@ -50,6 +51,8 @@ class StageInputs:
     """The loaded stage-II model (stages that need "t2c")."""
     seed: int = 0
     """Seed of the fresh weights."""
+    codebook: dict[str, Any] | None = None
+    """Identity of the corpus codebook (num_units, sha256, features, frame_rate), beside num_units."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,11 @@ def _build_t2c(preset: ModelPreset, llm_dir: Path, inputs: StageInputs) -> nn.Mo
 
     if not inputs.num_units:
         raise ConfigError("stage t2c needs num_units (from the corpus manifest)")
-    return build_t2c(preset, llm_dir, inputs.num_units, unit_language=inputs.unit_language, seed=inputs.seed)
+    model = build_t2c(preset, llm_dir, inputs.num_units, unit_language=inputs.unit_language, seed=inputs.seed)
+    if inputs.codebook:  # recorded (and inherited by echo) so a vocoder of another codebook is refused
+        info = model.build_info
+        model.build_info = dataclasses.replace(info, extra={**info.extra, "codebook": inputs.codebook})
+    return model
 
 
 def _rebuild_t2c(preset: ModelPreset, llm_dir: Path, extra: dict[str, Any], load_weights: bool) -> nn.Module:
@@ -134,6 +141,37 @@ def _rebuild_echo(preset: ModelPreset, llm_dir: Path, extra: dict[str, Any], loa
 
     t2c = _rebuild_t2c(preset, llm_dir, extra, load_weights)  # T2C first: the order io.py always used
     return build_echo(_rebuild_s2t(preset, llm_dir, extra, load_weights), t2c)  # type: ignore[arg-type]
+
+
+def _build_vocoder(preset: ModelPreset, llm_dir: Path, inputs: StageInputs) -> nn.Module:
+    """The unit vocoder over the corpus codebook (K, frame rate and identity from its manifest)."""
+    from models.vocoder import build_vocoder, vocoder_config
+
+    codebook = dict(inputs.codebook or {})
+    codebook.setdefault("num_units", inputs.num_units)
+    return build_vocoder(preset, vocoder_config(preset, codebook), seed=inputs.seed)
+
+
+def _rebuild_vocoder(preset: ModelPreset, llm_dir: Path, extra: dict[str, Any],
+                     load_weights: bool) -> nn.Module:
+    """Vocoder skeleton of a checkpoint (its whole config rides in extra)."""
+    from models.vocoder import build_vocoder, config_from_dict
+
+    return build_vocoder(preset, config_from_dict(extra))
+
+
+def _collate_vocoder(rows: list[dict[str, Any]], model: Any) -> dict[str, Any]:
+    """models.vocoder.collate_vocoder."""
+    from models.vocoder import collate_vocoder
+
+    return collate_vocoder(rows, model)
+
+
+def _length_vocoder(row: dict[str, Any]) -> int:
+    """models.vocoder.vocoder_length."""
+    from models.vocoder import vocoder_length
+
+    return vocoder_length(row)
 
 
 def _collate_s2t(rows: list[dict[str, Any]], model: Any) -> dict[str, Any]:
@@ -191,7 +229,12 @@ ECHO = StageSpec(
     build=_build_echo, rebuild=_rebuild_echo, collate=_collate_echo, example_length=_length_echo,
     loss_keys=("loss", "s2t", "echo", "denoise"), needs=frozenset({"echo_labels", "s2t", "t2c"}))
 
-_STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (S2T, T2C, ECHO)}
+VOCODER = StageSpec(
+    name="vocoder", description="unit vocoder: units → durations → log-mel (L1) → waveform (Griffin-Lim)",
+    build=_build_vocoder, rebuild=_rebuild_vocoder, collate=_collate_vocoder, example_length=_length_vocoder,
+    loss_keys=("loss", "mel", "duration"), needs=frozenset({"num_units"}))
+
+_STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (S2T, T2C, ECHO, VOCODER)}
 
 
 # ---- the registry ---------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Streaming (`speak`): the S2T model generates the answer token by token; the "." similarity trigger
 (models/echo.BoundaryTracker, DESIGN step 5) closes segments, and each closed segment's hidden states go
-through the denoising adapter and the Echo decoder to units, which are handed to a callback at once.
+through the denoising adapter and the Echo decoder to units, which are handed to a callback at once. With
+a unit vocoder (`SpeechOut`), that callback vocodes each segment as soon as it closes (tasks/vocode.py).
 
 Evaluation (`unit_accuracy`): teacher-forced on the pseudo-label units of each (row, segment) example,
 the fraction of the decoder's targets (every unit and the closing EOS) whose argmax prediction is right.
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.errors import EchoxError, InputError
+from core.errors import InputError
 
 Prefix = Literal["adapter", "identity", "text"]
 PREFIXES: tuple[Prefix, ...] = ("adapter", "identity", "text")
@@ -51,14 +52,49 @@ class SpeakResult:
         return sum(len(s.units) for s in self.segments)
 
 
-def check_vocoder(path: str | None) -> None:
-    """Accept no vocoder; reject a missing path, and (for now) any unit-vocoder checkpoint."""
+def load_speak_vocoder(path: str | None, out_wav: str | None) -> Any:
+    """The unit vocoder of `echox speak` (None without --vocoder), its output path checked first."""
+    from tasks.vocode import check_out_wav, load_vocoder
+
+    if out_wav and not path:
+        raise InputError("--out-wav needs --vocoder (a unit vocoder turns units into a waveform)")
     if path is None:
-        return
-    if not Path(path).exists():
-        raise InputError(f"vocoder checkpoint not found: {path}")
-    raise EchoxError(f"{path}: loading a unit vocoder is not supported yet; run without --vocoder "
-                     "to print the units")
+        return None
+    if not out_wav:
+        raise InputError("--vocoder needs --out-wav (where the spoken answer is written)")
+    check_out_wav(out_wav)
+    return load_vocoder(path)
+
+
+def check_vocoder_fits(vocoder: Any, model: Any) -> None:
+    """InputError unless the vocoder speaks the echo model's units (same K, same codebook when recorded)."""
+    from tasks.vocode import check_codebook, codebook_of
+
+    check_codebook(vocoder, codebook_of(model), "the echo model")
+
+
+@dataclass
+class SpeechOut:
+    """Vocodes each closed segment's units as it arrives; keeps the audio and the time to first audio."""
+
+    vocoder: Any
+    start: float = field(default_factory=time.perf_counter)
+    chunks: list[np.ndarray] = field(default_factory=list)
+    first_audio_s: float | None = None
+
+    def __call__(self, segment: Any) -> None:
+        """Vocode one segment's (raw) units now; a segment without units adds no audio."""
+        from tasks.vocode import vocode
+
+        if not segment.units:
+            return
+        self.chunks.append(vocode(self.vocoder, segment.units))
+        if self.first_audio_s is None:
+            self.first_audio_s = time.perf_counter() - self.start
+
+    def audio(self) -> np.ndarray:
+        """The concatenated int16 waveform."""
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
 
 
 def speak(model: Any, audio: np.ndarray, *, max_new_tokens: int = 256, max_units: int = 1000,

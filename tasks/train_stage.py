@@ -30,6 +30,20 @@ def corpus_num_units(corpus_dir: Path) -> int:
     return int(finished_manifest(Path(corpus_dir))["codebook"]["num_units"])
 
 
+def corpus_codebook(corpus_dir: Path) -> dict[str, Any]:
+    """Identity of the corpus's codebook: num_units, sha256, features and their frame_rate (from the
+    manifest, and the frame rate from the codebook file's feature config)."""
+    from tasks.shards import finished_manifest
+    from tasks.units import Codebook
+
+    record = finished_manifest(Path(corpus_dir))["codebook"]
+    identity = {k: record[k] for k in ("num_units", "sha256", "features") if k in record}
+    path = Path(corpus_dir) / str(record.get("path", "codebook.npz"))
+    if path.is_file():
+        identity["frame_rate"] = float(Codebook.load(path).feature_config.get("frame_rate", 100.0))
+    return identity
+
+
 def check_unit_vocab_size(stage: str, unit_vocab_size: int, num_units: int | None,
                           init_checkpoint: str | None = None) -> None:
     """ConfigError unless a unit vocabulary (0 = none) fits: a stage that accepts one, a fresh model, more
@@ -88,6 +102,7 @@ def prepare_stage(stage: str, preset_name: str, overrides: dict[str, Any], corpu
             raise InputError(f"{name} checkpoint not found: {path}")
     needs = get_stage(stage).needs
     units = corpus_num_units(corpus_dir) if "num_units" in needs else None
+    codebook = corpus_codebook(corpus_dir) if units else None
     check_unit_vocab_size(stage, unit_vocab_size, units, init_checkpoint)
     preset = resolve_preset(preset_name, **overrides)
     texts = corpus_texts(corpus_dir) if preset.llm == "random" and "base_llm" in needs else None
@@ -97,7 +112,7 @@ def prepare_stage(stage: str, preset_name: str, overrides: dict[str, Any], corpu
     return functools.partial(build_for_stage, stage, preset_to_dict(preset), llm_dir, num_units=units,
                              s2t_checkpoint=checkpoint_arg(s2t), t2c_checkpoint=checkpoint_arg(t2c),
                              init_checkpoint=checkpoint_arg(init_checkpoint), unit_language=language,
-                             seed=seed)
+                             codebook=codebook, seed=seed)
 
 
 def check_train_inputs(cfg: Any) -> None:

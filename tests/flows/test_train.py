@@ -72,3 +72,27 @@ def test_t2c_stage_trains_and_prints_units(tiny_corpus: Path, tmp_path: Path,
                  "--max-units", "12"]) == 0
     units = capsys.readouterr().out.split()
     assert units and all(0 <= int(u) < 16 for u in units)
+
+
+def test_vocoder_stage_trains_from_the_cli_and_vocodes_a_row(tiny_corpus: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import soundfile as sf
+
+    from echox.cli import main
+    from tasks.data import load_corpus
+
+    out = tmp_path / "vocoder"
+    assert main(["train", "--stage", "vocoder", "--corpus", str(tiny_corpus), "--out", str(out),
+                 "--max-steps", "4", "--batch-size", "4", "--warmup-steps", "1", "--log-every", "2",
+                 "--ckpt-every", "2", "--workers", "1", "--launcher", "local"]) == 0
+    metrics = _metrics(out)
+    assert {"mel", "duration"} <= set(metrics[-1]) and metrics[-1]["loss"] < metrics[0]["loss"]
+    config = json.loads((out / "model" / "config.json").read_text())
+    manifest = json.loads((tiny_corpus / "manifest.json").read_text())
+    assert config["extra"]["codebook"]["sha256"] == manifest["codebook"]["sha256"]
+    assert config["extra"]["num_units"] == 16 and config["extra"]["frame_rate"] == 100.0
+    row_id = load_corpus(tiny_corpus)[0]["id"]
+    wav = tmp_path / "row.wav"
+    assert main(["vocode", "--model", str(out), "--corpus", str(tiny_corpus), "--id", row_id,
+                 "--out-wav", str(wav)]) == 0
+    assert sf.info(str(wav)).samplerate == 16_000 and sf.info(str(wav)).frames > 0

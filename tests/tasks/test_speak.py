@@ -127,12 +127,48 @@ def test_speak_streams_segments_with_units(echo_ckpt: Path, wav: Path, capsys: p
 def test_speak_vocoder_errors(echo_ckpt: Path, wav: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                               monkeypatch: pytest.MonkeyPatch) -> None:
     base = ["--model", str(echo_ckpt), "--audio", str(wav)]
-    assert _speak([*base, "--vocoder", str(tmp_path / "none.pt")], monkeypatch) == 2
+    out = ["--out-wav", str(tmp_path / "a.wav")]
+    assert _speak([*base, "--vocoder", str(tmp_path / "none.pt"), *out], monkeypatch) == 2
     assert "vocoder checkpoint not found" in capsys.readouterr().err
     (tmp_path / "voc.pt").write_bytes(b"x")
-    assert _speak([*base, "--vocoder", str(tmp_path / "voc.pt")], monkeypatch) == 2
-    assert "not supported yet" in capsys.readouterr().err
-    assert _speak([*base, "--out-wav", str(tmp_path / "a.wav")], monkeypatch) == 2
+    assert _speak([*base, "--vocoder", str(tmp_path / "voc.pt"), *out], monkeypatch) == 2
+    assert "not a vocoder checkpoint" in capsys.readouterr().err
+    assert _speak([*base, *out], monkeypatch) == 2
     assert "needs --vocoder" in capsys.readouterr().err
+    assert _speak([*base, "--vocoder", str(_vocoder(tmp_path, K))], monkeypatch) == 2
+    assert "needs --out-wav" in capsys.readouterr().err
+    assert _speak([*base, "--vocoder", str(_vocoder(tmp_path, K)), "--out-wav", "/no/such/dir/a.wav"],
+                  monkeypatch) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert _speak([*base, "--vocoder", str(_vocoder(tmp_path, K + 1)), *out], monkeypatch) == 2
+    assert f"K={K}" in capsys.readouterr().err
+    assert not (tmp_path / "a.wav").exists()
     assert _speak(["--model", str(tmp_path / "nope"), "--audio", str(wav)], monkeypatch) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def _vocoder(root: Path, num_units: int) -> Path:
+    """A random tiny vocoder checkpoint over `num_units` units."""
+    from models.io import save_model
+    from models.presets import resolve_preset
+    from models.vocoder import build_vocoder, vocoder_config
+
+    preset = resolve_preset("tiny")
+    model = build_vocoder(preset, vocoder_config(preset, {"num_units": num_units}), seed=0)
+    return save_model(model, root / f"voc-{num_units}")
+
+
+def test_speak_with_a_vocoder_writes_the_answer_wav(echo_ckpt: Path, wav: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import soundfile as sf
+
+    trigger = ["--min-len-thresh", "3", "--min-len-peak", "5", "--lookahead", "2", "--thresh", "-1"]
+    args = ["--model", str(echo_ckpt), "--audio", str(wav), "--max-new-tokens", "10", "--max-units", "4",
+            "--vocoder", str(_vocoder(tmp_path, K)), "--out-wav", str(tmp_path / "answer.wav")]
+    assert _speak(args + trigger, monkeypatch) == 0
+    out = capsys.readouterr().out
+    first = re.search(r"time to first audio: ([\d.]+) s; ([\d.]+) s of speech written", out)
+    assert first and float(first[2]) > 0, out
+    info = sf.info(str(tmp_path / "answer.wav"))
+    assert info.samplerate == 16_000 and info.frames > 0
