@@ -101,9 +101,11 @@ def _print_outputs(paths: dict) -> None:
     for name, path in paths.items():
         print(f"  {name:12s} {path}")
     if "report" in paths:
-        from tasks.evaluate import format_report
+        from tasks.evaluate import answer_wav_line, format_report
 
-        print("\n" + format_report(json.loads(Path(paths["report"]).read_text())))
+        report = json.loads(Path(paths["report"]).read_text())
+        print("\n" + format_report(report))
+        print(answer_wav_line(Path(paths["report"]), report))
 
 
 def _run_demo(opts: DemoOptions) -> int:

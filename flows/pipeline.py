@@ -28,6 +28,7 @@ from flows.pipeline_steps import (  # noqa: F401 - the done checks' old home
     corpus_done,
     folder,
     get_step,
+    inputs_of,
     labels_done,
     output_path,
     training_done,
@@ -120,8 +121,8 @@ def run_step(cfg: PipelineConfig, plan: StepPlan, done: dict[str, str]) -> str:
 
 
 # ------------------------------------------------------------------ the flow
-def _ready(plans: list[StepPlan], finished: set[str]) -> list[StepPlan]:
-    return [p for p in plans if set(get_step(p.step).depends_on) <= finished]
+def _ready(cfg: PipelineConfig, plans: list[StepPlan], finished: set[str]) -> list[StepPlan]:
+    return [p for p in plans if set(inputs_of(get_step(p.step), cfg)) <= finished]
 
 
 def execute(cfg: PipelineConfig, plans: list[StepPlan]) -> dict[str, str]:
@@ -130,7 +131,7 @@ def execute(cfg: PipelineConfig, plans: list[StepPlan]) -> dict[str, str]:
     finished = {p.step for p in plans if p.action == "skip"}
     todo = [p for p in plans if p.action != "skip"]
     while todo:
-        ready = _ready(todo, finished)
+        ready = _ready(cfg, todo, finished)
         if not ready:  # a step whose input neither ran nor was skipped: a bug in STEPS' order
             raise RuntimeError(f"no step of {[p.step for p in todo]} has its inputs ready")
         training = [p for p in ready if get_step(p.step).training]

@@ -32,6 +32,10 @@ class PipelineConfig(Frozen):
     s2t: TrainStep = Field(default_factory=TrainStep, description="Stage I (speech → text).")
     t2c: TrainStep = Field(default_factory=TrainStep, description="Stage II (text → units).")
     echo: TrainStep = Field(default_factory=TrainStep, description="Stage III (echo training).")
+    vocoder: TrainStep | None = Field(None, description="The unit vocoder (units → speech), trained on the "
+                                      "corpus beside stages I and II; the evaluation then scores the spoken "
+                                      "answers (speech-to-speech accuracy with the ASR ceiling). None: no "
+                                      "vocoder step.")
     echo_labels: dict = Field(default_factory=dict, description="echo-labels options (workers, "
                               "batch_size, max_units, ...).")
     evaluate: dict = Field(default_factory=dict, description="evaluation options (tts, limit, ...).")
@@ -41,16 +45,19 @@ class PipelineConfig(Frozen):
     seed: int = Field(0, description="Seed for every step.")
 
 
-def training_sections() -> list[str]:
-    """The PipelineConfig sections that configure a training stage (its `TrainStep` fields)."""
-    return [name for name, f in PipelineConfig.model_fields.items() if f.annotation is TrainStep]
+def training_sections(cfg: PipelineConfig | None = None) -> list[str]:
+    """The PipelineConfig sections that configure a training stage (its `TrainStep` fields; with `cfg`,
+    only those it sets: an optional stage such as the vocoder is left out when its section is None)."""
+    names = [name for name, f in PipelineConfig.model_fields.items()
+             if f.annotation in (TrainStep, TrainStep | None)]
+    return names if cfg is None else [n for n in names if getattr(cfg, n) is not None]
 
 
 def planned_outputs(cfg: PipelineConfig) -> dict[str, str]:
     """Where each step will write its output under `cfg.out` (the input paths `validate` checks with,
     before any step has run; a running pipeline uses what each step returned instead)."""
     out = Path(cfg.out)
-    return {"corpus": str(out / "corpus"), **{s: str(out / s / "model") for s in training_sections()},
+    return {"corpus": str(out / "corpus"), **{s: str(out / s / "model") for s in training_sections(cfg)},
             "echo-labels": str(out / "echo-labels")}
 
 
@@ -91,7 +98,8 @@ def echo_labels_config(cfg: PipelineConfig, done: dict[str, str]) -> Any:
 def evaluate_config(cfg: PipelineConfig, done: dict[str, str]) -> Any:
     """The evaluation step's config (options from `evaluate:`), on the echo model and the T2C."""
     data = {"model": done[ECHO_STAGE], "t2c": done["t2c"], "eval_set": cfg.eval_set,
-            "out": str(Path(cfg.out) / "eval" / "report.json"), **cfg.evaluate}
+            "out": str(Path(cfg.out) / "eval" / "report.json"), "train_source": cfg.source,
+            **({"vocoder": done["vocoder"]} if "vocoder" in done else {}), **cfg.evaluate}
     return build(EvaluateConfig, data, "pipeline.evaluate")
 
 
@@ -99,7 +107,7 @@ def validate(cfg: PipelineConfig) -> None:
     """Build every step's config up front, so a bad field fails before any work (naming the field)."""
     planned = planned_outputs(cfg)
     corpus_config(cfg)
-    for stage in training_sections():
+    for stage in training_sections(cfg):
         stage_config(cfg, stage, planned)
     echo_labels_config(cfg, planned)
     if cfg.eval_set:

@@ -23,7 +23,7 @@ from typing import Any
 
 from core.errors import InputError
 from flows.pipeline_config import PipelineConfig
-from flows.pipeline_steps import STEPS, Step, downstream, folder, output_path
+from flows.pipeline_steps import STEPS, Step, downstream, folder, inputs_of, output_path
 from tasks import fingerprint as fp
 from tasks.out_dir import kept_previous
 
@@ -88,7 +88,7 @@ def make_plan(cfg: PipelineConfig, *, from_step: str | None = None,
             continue
         if only is not None:
             _check_inputs(cfg, step, planned)
-        inputs = {d: digests.get(d) for d in step.depends_on} | step.files(step_cfg)
+        inputs = {d: digests.get(d) for d in inputs_of(step, cfg)} | step.files(step_cfg)
         new = fp.make(step.name, step.version(), step.normalised(step_cfg), inputs)
         digests[step.name] = new["digest"]
         plans.append(decide(step, step_cfg, new, recorded, where,
@@ -98,7 +98,7 @@ def make_plan(cfg: PipelineConfig, *, from_step: str | None = None,
 
 def _check_inputs(cfg: PipelineConfig, step: Step, planned: dict[str, str]) -> None:
     """--only: every input of `step` exists and verifies (InputError naming the first that does not)."""
-    for name in step.depends_on:
+    for name in inputs_of(step, cfg):
         dep = next(s for s in STEPS if s.name == name)
         if not dep.done(dep.config(cfg, planned)):
             raise InputError(f"--only {step.name}: its input {name} ({folder(cfg, dep)}) is missing or does "

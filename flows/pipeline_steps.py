@@ -191,7 +191,8 @@ LABELS_IGNORED = frozenset({
 """Echo-labels fields that do not change the labels (its run hash keeps corpus, models, max_units)."""
 
 EVALUATE_IGNORED = frozenset({
-    "out", "model", "t2c",  # paths: their steps' fingerprints stand for them
+    "out", "model", "t2c", "vocoder",  # paths: their steps' fingerprints stand for them
+    "train_source",  # a path: only the overlap count in the report reads it (the corpus stands for it)
     "eval_set",  # a path: its sha256 is an input
     "audio_cache",  # a content-keyed cache of the spoken questions
     "max_reject_fraction",  # decides only whether the evaluation fails
@@ -199,11 +200,13 @@ EVALUATE_IGNORED = frozenset({
 """Evaluation fields that do not change the report."""
 
 
-def training_step(stage: str, depends_on: tuple[str, ...]) -> Step:
+def training_step(stage: str, depends_on: tuple[str, ...],
+                  enabled: Callable[[PipelineConfig], bool] = lambda cfg: True) -> Step:
     """The entry of a training stage (a registered stage with a `TrainStep` field of its name in
     PipelineConfig; its inputs come from `stage_inputs`, by what the stage registry says it needs)."""
     return Step(stage, depends_on, lambda cfg, done: stage_config(cfg, stage, done), _run_training,
-                training_done, TRAIN_IGNORED, _model_version, output="model", training=True)
+                training_done, TRAIN_IGNORED, _model_version, output="model", training=True,
+                enabled=enabled)
 
 
 STEPS: tuple[Step, ...] = (
@@ -211,17 +214,25 @@ STEPS: tuple[Step, ...] = (
          _schema("corpus"), files=lambda c: {"source": _sha(c.source), "codebook": _sha(c.codebook)}),
     training_step("s2t", ("corpus",)),
     training_step("t2c", ("corpus",)),
+    training_step("vocoder", ("corpus",), enabled=lambda cfg: cfg.vocoder is not None),
     Step("echo-labels", ("corpus", "s2t", "t2c"), echo_labels_config, _run_labels,
          lambda c: labels_done(Path(c.out)), LABELS_IGNORED, _schema("echo_labels")),
     training_step("echo", ("corpus", "s2t", "t2c", "echo-labels")),
-    Step("evaluate", ("echo", "t2c"), evaluate_config, _run_evaluate, lambda c: report_done(Path(c.out)),
-         EVALUATE_IGNORED, _schema("eval_results"), files=lambda c: {"eval_set": _sha(c.eval_set)},
+    Step("evaluate", ("echo", "t2c", "vocoder"), evaluate_config, _run_evaluate,
+         lambda c: report_done(Path(c.out)), EVALUATE_IGNORED, _schema("eval_results"),
+         files=lambda c: {"eval_set": _sha(c.eval_set)},
          output="report.json", beside=False, enabled=lambda cfg: bool(cfg.eval_set)),
 )
 """In an order where every step comes after the steps it depends on."""
 
 FOLDERS = {"evaluate": "eval"}
 """Step folders under the pipeline's out that are not named as the step."""
+
+
+def inputs_of(step: Step, cfg: PipelineConfig) -> tuple[str, ...]:
+    """The steps `step` reads in this pipeline: its depends_on that the pipeline runs (the evaluation
+    reads the vocoder only when there is one)."""
+    return tuple(d for d in step.depends_on if get_step(d).enabled(cfg))
 
 
 def step_names() -> list[str]:

@@ -62,7 +62,7 @@ class SpeechScorer:
             from tasks.vocode import write_wav_atomic
 
             self.wav_dir.mkdir(parents=True, exist_ok=True)
-            write_wav_atomic(self.wav_dir / f"{_safe(item_id)}.wav", audio)
+            write_wav_atomic(self.wav_dir / f"{wav_stem(item_id)}.wav", audio)
         try:
             ceiling: str | None = self.asr.transcribe(self._speak_reference(spoken_form(reference), voice))
         except RecordRejected:  # a reference with nothing to say has no ceiling
@@ -72,7 +72,7 @@ class SpeechScorer:
                 "ceiling_correct": None if ceiling is None else match_answer(ceiling, gold) is not None}
 
 
-def _safe(name: str) -> str:
+def wav_stem(name: str) -> str:
     """An item id as a file name (letters, digits, '-', '_', '.'; anything else as '_')."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100] or "item"
 

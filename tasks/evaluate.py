@@ -47,7 +47,7 @@ from tasks.eval_questions import (  # noqa: F401 - re-exported: the flow and tes
     questions_path,
     read_eval_set,
 )
-from tasks.eval_speech import SPEECH_FIELDS, speech_summary
+from tasks.eval_speech import SPEECH_FIELDS, speech_summary, wav_stem
 from tasks.eval_stats import wilson_interval
 from tasks.shards import atomic_write
 from tasks.text_norm import match_answer, normalize_answer, spoken_form
@@ -389,6 +389,21 @@ def format_table(rows: list[dict[str, str]]) -> str:
     """Rows of (metric, value) as an aligned plain-text table for the terminal."""
     width = max(len(r["metric"]) for r in rows)
     return "\n".join(f"{r['metric']:<{width}}  {r['value']}" for r in rows)
+
+
+def answer_wav_line(report_path: Path, report: dict[str, Any]) -> str:
+    """Where to listen: one spoken answer (a correct one if any) of a report scored with a vocoder."""
+    folder = Path(report_path).with_name(Path(report_path).stem + ".answers")
+    if not report.get("vocoder") or not folder.is_dir():
+        return "no vocoder in this evaluation: no spoken answers written"
+    wavs = {p.stem: p for p in folder.glob("*.wav")}
+    rows = sorted(report["items"], key=lambda r: not r.get("s2s_correct"))
+    row = next((r for r in rows if wav_stem(r["id"]) in wavs), None)
+    if row is None:
+        return f"spoken answers: none written to {folder}"
+    return (f"spoken answers: {len(wavs)} WAVs in {folder}\n  listen: {wavs[wav_stem(row['id'])]}\n"
+            f"  question: {row['question']}\n  answer (text): {row['response'][:100]}\n"
+            f"  answer (heard by the ASR): {row.get('s2s_response') or ''}")
 
 
 def format_report(report: dict[str, Any]) -> str:

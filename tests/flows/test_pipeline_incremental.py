@@ -14,7 +14,7 @@ import yaml
 from core.errors import InputError
 from tests.conftest import ROOT
 
-STEPS = ["corpus", "s2t", "t2c", "echo-labels", "echo", "evaluate"]
+STEPS = ["corpus", "s2t", "t2c", "vocoder", "echo-labels", "echo", "evaluate"]
 
 
 def tiny_data(out: Path, **changes: object) -> dict:
@@ -56,7 +56,7 @@ def record(cfg) -> None:
         where = Path(p.folder)
         where.mkdir(parents=True, exist_ok=True)
         fp.write(where, p.fingerprint)
-        if p.step in ("s2t", "t2c", "echo"):
+        if p.step in ("s2t", "t2c", "vocoder", "echo"):
             steps = getattr(cfg, p.step).max_steps
             (where / "checkpoints" / f"step-{steps:06d}").mkdir(parents=True)
 
@@ -67,9 +67,9 @@ def actions(cfg, **kw: str) -> dict[str, str]:
     return {p.step: p.action for p in make_plan(cfg, **kw)}
 
 
-def expect(skip: str = "", resume: str = "", redo: str = "") -> dict[str, str]:
-    """{step: action} for all steps: the named ones as given, the rest skipped."""
-    out = dict.fromkeys(STEPS, "skip")
+def expect(skip: str = "", resume: str = "", redo: str = "", absent: str = "") -> dict[str, str]:
+    """{step: action} for all steps (but the `absent` ones): the named ones as given, the rest skipped."""
+    out = dict.fromkeys((s for s in STEPS if s not in absent.split()), "skip")
     for action, names in (("skip", skip), ("resume", resume), ("redo", redo)):
         out |= dict.fromkeys(names.split(), action)
     return out
@@ -82,7 +82,7 @@ CASES = [
     ({"corpus.workers": 1}, expect()),  # scheduling only
     ({"corpus.max_reject_fraction": 0.5}, expect()),  # decides failure, not content
     ({"seed": 1}, expect(redo=" ".join(STEPS))),  # the corpus's voices and k-means, every init
-    ({"preset_overrides": {"lora_rank": 4}}, expect(redo="s2t t2c echo-labels echo evaluate")),
+    ({"preset_overrides": {"lora_rank": 4}}, expect(redo="s2t t2c vocoder echo-labels echo evaluate")),
     ({"s2t.lr": 1e-3}, expect(redo=ALL_AFTER_S2T)),
     ({"s2t.workers": 1}, expect(redo=ALL_AFTER_S2T)),  # Ray DDP: fewer ranks, other batches
     ({"s2t.log_every": 3}, expect()),
@@ -98,6 +98,9 @@ CASES = [
     ({"echo.max_steps": 10}, expect(resume="echo", redo="evaluate")),
     ({"echo.lr": 1e-3}, expect(redo="echo evaluate")),
     ({"evaluate.limit": 5}, expect(redo="evaluate")),
+    ({"vocoder.max_steps": 10}, expect(resume="vocoder", redo="evaluate")),
+    ({"vocoder.lr": 1e-3}, expect(redo="vocoder evaluate")),
+    ({"vocoder": None}, expect(redo="evaluate", absent="vocoder")),  # no speech scoring: a new report
     ({"ray_address": "auto", "parallel_training": False}, expect()),
 ]
 
