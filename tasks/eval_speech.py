@@ -50,7 +50,12 @@ class SpeechScorer:
         from tasks.backends import TTS_ENGINES
 
         if self._tts is None:
-            self._tts = TTS_ENGINES.create(self.tts_choice)
+            choice = self.tts_choice
+            if isinstance(choice, str):  # an engine name with its default options
+                from tasks.backends import Choice
+
+                choice = Choice(choice, TTS_ENGINES.options(choice))
+            self._tts = TTS_ENGINES.create(choice)
         return np.asarray(self._tts.synthesize(text, voice))
 
     def score(self, item_id: str, segments: list[list[int]], gold: list[str], reference: str,

@@ -341,3 +341,63 @@ def test_a_question_longer_than_the_window_is_a_reject_not_a_cut(tmp_path: Path,
     assert [r["id"] for r in report["items"]] == ["short"] and report["summary"]["rejected"] == 1
     assert report["rejects"][0]["id"] == "long"
     assert "longer than the model's 3 s speech window" in report["rejects"][0]["reason"]
+
+
+# ----------------------------------------------------------------------------- speech to speech
+
+
+def _tiny_vocoder(path: Path, num_units: int) -> Path:
+    """A random-init vocoder over `num_units` units, saved the way training saves it."""
+    from models.io import save_model
+    from models.presets import resolve_preset
+    from models.vocoder import build_vocoder, vocoder_config
+
+    preset = resolve_preset("tiny")
+    return save_model(build_vocoder(preset, vocoder_config(preset, {"num_units": num_units}), seed=0), path)
+
+
+def test_vocoder_adds_speech_to_speech_accuracy_and_the_asr_ceiling(tiny_models: tuple[Path, Path, Path],
+                                                                    tmp_path: Path) -> None:
+    echo, _, _ = tiny_models
+    src = _eval_set(tmp_path, [
+        {"id": "q1", "question": "What is the capital of France?", "answer": "Paris", "aliases": ["Paris"]},
+        {"id": "q/2", "question": "Who wrote Hamlet?", "answers": ["Shakespeare"]},
+    ])
+    out = tmp_path / "report.json"
+    questions = ev.prepare_questions(src, out, tts="espeak")
+    vocoder = _tiny_vocoder(tmp_path / "vocoder", K)
+    report = ev.answer_questions(questions, echo, out, max_new_tokens=6, max_units=10, vocoder=vocoder)
+    validate_report(report)
+    assert report["vocoder"] == str(vocoder) and report["asr"] == "pocketsphinx"
+    s = report["summary"]
+    assert s["s2s_items"] == s["asr_ceiling_items"] == 2
+    assert s["s2s_correct"] == sum(r["s2s_correct"] for r in report["items"])
+    assert s["asr_ceiling_correct"] == sum(r["ceiling_correct"] for r in report["items"])
+    for row in report["items"]:
+        assert isinstance(row["s2s_response"], str) and isinstance(row["ceiling_response"], str)
+        wav = out.with_name("report.answers") / f"{row['id'].replace('/', '_')}.wav"
+        if row["num_units"]:  # the WAV is the vocoded units: 16 kHz, as long as s2s_seconds says
+            import soundfile
+
+            audio, rate = soundfile.read(wav, dtype="int16")
+            assert rate == 16_000 and len(audio) > 0
+            assert len(audio) / rate == pytest.approx(row["s2s_seconds"], abs=1e-3)
+        else:
+            assert row["s2s_seconds"] == 0 and not wav.exists()
+    table = ev.format_report(report)
+    assert "s2s_accuracy (answer speech → ASR)" in table and "asr_ceiling (reference speech → ASR)" in table
+    assert "listen:" in ev.answer_wav_line(out, report) or report["summary"]["mean_first_units_s"] is None
+
+
+def test_vocoder_of_another_codebook_or_a_text_checkpoint_is_refused(tiny_models: tuple[Path, Path, Path],
+                                                                     tmp_path: Path) -> None:
+    from core.errors import InputError as UserInputError
+
+    echo, t2c, s2t = tiny_models
+    other = _tiny_vocoder(tmp_path / "other", K + 3)
+    with pytest.raises(UserInputError, match=f"K={K + 3}"):
+        ev.check_vocoder_pair(echo, other)
+    with pytest.raises(ConfigError, match="--vocoder speaks an echo checkpoint"):
+        ev.check_checkpoints(s2t, vocoder=True)
+    with pytest.raises(UserInputError, match="not a vocoder"):
+        ev.check_vocoder_pair(echo, t2c)
