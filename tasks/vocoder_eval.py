@@ -65,13 +65,13 @@ def score_side(model: Any, asr: Recogniser, row: dict, side: str, gold: bool) ->
     """WERs of one utterance: original TTS audio, vocoded (predicted durations), vocoded (gold durations)."""
     from tasks.vocode import vocode
 
-    text = row[f"{side}_text"]
+    text, original = row[f"{side}_text"], np.asarray(row[f"{side}_audio"], dtype=np.int16)
     units, durs = row[f"{side}_units"], row[f"{side}_durations"]
     t0 = time.perf_counter()
     audio = vocode(model, units)
     seconds = time.perf_counter() - t0
     out = {"id": row["id"], "side": side, "text": text,
-           "wer_original": word_error_rate(text, asr.transcribe(np.asarray(row[f"{side}_audio"]))),
+           "wer_original": word_error_rate(text, asr.transcribe(original)),
            "wer_vocoded": word_error_rate(text, asr.transcribe(audio)),
            "audio_s": round(len(audio) / 16_000, 3), "vocode_s": round(seconds, 4)}
     if gold:

@@ -35,11 +35,12 @@ def write_text_corpus(out: Path, n: int = 8) -> Path:
 
 
 class EchoingASR:
-    """A stand-in recogniser: hears "it is 1" in anything audible."""
+    """A stand-in recogniser: hears "it is 1" in anything audible (16 kHz int16)."""
 
     name = "echo"
 
     def transcribe(self, audio: np.ndarray) -> str:
+        assert audio.dtype == np.int16  # what pocketsphinx takes (or float32), never Arrow's int64 lists
         return "it is 1" if np.abs(np.asarray(audio, dtype=np.float32)).max() > 0 else ""
 
     def config(self) -> dict:
