@@ -51,6 +51,13 @@ def train_task(cfg: TrainFlowConfig) -> dict:
 
 
 def publish(cfg: TrainFlowConfig, summary: dict) -> None:
+    """Loss curve and final metrics as artifacts; for the vocoder, its held-out ASR round trip too."""
+    publish_metrics(cfg)
+    if cfg.stage == "vocoder":
+        publish_intelligibility(cfg)
+
+
+def publish_metrics(cfg: TrainFlowConfig) -> None:
     """Loss curve (markdown with a plot) and final metrics (table) as artifacts."""
     metrics = read_metrics(Path(cfg.out) / "metrics.jsonl")
     if not metrics:
@@ -62,6 +69,24 @@ def publish(cfg: TrainFlowConfig, summary: dict) -> None:
     rows = [{"metric": k, "first": round(first[k], 5), "last": round(last[k], 5)}
             for k in last if isinstance(last[k], int | float) and k in first]
     create_table_artifact(key=f"{key}-metrics", table=rows, description=f"Stage {cfg.stage}: {cfg.out}")
+
+
+def publish_intelligibility(cfg: TrainFlowConfig) -> None:
+    """The vocoder's ASR round trip on its held-out rows (intelligibility.json, summary.json, a table);
+    a failure of the check is a warning, never a failed training."""
+    from tasks.vocoder_eval import table_rows, write_intelligibility
+
+    logger = get_run_logger()
+    try:
+        result = write_intelligibility(cfg.out, cfg.corpus)
+    except Exception as e:  # the ASR or its model missing, a corpus without text: report, keep the model
+        logger.warning(f"vocoder intelligibility check skipped: {type(e).__name__}: {e}")
+        return
+    s = result["summary"]
+    create_table_artifact(key="train-vocoder-intelligibility", table=table_rows(result),
+                          description=f"Vocoder ASR round trip on {s['rows']} held-out rows: WER original "
+                                      f"{s['wer_original']}, vocoded {s['wer_vocoded']}, ratio {s['ratio']}")
+    logger.info(f"vocoder intelligibility: {s}")
 
 
 @flow(name="train", flow_run_name="train-{cfg.stage}", on_running=[record_process])

@@ -10,12 +10,13 @@ only when called, so the config and the CLI can list the stages cheaply.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import ConfigError
+from models.holdout import holdout_ids
 
 if TYPE_CHECKING:
     from torch import nn
@@ -79,6 +80,8 @@ class StageSpec:
     """Optional inputs it accepts, from OPTIONS."""
     save: Callable[[nn.Module, Path], Any] | None = None
     """Saver of the final model; None: models.io.save_model (which load_model reads back)."""
+    holdout: Callable[[Iterable[str]], frozenset[str]] | None = None
+    """Corpus row ids → the ids kept out of training (checked after it); None: train on every row."""
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -232,7 +235,7 @@ ECHO = StageSpec(
 VOCODER = StageSpec(
     name="vocoder", description="unit vocoder: units → durations → log-mel (L1) → waveform (Griffin-Lim)",
     build=_build_vocoder, rebuild=_rebuild_vocoder, collate=_collate_vocoder, example_length=_length_vocoder,
-    loss_keys=("loss", "mel", "duration"), needs=frozenset({"num_units"}))
+    loss_keys=("loss", "mel", "duration"), needs=frozenset({"num_units"}), holdout=holdout_ids)
 
 _STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (S2T, T2C, ECHO, VOCODER)}
 

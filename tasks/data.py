@@ -131,6 +131,34 @@ def load_table(corpus_dir: str | Path, *, verify: bool = True) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+class RowSubset(Sequence[dict]):
+    """Some rows of a TableRows, by index, without copying the (memory-mapped) table."""
+
+    def __init__(self, rows: TableRows, index: np.ndarray) -> None:
+        self.rows, self.index = rows, np.asarray(index, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:  # type: ignore[override]
+        return dict(self.lazy_row(i))
+
+    def __iter__(self) -> Iterator[dict]:
+        return (self[i] for i in range(len(self)))
+
+    def lazy_row(self, i: int) -> LazyRow:
+        """Row `i` of the subset as a mapping that converts columns only when read."""
+        return self.rows.lazy_row(int(self.index[i]))
+
+
+def without_ids(rows: TableRows, ids: frozenset[str] | set[str]) -> TableRows | RowSubset:
+    """The rows whose `id` is not in `ids` (the rows themselves when none is)."""
+    if not ids:
+        return rows
+    keep = pc.invert(pc.is_in(rows.table.column("id"), value_set=pa.array(sorted(ids), pa.string())))
+    return RowSubset(rows, np.flatnonzero(keep.to_numpy(zero_copy_only=False)))
+
+
 def load_corpus(corpus_dir: str | Path, *, verify: bool = True) -> TableRows:
     """The rows of a corpus directory, memory-mapped and verified against the manifest."""
     return TableRows(load_table(corpus_dir, verify=verify))

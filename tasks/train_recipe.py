@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,7 +44,7 @@ from tasks.checkpoint import (
     save_checkpoint,
 )
 from tasks.collate import BoundCollator
-from tasks.data import echo_examples, load_corpus, verify_corpus
+from tasks.data import echo_examples, load_corpus, verify_corpus, without_ids
 from tasks.distributed import Process, all_gather, broadcast, init_distributed, local_world_size
 from tasks.shards import write_json
 from tasks.train_config import TrainConfig
@@ -74,6 +74,7 @@ class Hooks:
     save_fn: Callable[[nn.Module, Path], Any]
     make_collator: Callable[[str, nn.Module], Callable[[list[dict]], dict[str, Any]]]
     example_length: Callable[[dict, str], int]
+    holdout: Callable[[Iterable[str]], frozenset[str]] | None = None  # the stage's held-out ids, if any
 
 
 @dataclass
@@ -112,7 +113,7 @@ def resolve_hooks(loop: dict, stage: str) -> Hooks:
                 "make_collator": functools.partial(_stage_collator, spec),
                 "example_length": functools.partial(_stage_length, spec)}
     picked = {name: resolve(loop[name]) if loop.get(name) else default for name, default in defaults.items()}
-    return Hooks(build=build, **picked)
+    return Hooks(build=build, holdout=spec.holdout, **picked)
 
 
 def _stage_collator(spec: StageSpec, stage: str, model: nn.Module) -> BoundCollator:
@@ -165,7 +166,7 @@ def setup(cfg: TrainConfig, hooks: Hooks, proc: Process) -> tuple[Run, Progress]
     if not params:
         raise ConfigError(f"stage {cfg.stage}: the model has no trainable parameters")
     collate = hooks.make_collator(cfg.stage, model)
-    examples = load_examples(cfg, proc)
+    examples, heldout = load_examples(cfg, proc, hooks.holdout)
     lengths = [hooks.example_length(examples.lazy_row(i), cfg.stage) for i in range(len(examples))]
     batches = EpochBatches(lengths, cfg, proc)
     ddp = wrap_ddp(model, cfg, proc)
@@ -173,11 +174,14 @@ def setup(cfg: TrainConfig, hooks: Hooks, proc: Process) -> tuple[Run, Progress]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
         lr_factor, warmup=cfg.warmup_steps, total=cfg.max_steps, min_ratio=cfg.min_lr_ratio))
     progress = start_or_resume(cfg, proc, model, optimizer, scheduler, batches.per_epoch)
-    return Run(cfg, proc, model, ddp, params, optimizer, scheduler, collate, examples, batches), progress
+    run = Run(cfg, proc, model, ddp, params, optimizer, scheduler, collate, examples, batches, heldout)
+    return run, progress
 
 
-def load_examples(cfg: TrainConfig, proc: Process) -> Any:
-    """The training examples; rank 0 checks shard sha256s once and every rank hears the verdict."""
+def load_examples(cfg: TrainConfig, proc: Process,
+                  holdout: Callable[[Iterable[str]], frozenset[str]] | None = None) -> tuple[Any, int]:
+    """The training examples and how many corpus rows the stage holds out (`holdout`: ids → held-out ids;
+    corpus-only stages); rank 0 checks shard sha256s once and every rank hears the verdict."""
     dirs = [cfg.corpus_dir] + ([cfg.labels_dir] if cfg.labels_dir else [])
     error: EchoxError | None = None
     if proc.rank == 0:
@@ -190,8 +194,12 @@ def load_examples(cfg: TrainConfig, proc: Process) -> Any:
     if error is not None:
         raise error
     if cfg.labels_dir:
-        return echo_examples(cfg.corpus_dir, cfg.labels_dir, verify=False)
-    return load_corpus(cfg.corpus_dir, verify=False)
+        return echo_examples(cfg.corpus_dir, cfg.labels_dir, verify=False), 0
+    rows = load_corpus(cfg.corpus_dir, verify=False)
+    if holdout is None:
+        return rows, 0
+    ids = holdout(rows.table.column("id").to_pylist())
+    return without_ids(rows, ids), len(ids)
 
 def start_or_resume(cfg: TrainConfig, proc: Process, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, per_epoch: int) -> Progress:
@@ -243,6 +251,7 @@ class Run:
     collate: Callable[[list[dict]], dict[str, Any]]
     examples: Any
     batches: EpochBatches
+    heldout: int = 0  # corpus rows the stage kept out of training
     window_start: float = field(default_factory=time.perf_counter)
     window_tokens: int = 0
 
@@ -337,6 +346,7 @@ def finish(run: Run, progress: Progress, save_fn: Callable[[nn.Module, Path], An
             "elapsed_s": progress.elapsed_s, "model_dir": str(out / "model"),
             "checkpoint": str(checkpoint_dir(out / "checkpoints", progress.step)),
             "resumed_from": progress.resumed_from,
-            "param_checksums": checksums, "examples": len(run.examples)})
+            "param_checksums": checksums, "examples": len(run.examples),
+            "heldout_rows": run.heldout})
     if run.proc.world_size > 1:
         dist.barrier()

@@ -91,6 +91,12 @@ def test_vocoder_stage_trains_from_the_cli_and_vocodes_a_row(tiny_corpus: Path, 
     manifest = json.loads((tiny_corpus / "manifest.json").read_text())
     assert config["extra"]["codebook"]["sha256"] == manifest["codebook"]["sha256"]
     assert config["extra"]["num_units"] == 16 and config["extra"]["frame_rate"] == 100.0
+    # the flow's ASR round trip on the held-out rows (which the trainer left out)
+    summary = json.loads((out / "summary.json").read_text())
+    check = json.loads((out / "intelligibility.json").read_text())
+    assert summary["heldout_rows"] == 4 and summary["examples"] == 12  # 16 rows: 4 held out
+    assert check["summary"]["rows"] == 4 and len(check["rows"]) == 8  # answer and question of each
+    assert summary["intelligibility"] == check["summary"] and check["summary"]["wer_original"] is not None
     row_id = load_corpus(tiny_corpus)[0]["id"]
     wav = tmp_path / "row.wav"
     assert main(["vocode", "--model", str(out), "--corpus", str(tiny_corpus), "--id", row_id,
