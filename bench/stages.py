@@ -348,6 +348,77 @@ def vocoder(ctx: BenchContext) -> dict[str, Any]:
                       "seconds) is what it measures. Griffin-Lim dominates."]}
 
 
+def speech_roundtrip(ctx: BenchContext) -> dict[str, Any]:
+    """Speech out, measured on a finished pipeline run with a vocoder step (its folder as the stage arg
+    `run`): the ASR round trip on the vocoder's held-out rows, the time to first audio of `speak`, and
+    the evaluation's speech-to-speech accuracy beside its ASR ceiling."""
+    run = ctx.arg("speech_roundtrip", "run", None)
+    if not run or not (Path(run) / "vocoder" / "model").is_dir():
+        example = json.dumps({"speech_roundtrip": {"run": "outputs/demo"}})
+        return {"skipped": "needs a finished pipeline run with a vocoder step: python -m bench.run --stages "
+                           f"speech_roundtrip --stage-args '{example}'"}
+    import torch
+
+    from tasks.inference import load_checkpoint_model
+    from tasks.speak import SpeechOut, speak
+    from tasks.vocode import load_vocoder
+    from tasks.vocoder_eval import intelligibility
+
+    root = Path(run)
+    torch.set_num_threads(1)
+    m = repeat(lambda: intelligibility(root / "vocoder" / "model", root / "corpus"), 1)
+    summary = m["result"]["summary"]
+    wer = {k: round(summary[k], 3) for k in ("wer_original", "wer_vocoded", "wer_vocoded_gold_durations",
+                                            "ratio", "rtf") if summary.get(k) is not None}
+    cases = [case("ASR round trip on the vocoder's held-out rows",
+                  {"rows": summary["rows"], "utterances": summary["utterances"]}, m, **wer)]
+    cases += _first_audio_cases(ctx, root, load_checkpoint_model, load_vocoder, SpeechOut, speak)
+    notes = ["wer_original: pocketsphinx on the corpus's own TTS audio; wer_vocoded: on the gold units "
+             "vocoded with predicted durations (gold_durations: with the corpus's durations); ratio = "
+             "wer_vocoded / wer_original (goal ≤ 1.5). Rows held out from the vocoder's training."]
+    report = root / "eval" / "report.json"
+    if report.is_file():
+        s = json.loads(report.read_text())["summary"]
+        if s.get("s2s_items"):
+            notes.append(f"evaluation of this run ({s['items']} held-out questions): text accuracy "
+                         f"{s['accuracy']:.3f}, speech-to-speech accuracy {s['s2s_accuracy']:.3f} "
+                         f"({s['s2s_correct']}/{s['s2s_items']}), ASR ceiling "
+                         f"{s['asr_ceiling_accuracy']:.3f} "
+                         f"({s['asr_ceiling_correct']}/{s['asr_ceiling_items']})")
+    return {"cases": cases, "notes": notes}
+
+
+def _first_audio_cases(ctx: BenchContext, root: Path, load_model: Any, load_vocoder: Any, speech_out: Any,
+                       speak: Any) -> list[dict[str, Any]]:
+    """`speak` on held-out questions of the run's evaluation: time to the first vocoded audio."""
+    import soundfile
+
+    questions = root / "eval" / "report.questions.json"
+    if not questions.is_file():
+        return []
+    items = json.loads(questions.read_text())["items"][: ctx.pick(5, 2)]
+    model, vocoder = load_model(root / "echo" / "model", "echo"), load_vocoder(root / "vocoder" / "model")
+    firsts: list[float] = []
+
+    def run() -> int:
+        segments = 0
+        for item in items:
+            audio, _ = soundfile.read(item["audio"], dtype="int16")
+            out = speech_out(vocoder)
+            result = speak(model, audio, max_new_tokens=64, max_units=1000,
+                           on_segment=lambda seg, t, out=out: out(seg))
+            segments += len(result.segments)
+            if out.first_audio_s is not None:
+                firsts.append(out.first_audio_s)
+        return segments
+
+    m = repeat(run, 1)
+    first = sorted(firsts)[len(firsts) // 2] if firsts else None
+    return [case("speak --vocoder: time to first audio", {"questions": len(items)}, m,
+                 first_audio_s_median=round(first, 3) if first is not None else None,
+                 first_audio_s_max=round(max(firsts), 3) if firsts else None)]
+
+
 # ---------------------------------------------------------------- corpus-level runs (one process each)
 def _corpus_cases(ctx: BenchContext) -> list[dict[str, Any]]:
     """Prefect+Ray build cases: default settings at every size, 1 vs 2 pinned workers at scaling_size."""
@@ -431,6 +502,7 @@ STAGES: dict[str, StageFn] = {
     "text_norm": text_norm, "tts": tts, "asr": asr, "features": features, "kmeans": kmeans, "shards": shards,
     "baseline": baseline, "corpus_build": corpus_build, "train": train, "echo_labels": echo_labels,
     "streaming": streaming, "vocoder": vocoder,
+    "speech_roundtrip": speech_roundtrip,
 }
 NEEDS_PREFECT = {"corpus_build"}
 # corpus_build runs the plain loop in its own rounds; the baseline stage alone adds the other sizes.
