@@ -198,7 +198,7 @@ def test_answer_questions_scores_a_scripted_model(tmp_path: Path, monkeypatch: p
     ])
     fake = _FakeS2T(["It is Cairo.", "A spider has 8 legs.", "It has sixteen sides, not six."])
     monkeypatch.setattr("tasks.inference.load_checkpoint_model", lambda path, stage=None: fake)
-    monkeypatch.setattr(ev, "check_checkpoints", lambda model, t2c=None: "s2t")
+    monkeypatch.setattr(ev, "check_checkpoints", lambda model, t2c=None, **kw: "s2t")
     out = tmp_path / "report.json"
     questions = ev.prepare_questions(src, out, tts="espeak")
     report = ev.answer_questions(questions, tmp_path / "model", out, max_new_tokens=4)
@@ -335,7 +335,7 @@ def test_a_question_longer_than_the_window_is_a_reject_not_a_cut(tmp_path: Path,
     fake = _FakeS2T(["It is Cairo."])
     fake.max_samples = 3 * 16000  # a 3 s window: the long question's speech does not fit
     monkeypatch.setattr("tasks.inference.load_checkpoint_model", lambda path, stage=None: fake)
-    monkeypatch.setattr(ev, "check_checkpoints", lambda model, t2c=None: "s2t")
+    monkeypatch.setattr(ev, "check_checkpoints", lambda model, t2c=None, **kw: "s2t")
     out = tmp_path / "report.json"
     report = ev.answer_questions(ev.prepare_questions(src, out, tts="espeak"), tmp_path / "m", out)
     assert [r["id"] for r in report["items"]] == ["short"] and report["summary"]["rejected"] == 1
