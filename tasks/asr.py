@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from tasks.eval_stats import levenshtein
 from tasks.text_norm import match_answer, normalize_words
 
 ASR_COLUMNS = ("question_asr_text", "answer_asr_text", "question_asr_wer", "answer_asr_wer")
@@ -45,13 +46,7 @@ def make_asr(name: str = "pocketsphinx", *, threads: int | None = None, **option
 # ----------------------------------------------------------------------------- scoring
 def word_edits(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
     """Levenshtein distance between two word sequences (each insertion, deletion, substitution costs 1)."""
-    prev = list(range(len(hypothesis) + 1))
-    for i, ref_word in enumerate(reference, start=1):
-        cur = [i]
-        for j, hyp_word in enumerate(hypothesis, start=1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ref_word != hyp_word)))
-        prev = cur
-    return prev[-1]
+    return levenshtein(list(reference), list(hypothesis))
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:

@@ -131,11 +131,10 @@ def load_table(corpus_dir: str | Path, *, verify: bool = True) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-class RowSubset(Sequence[dict]):
-    """Some rows of a TableRows, by index, without copying the (memory-mapped) table."""
+class _IndexedRows(Sequence[dict]):
+    """Rows picked by `self.index`, each converted from the mapping `lazy_row(i)` returns."""
 
-    def __init__(self, rows: TableRows, index: np.ndarray) -> None:
-        self.rows, self.index = rows, np.asarray(index, dtype=np.int64)
+    index: np.ndarray
 
     def __len__(self) -> int:
         return len(self.index)
@@ -145,6 +144,17 @@ class RowSubset(Sequence[dict]):
 
     def __iter__(self) -> Iterator[dict]:
         return (self[i] for i in range(len(self)))
+
+    def lazy_row(self, i: int) -> Mapping[str, Any]:
+        """Row `i` as a mapping that converts columns only when read."""
+        raise NotImplementedError
+
+
+class RowSubset(_IndexedRows):
+    """Some rows of a TableRows, by index, without copying the (memory-mapped) table."""
+
+    def __init__(self, rows: TableRows, index: np.ndarray) -> None:
+        self.rows, self.index = rows, np.asarray(index, dtype=np.int64)
 
     def lazy_row(self, i: int) -> LazyRow:
         """Row `i` of the subset as a mapping that converts columns only when read."""
@@ -164,7 +174,7 @@ def load_corpus(corpus_dir: str | Path, *, verify: bool = True) -> TableRows:
     return TableRows(load_table(corpus_dir, verify=verify))
 
 
-class EchoExamples(Sequence[dict]):
+class EchoExamples(_IndexedRows):
     """One example per (labels row, segment): the corpus row joined by id plus that segment's labels."""
 
     def __init__(self, corpus: TableRows, labels: TableRows, index: np.ndarray,
@@ -172,15 +182,6 @@ class EchoExamples(Sequence[dict]):
         self.corpus, self.labels = corpus, labels
         self.index = index  # (N, 3): corpus row, labels row, segment number
         self.explode = tuple(explode)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> dict:  # type: ignore[override]
-        return dict(self.lazy_row(i))
-
-    def __iter__(self) -> Iterator[dict]:
-        return (self[i] for i in range(len(self)))
 
     def lazy_row(self, i: int) -> Mapping[str, Any]:
         """Example `i`: this segment's label values over the lazily converted corpus row."""

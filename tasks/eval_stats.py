@@ -1,8 +1,9 @@
-"""Statistics of evaluation scores: confidence intervals of accuracies."""
+"""Scoring arithmetic: the edit distance of sequences (units, words) and confidence intervals."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959964) -> list[float] | None:
@@ -18,3 +19,16 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> list[float] | 
     low = 0.0 if correct == 0 else max(0.0, centre - half)  # exact ends: rounding must not exclude p
     high = 1.0 if correct == n else min(1.0, centre + half)
     return [low, high]
+
+
+def levenshtein(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
+    """Edit distance (insertions, deletions, substitutions, each cost 1) between two sequences."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        cur = [i]
+        for j, y in enumerate(b, start=1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]

@@ -48,24 +48,11 @@ from tasks.eval_questions import (  # noqa: F401 - re-exported: the flow and tes
     read_eval_set,
 )
 from tasks.eval_speech import SPEECH_FIELDS, speech_summary, wav_stem
-from tasks.eval_stats import wilson_interval
+from tasks.eval_stats import levenshtein, wilson_interval
 from tasks.shards import atomic_write
 from tasks.text_norm import match_answer, normalize_answer, spoken_form
 
 # ----------------------------------------------------------------------------- scoring
-
-
-def levenshtein(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
-    """Edit distance (insertions, deletions, substitutions, each cost 1) between two sequences."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, start=1):
-        cur = [i]
-        for j, y in enumerate(b, start=1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
 
 
 def unit_edit_distance(hyp: list[int], ref: list[int]) -> float:
