@@ -359,7 +359,8 @@ def item_rows(report: dict[str, Any], limit: int = 50) -> list[dict[str, Any]]:
 
 def summary_markdown(report: dict[str, Any]) -> str:
     """A markdown summary of the report for the Prefect UI."""
-    lines = [f"# Spoken-QA evaluation of `{report['model']}` ({report['stage']})", "",
+    kind = "Written-QA" if report.get("mode") == "text" else "Spoken-QA"
+    lines = [f"# {kind} evaluation of `{report['model']}` ({report['stage']})", "",
              f"Eval set `{report['eval_set']}`, " + (f"TTS {report['tts']}." if report.get("mode") != "text"
                                                      else "written questions (text mode)."),
              "", "| metric | value |", "|---|---|"]
@@ -395,5 +396,6 @@ def answer_wav_line(report_path: Path, report: dict[str, Any]) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     """The report's summary as a plain-text table for the terminal (what `echox evaluate` prints)."""
-    head = f"spoken-QA evaluation of {report['model']} ({report['stage']}) on {report['eval_set']}"
+    kind = "written-QA" if report.get("mode") == "text" else "spoken-QA"
+    head = f"{kind} evaluation of {report['model']} ({report['stage']}) on {report['eval_set']}"
     return head + "\n" + format_table(summary_rows(report))
