@@ -116,16 +116,19 @@ def _run_demo(opts: DemoOptions) -> int:
 
     cfg = load_pipeline_config(Path(opts.config))
     # Before prefect is imported: its settings are read once, at import.
-    if opts.no_server or runtime.use_local_server():
-        runtime.ensure_prefect_api()
-    else:  # leave a UI running after the demo, so its runs and artifacts can be browsed
+    external = None if opts.no_server else runtime.use_local_server()  # a server that outlives the demo
+    left_running = not (opts.no_server or external)
+    if left_running:  # leave a UI running after the demo, so its runs and artifacts can be browsed
         os.environ["PREFECT_API_URL"] = server.ensure_background(runtime.state_dir())
+    else:
+        runtime.ensure_prefect_api()
     from flows.pipeline import pipeline
 
     ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
     print(f"echox demo: the whole DAG on {cfg.source} → {cfg.out}\nPrefect UI: {ui}", flush=True)
     _print_outputs(pipeline(config=cfg))
-    print(f"\nPrefect UI (runs, logs, artifacts): {ui}  — stop it: echox server --stop")
+    if left_running or external:  # a per-run server (--no-server) is gone by now
+        print(f"\nPrefect UI (runs, logs, artifacts): {ui}  — stop it: echox server --stop")
     return 0
 
 
