@@ -25,17 +25,10 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
                           vocoder=bool(cfg.vocoder))
         if cfg.vocoder:
             check_vocoder_pair(Path(cfg.model), Path(cfg.vocoder))  # type: ignore[arg-type]
-    elif cfg.model:
-        from tasks.eval_text import text_llm_dir
-
-        text_llm_dir(model=cfg.model, preset=None, overrides={}, cache_dir=Path("."))
     else:
-        from models.presets import resolve_preset
+        from tasks.eval_text import check_text_llm
 
-        if resolve_preset(str(cfg.preset), **cfg.preset_overrides).llm == "random":
-            from tasks.eval_text import text_llm_dir
-
-            text_llm_dir(model=None, preset=cfg.preset, overrides=cfg.preset_overrides, cache_dir=Path("."))
+        check_text_llm(model=cfg.model, preset=cfg.preset, overrides=cfg.preset_overrides)
     runtime.ensure_prefect_api()  # after validation, before prefect is imported (it reads settings then)
     from flows.evaluate import evaluate
     from tasks.evaluate import format_report

@@ -13,10 +13,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import ConfigError, InputError
 from tasks.eval_questions import EvalItem, check_eval_rejects, read_eval_set
+
+if TYPE_CHECKING:
+    from models.presets import ModelPreset
 
 TEXT_STAGE = "text-llm"
 """What a text-mode report calls its model's stage."""
@@ -35,10 +38,9 @@ def is_hf_llm_dir(path: Path) -> bool:
     return isinstance(data, dict) and "model_type" in data and has_tokenizer
 
 
-def text_llm_dir(*, model: str | None, preset: str | None, overrides: dict[str, Any],
-                 cache_dir: Path) -> Path:
-    """The LLM directory a text-mode evaluation loads: `model` as given, or the preset's base LLM (built
-    and cached exactly as training builds it); ConfigError/InputError for what has no knowledge to score."""
+def check_text_llm(*, model: str | None, preset: str | None, overrides: dict[str, Any]) -> Path | ModelPreset:
+    """What a text-mode evaluation will load, checked without building anything: the `model` directory,
+    or the resolved preset; ConfigError/InputError for what has no knowledge to score."""
     if model is not None:
         path = Path(model)
         if not path.is_dir():
@@ -52,7 +54,6 @@ def text_llm_dir(*, model: str | None, preset: str | None, overrides: dict[str, 
             raise InputError(f"--model {model} is not an HF causal-LM directory (config.json with a "
                              "model_type, and a tokenizer)")
         return path
-    from models.llm import prepare_base_llm
     from models.presets import resolve_preset
 
     spec = resolve_preset(str(preset), **overrides)
@@ -60,7 +61,19 @@ def text_llm_dir(*, model: str | None, preset: str | None, overrides: dict[str, 
         raise ConfigError(f"preset {spec.name!r} has a random-init LLM (its tokenizer is trained per "
                           "corpus): it holds no knowledge to measure; use a preset with a real LLM "
                           "(smollm2-135m) or --model DIR")
-    return prepare_base_llm(spec, corpus_texts=None, cache_dir=cache_dir)
+    return spec
+
+
+def text_llm_dir(*, model: str | None, preset: str | None, overrides: dict[str, Any],
+                 cache_dir: Path) -> Path:
+    """The LLM directory a text-mode evaluation loads: `model` as given, or the preset's base LLM (built
+    and cached exactly as training builds it); the errors of `check_text_llm`."""
+    checked = check_text_llm(model=model, preset=preset, overrides=overrides)
+    if isinstance(checked, Path):
+        return checked
+    from models.llm import prepare_base_llm
+
+    return prepare_base_llm(checked, corpus_texts=None, cache_dir=cache_dir)
 
 
 class TextAnswerer:
