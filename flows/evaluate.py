@@ -16,7 +16,6 @@ from core.errors import InputError
 from core.runs import record_process
 from tasks import evaluate as ev
 from tasks.configs import EvaluateConfig
-from tasks.shards import atomic_write
 
 
 @task(name="synthesize-questions", tags=["eval", "tts"])
@@ -33,6 +32,7 @@ def synthesize_questions_task(config: EvaluateConfig) -> str:
 @task(name="answer-questions", tags=["eval", "inference"])
 def answer_questions_task(config: EvaluateConfig, questions: str) -> str:
     """Answer and score every question with the checkpoint; returns the report path."""
+    extra = {} if not config.train_source else {"train_overlap": overlap_with_training(config)}
     progress = create_progress_artifact(progress=0.0, key="evaluation-progress",
                                         description="Eval questions answered")
     step = {"last": 0.0}
@@ -49,14 +49,24 @@ def answer_questions_task(config: EvaluateConfig, questions: str) -> str:
                                  limit=config.limit, device=config.device,
                                  max_reject_fraction=config.max_reject_fraction,
                                  model_name=config.model or f"preset {config.preset}",
-                                 progress=report_progress)
+                                 extra=extra, progress=report_progress)
     else:
         ev.answer_questions(Path(questions), Path(config.model), Path(config.out),  # type: ignore[arg-type]
                             t2c=Path(config.t2c) if config.t2c else None, device=config.device,
                             max_new_tokens=config.max_new_tokens, max_units=config.max_units,
                             vocoder=Path(config.vocoder) if config.vocoder else None, asr=config.asr,
-                            tts=config.tts_choice(), progress=report_progress)
+                            tts=config.tts_choice(), extra=extra, progress=report_progress)
     return config.out
+
+
+def overlap_with_training(config: EvaluateConfig) -> int:
+    """Eval questions that also occur in the training source (warned about: knowledge is measured on
+    held-out questions)."""
+    overlap = ev.train_overlap(Path(config.eval_set), Path(str(config.train_source)))
+    if overlap:
+        get_run_logger().warning(f"evaluate: {overlap} eval question(s) also occur in the training source "
+                                 f"{config.train_source}; knowledge should be measured on held-out ones")
+    return overlap
 
 
 @task(name="prepare-text-llm", tags=["eval"])
@@ -100,15 +110,6 @@ def evaluate(config: EvaluateConfig) -> str:
     questions = prepare_text_llm_task(config) if config.mode == "text" else synthesize_questions_task(config)
     out = answer_questions_task(config, questions)
     report = json.loads(Path(out).read_text())
-    if config.train_source:
-        overlap = ev.train_overlap(Path(config.eval_set), Path(config.train_source))
-        if overlap:
-            get_run_logger().warning(f"evaluate: {overlap} eval question(s) also occur in the training "
-                                     f"source {config.train_source}; knowledge should be measured on "
-                                     "held-out ones")
-        report["train_overlap"] = overlap
-        text = json.dumps(report, indent=1, ensure_ascii=False)
-        atomic_write(Path(out), lambda p: p.write_text(text))
     publish(report)
     get_run_logger().info("evaluate: " + "; ".join(f"{r['metric']} {r['value']}"
                                                    for r in ev.summary_rows(report)))

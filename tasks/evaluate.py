@@ -242,13 +242,13 @@ class Answerer:
 
 def answer_questions(questions: Path, model: Path, out: Path, *, t2c: Path | None = None, device: str = "cpu",
                      max_new_tokens: int = 64, max_units: int = 1000, vocoder: Path | None = None,
-                     asr: str = "pocketsphinx", tts: Any = None,
+                     asr: str = "pocketsphinx", tts: Any = None, extra: dict[str, Any] | None = None,
                      progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Answer every question of a manifest with the checkpoint; write the JSON report to `out`, return it.
 
     With a `vocoder` (echo checkpoints): the spoken answers are vocoded, written as WAVs to a folder beside
     the report (`<report>.answers/`) and recognised by `asr`; `tts` (the question's engine choice) speaks
-    the reference answers for the ASR ceiling."""
+    the reference answers for the ASR ceiling. `extra`: more report fields (the flow's train_overlap)."""
     start = time.perf_counter()
     manifest = json.loads(Path(questions).read_text())
     speech = None if vocoder is None else {
@@ -268,7 +268,8 @@ def answer_questions(questions: Path, model: Path, out: Path, *, t2c: Path | Non
               "t2c": None if t2c is None else str(t2c), "eval_set": manifest["eval_set"],
               "tts": manifest["tts"], "voices": manifest["voices"], "seed": manifest["seed"],
               "limit": manifest["limit"], "max_new_tokens": max_new_tokens, "device": device,
-              "vocoder": None if vocoder is None else str(vocoder), "asr": None if vocoder is None else asr}
+              "vocoder": None if vocoder is None else str(vocoder), "asr": None if vocoder is None else asr,
+              **(extra or {})}
     return write_report(out, report, items, rejects, time.perf_counter() - start)
 
 
@@ -299,6 +300,7 @@ def write_report(out: Path, params: dict[str, Any], items: list[dict[str, Any]],
 def answer_text_questions(eval_set: Path, llm_dir: Path, out: Path, *, system_prompt: str | None,
                           max_new_tokens: int = 64, limit: int | None = None, device: str = "cpu",
                           max_reject_fraction: float = 1.0, model_name: str | None = None,
+                          extra: dict[str, Any] | None = None,
                           progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Text mode: the LLM in `llm_dir` answers the written questions; write the JSON report, return it."""
     from tasks.eval_text import TEXT_STAGE, answer_written
@@ -310,7 +312,7 @@ def answer_text_questions(eval_set: Path, llm_dir: Path, out: Path, *, system_pr
     params = {"model": model_name or str(llm_dir), "llm_dir": str(llm_dir), "stage": TEXT_STAGE,
               "mode": "text", "t2c": None, "eval_set": str(eval_set), "tts": None, "voices": None,
               "seed": None, "limit": limit, "max_new_tokens": max_new_tokens, "device": device,
-              "system_prompt": system_prompt}
+              "system_prompt": system_prompt, **(extra or {})}
     return write_report(out, params, items, rejects, time.perf_counter() - start)
 
 
