@@ -18,7 +18,7 @@ Handler = Callable[[Any], int]
 # Fields that name a file or folder (shown as PATH in --help).
 PATH_NAMES = {"source", "out", "corpus", "codebook", "feature_checkpoint", "echo_labels", "s2t", "t2c",
               "init_checkpoint", "cache_dir", "model", "audio", "eval_set", "audio_cache", "vocoder",
-              "out_wav", "config", "file"}
+              "out_wav", "config", "file", "encoder_init"}
 
 
 @dataclass(frozen=True)

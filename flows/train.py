@@ -43,7 +43,7 @@ def train_task(cfg: TrainFlowConfig) -> dict:
     cache = Path(cfg.cache_dir) if cfg.cache_dir else runtime.state_dir() / "models"
     build = prepare_stage(cfg.stage, cfg.preset, cfg.preset_overrides, Path(cfg.corpus), cache,
                           seed=cfg.seed, s2t=cfg.s2t, t2c=cfg.t2c, init_checkpoint=cfg.init_checkpoint,
-                          unit_vocab_size=cfg.unit_vocab_size)
+                          unit_vocab_size=cfg.unit_vocab_size, encoder_init=cfg.encoder_init)
     tc = train_config(cfg)
     if cfg.launcher == "local":
         return run_local(tc, build)
@@ -55,6 +55,8 @@ def publish(cfg: TrainFlowConfig, summary: dict) -> None:
     publish_metrics(cfg)
     if cfg.stage == "vocoder":
         publish_intelligibility(cfg)
+    if cfg.stage == "encoder":
+        publish_asr_eval(cfg)
 
 
 def publish_metrics(cfg: TrainFlowConfig) -> None:
@@ -87,6 +89,24 @@ def publish_intelligibility(cfg: TrainFlowConfig) -> None:
                           description=f"Vocoder ASR round trip on {s['rows']} held-out rows: WER original "
                                       f"{s['wer_original']}, vocoded {s['wer_vocoded']}, ratio {s['ratio']}")
     logger.info(f"vocoder intelligibility: {s}")
+
+
+def publish_asr_eval(cfg: TrainFlowConfig) -> None:
+    """The pretrained encoder's greedy CTC transcripts of its held-out rows (asr_eval.json, summary.json, a
+    table artifact); a failure of the check is a warning, never a failed training."""
+    from tasks.encoder_eval import table_rows, write_asr_eval
+
+    logger = get_run_logger()
+    try:
+        result = write_asr_eval(cfg.out, cfg.corpus)
+    except Exception as e:  # a corpus without held-out rows, an unreadable model: report, keep the model
+        logger.warning(f"encoder held-out WER check skipped: {type(e).__name__}: {e}")
+        return
+    s = result["summary"]
+    create_table_artifact(key="train-encoder-asr", table=table_rows(result),
+                          description=f"Pretrained encoder, greedy CTC on {s['rows']} held-out rows: WER "
+                                      f"{s['wer']}, CER {s['cer']} (questions: WER {s['question_wer']})")
+    logger.info(f"encoder held-out transcripts: {s}")
 
 
 @flow(name="train", flow_run_name="train-{cfg.stage}", on_running=[record_process])

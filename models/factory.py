@@ -23,11 +23,12 @@ def build_for_stage(
     init_checkpoint: str | None = None,
     unit_language: str | None = None,
     codebook: dict[str, Any] | None = None,
+    encoder_init: str | None = None,
     seed: int = 0,
 ) -> nn.Module:
     """Fresh model of `stage` (models/stages.py), from the checkpoints it needs (echo: stage I and II).
     `unit_language` (a unit-BPE tokenizer JSON) makes a fresh T2C predict unit-words; `codebook` is the corpus
-    codebook's identity (what the vocoder records)."""
+    codebook's identity (what the vocoder records); `encoder_init` an encoder-pretraining checkpoint (s2t)."""
     from models.io import load_model
 
     spec = get_stage(stage)
@@ -41,5 +42,5 @@ def build_for_stage(
         raise ConfigError(f"stage {stage} needs {' and '.join('--' + n for n in wanted)} checkpoints")
     loaded = {name: load_model(Path(str(paths[name])), expect_stage=name) for name in wanted}
     inputs = StageInputs(num_units=num_units, unit_language=unit_language, seed=seed, codebook=codebook,
-                         **loaded)
+                         encoder_init=encoder_init, **loaded)
     return spec.build(preset_from_dict(preset), Path(llm_dir), inputs)

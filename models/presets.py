@@ -43,10 +43,16 @@ class ModelPreset:
     """Audio window in seconds (random init only; a loaded Whisper fixes its own, 30 s)."""
     train_encoder: bool = False
     """Train the encoder (tiny presets learn one from scratch); frozen and in eval mode otherwise."""
+    trim_audio_window: bool = False
+    """Run the encoder on the batch's longest clip instead of its whole window (same weights, cost follows
+    the audio); for encoders trained here from scratch, not a pretrained Whisper (it expects the window)."""
 
     # --- speech adapter ---
     adapter_heads: int = 4
     """Attention heads of the adapter's time Transformer layer and shrink attention."""
+    adapter_ctc_embed: bool = False
+    """Feed the LLM the CTC posteriors' expected token embeddings of the kept frames (blanks dropped) plus
+    a gated acoustic part (models/speech.py: SpeechAdapter); off: the acoustic frames alone."""
 
     # --- LLM ---
     llm: LlmSource = "random"

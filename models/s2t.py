@@ -30,6 +30,7 @@ from models.speech import (
     ctc_loss,
     encoder_frames,
     log_mel,
+    run_encoder,
     window_samples,
 )
 
@@ -76,6 +77,7 @@ class S2TModel(nn.Module):
         *,
         ctc_weight: float = 0.3,
         train_encoder: bool = False,
+        trim_audio_window: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -85,6 +87,7 @@ class S2TModel(nn.Module):
         self.feature_extractor = feature_extractor
         self.ctc_weight = ctc_weight
         self.train_encoder = train_encoder
+        self.trim_audio_window = trim_audio_window
         self.max_frames = int(encoder.config.max_source_positions)
         self.max_samples = window_samples(encoder)
         self.build_info: BuildInfo | None = None
@@ -102,9 +105,10 @@ class S2TModel(nn.Module):
         """Log-mel (B, mels, 2·P) + valid encoder frames (B,) → adapter output."""
         dtype = next(self.encoder.parameters()).dtype
         with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
-            enc = self.encoder(input_features=input_features.to(dtype)).last_hidden_state  # (B, P, C)
-        enc = enc[:, : int(audio_lengths.max())]  # (B, T, C) drop the window's trailing padding
-        return self.adapter(enc, audio_lengths)
+            enc = run_encoder(self.encoder, input_features.to(dtype), audio_lengths,
+                              trim=self.trim_audio_window)  # (B, T, C)
+        embed = self.llm.get_input_embeddings().weight if self.adapter.ctc_embed else None
+        return self.adapter(enc, audio_lengths, embed)
 
     def _hidden(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, AdapterOutput]:
         """Teacher-forced last-layer states of the spliced sequence, speech frame counts, adapter output."""
@@ -252,8 +256,10 @@ def external_keys(model: nn.Module, preset: ModelPreset, encoder_loaded: bool) -
     return frozenset(out)
 
 
-def build_s2t(preset: ModelPreset, llm_dir: Path, *, load_weights: bool = True, seed: int = 0) -> S2TModel:
-    """Stage-I model from the base LLM directory (load_weights=False: a random skeleton to load into)."""
+def build_s2t(preset: ModelPreset, llm_dir: Path, *, load_weights: bool = True, seed: int = 0,
+              encoder_init: Path | None = None) -> S2TModel:
+    """Stage-I model from the base LLM directory (load_weights=False: a random skeleton to load into);
+    `encoder_init`: an encoder-pretraining checkpoint whose encoder and adapter weights it starts from."""
     tokenizer = load_tokenizer(llm_dir)
     chat = ChatFormat(tokenizer, preset.audio_token)
     llm = load_llm(llm_dir, load_weights=load_weights)
@@ -266,11 +272,17 @@ def build_s2t(preset: ModelPreset, llm_dir: Path, *, load_weights: bool = True, 
             llm.get_input_embeddings().num_embeddings,
             chat.audio_id,
             num_heads=preset.adapter_heads,
+            ctc_embed=preset.adapter_ctc_embed,
         )
         llm = apply_lora(llm, preset)
+    if encoder_init is not None:
+        from models.encoder_ctc import load_pretrained_speech
+
+        load_pretrained_speech(encoder_init, encoder, adapter, tokenizer)
     model = S2TModel(
         encoder, adapter, llm, chat, build_feature_extractor(encoder),
         ctc_weight=preset.ctc_weight, train_encoder=preset.train_encoder,
+        trim_audio_window=preset.trim_audio_window,
     )
     encoder_loaded = bool(preset.encoder_path) and load_weights
     model.build_info = BuildInfo("s2t", preset, str(llm_dir), external_keys(model, preset, encoder_loaded))

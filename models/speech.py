@@ -128,6 +128,25 @@ def window_samples(encoder: nn.Module) -> int:
     return int(encoder.config.max_source_positions * 2 * HOP)
 
 
+def run_encoder(encoder: nn.Module, input_features: Tensor, lengths: Tensor, *, trim: bool) -> Tensor:
+    """(B, T, C) 50 Hz encoder states for log-mel (B, mels, 2·P) with `lengths` (B,) valid frames.
+
+    trim=False runs the Whisper encoder on its whole window (what a pretrained Whisper expects); trim=True
+    runs the same modules on the batch's longest clip only (the padding past it is never computed): the
+    cost then follows the audio, not the window, for encoders trained here from scratch."""
+    if not trim:
+        return encoder(input_features=input_features).last_hidden_state[:, : int(lengths.max())]
+    frames = int(lengths.max())
+    x = input_features[:, :, : 2 * frames]  # (B, mels, 2T)
+    x = F.gelu(encoder.conv1(x))  # (B, C, 2T)
+    x = F.gelu(encoder.conv2(x)).transpose(1, 2)  # (B, T, C) stride 2
+    x = x + encoder.embed_positions.weight[: x.shape[1]]  # (B, T, C)
+    x = F.dropout(x, p=encoder.dropout, training=encoder.training)
+    for layer in encoder.layers:
+        x = layer(x, None, layer_head_mask=None)[0]  # (B, T, C)
+    return encoder.layer_norm(x)  # (B, T, C)
+
+
 def encoder_frames(num_samples: Tensor, max_frames: int) -> Tensor:
     """Valid 50 Hz encoder frames for audio of `num_samples` (mel frames = samples // hop, conv stride 2)."""
     mel = torch.div(num_samples, HOP, rounding_mode="floor")
@@ -162,12 +181,16 @@ class AdapterOutput:
     ctc_lengths: Tensor  # (B,) valid 25 Hz frames
 
 
-def shrink_indices(ids: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+def shrink_indices(ids: Tensor, valid: Tensor, blank_id: int | None = None) -> tuple[Tensor, Tensor]:
     """Indices (B, S) of frames whose argmax differs from the previous frame's (frame 0 always kept), and
-    their mask (B, S). Blank runs are kept as one frame each, exactly as the rule says."""
+    their mask (B, S). Blank runs are kept as one frame each, exactly as the rule says; with `blank_id`,
+    blank frames are dropped (each row keeps at least its first frame)."""
     change = torch.ones_like(valid)  # (B, T)
     change[:, 1:] = ids[:, 1:] != ids[:, :-1]  # (B, T)
     keep = change & valid  # (B, T)
+    if blank_id is not None:
+        keep = keep & (ids != blank_id)  # (B, T)
+        keep[:, 0] |= ~keep.any(1)  # a row of blanks keeps frame 0
     counts = keep.sum(1)  # (B,)
     # A stable sort of "not kept" puts the kept indices first, in time order.
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # (B, T)
@@ -179,7 +202,12 @@ def shrink_indices(ids: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
 
 class SpeechAdapter(nn.Module):
     """Stack 2 frames → Linear → pre-norm Transformer layer over time → LayerNorm → CTC head → shrink →
-    kept frames attend to all frames (residual + LayerNorm)."""
+    kept frames attend to all frames (residual + LayerNorm).
+
+    ctc_embed=True adds the CTC posteriors' expected LLM token embedding to each kept frame, drops blank
+    frames, and gates the acoustic part (a learned scalar, 0 at init): the LLM first reads its own
+    embeddings of the tokens the CTC head hears, so what it knows about written words applies to spoken
+    ones from the first step (the acoustic part opens as stage I trains)."""
 
     def __init__(
         self,
@@ -190,9 +218,11 @@ class SpeechAdapter(nn.Module):
         *,
         num_heads: int = 4,
         dropout: float = 0.1,
+        ctc_embed: bool = False,
     ) -> None:
         super().__init__()
         self.blank_id = blank_id
+        self.ctc_embed = ctc_embed
         self.proj = nn.Linear(2 * enc_dim, llm_dim)
         # batch_first: attend over time (the reference code attends across the batch axis by mistake).
         self.layer = nn.TransformerEncoderLayer(
@@ -202,9 +232,12 @@ class SpeechAdapter(nn.Module):
         self.ctc_head = nn.Linear(llm_dim, vocab_size)
         self.attn = nn.MultiheadAttention(llm_dim, num_heads, dropout=dropout, batch_first=True)
         self.out_norm = nn.LayerNorm(llm_dim)
+        if ctc_embed:
+            self.gate = nn.Parameter(torch.zeros(()))
 
-    def forward(self, enc: Tensor, lengths: Tensor) -> AdapterOutput:
-        """enc (B, T, C) 50 Hz encoder states with `lengths` (B,) valid frames → AdapterOutput."""
+    def forward(self, enc: Tensor, lengths: Tensor, embed: Tensor | None = None) -> AdapterOutput:
+        """enc (B, T, C) 50 Hz encoder states with `lengths` (B,) valid frames → AdapterOutput; `embed`
+        (V, H) is the LLM's input embedding table (required with ctc_embed)."""
         B, T, C = enc.shape
         if T % 2:
             enc = F.pad(enc, (0, 0, 0, 1))  # (B, T+1, C)
@@ -215,10 +248,17 @@ class SpeechAdapter(nn.Module):
         x = self.layer(x, src_key_padding_mask=~valid)  # (B, T', H)
         x = self.norm(x)  # (B, T', H)
         logits = self.ctc_head(x)  # (B, T', V)
-        idx, mask = shrink_indices(logits.argmax(-1), valid)  # (B, S), (B, S)
+        blank = self.blank_id if self.ctc_embed else None
+        idx, mask = shrink_indices(logits.argmax(-1), valid, blank)  # (B, S), (B, S)
         q = x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[-1]))  # (B, S, H)
         ctx, _ = self.attn(q, x, x, key_padding_mask=~valid, need_weights=False)  # (B, S, H)
         frames = self.out_norm(q + ctx)  # (B, S, H)
+        if self.ctc_embed:
+            if embed is None:
+                raise ValueError("a ctc_embed adapter needs the LLM's embedding table")
+            kept = logits.gather(1, idx[:, :, None].expand(-1, -1, logits.shape[-1]))  # (B, S, V)
+            soft = torch.softmax(kept.float(), dim=-1).to(embed.dtype) @ embed  # (B, S, H)
+            frames = soft.to(frames.dtype) + self.gate * frames  # (B, S, H)
         frames = frames * mask[:, :, None].to(frames.dtype)  # (B, S, H) zero the padding
         log_probs = F.log_softmax(logits.float(), dim=-1)  # (B, T', V) float32 for CTC
         return AdapterOutput(frames, mask, log_probs, lengths)

@@ -34,6 +34,7 @@ NEEDS = {
 
 OPTIONS = {
     "unit_vocab_size": "--unit-vocab-size N: a BPE unit language of N unit-words trained on the corpus",
+    "encoder_init": "--encoder-init DIR: start the speech encoder and adapter from an encoder checkpoint",
 }
 """Optional inputs a stage may accept; any other stage refuses them."""
 
@@ -54,6 +55,8 @@ class StageInputs:
     """Seed of the fresh weights."""
     codebook: dict[str, Any] | None = None
     """Identity of the corpus codebook (num_units, sha256, features, frame_rate), beside num_units."""
+    encoder_init: str | None = None
+    """An encoder-pretraining checkpoint (stages with the "encoder_init" option), or None."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,8 @@ def _build_s2t(preset: ModelPreset, llm_dir: Path, inputs: StageInputs) -> nn.Mo
     """Stage I from the base LLM."""
     from models.s2t import build_s2t
 
-    return build_s2t(preset, llm_dir, seed=inputs.seed)
+    init = Path(inputs.encoder_init) if inputs.encoder_init else None
+    return build_s2t(preset, llm_dir, seed=inputs.seed, encoder_init=init)
 
 
 def _rebuild_s2t(preset: ModelPreset, llm_dir: Path, extra: dict[str, Any], load_weights: bool) -> nn.Module:
@@ -177,6 +181,35 @@ def _length_vocoder(row: dict[str, Any]) -> int:
     return vocoder_length(row)
 
 
+def _build_encoder(preset: ModelPreset, llm_dir: Path, inputs: StageInputs) -> nn.Module:
+    """Encoder pretraining: stage I's encoder and adapter, CTC over the base LLM's tokens."""
+    from models.encoder_ctc import build_encoder_ctc
+
+    return build_encoder_ctc(preset, llm_dir, seed=inputs.seed)
+
+
+def _rebuild_encoder(preset: ModelPreset, llm_dir: Path, extra: dict[str, Any],
+                     load_weights: bool) -> nn.Module:
+    """Encoder-pretraining skeleton of a checkpoint (the LLM's tokenizer and config only)."""
+    from models.encoder_ctc import build_encoder_ctc
+
+    return build_encoder_ctc(preset, llm_dir, load_weights=load_weights)
+
+
+def _collate_encoder(rows: list[dict[str, Any]], model: Any) -> dict[str, Any]:
+    """models.encoder_ctc.collate_encoder."""
+    from models.encoder_ctc import collate_encoder
+
+    return collate_encoder(rows, model)
+
+
+def _length_encoder(row: dict[str, Any]) -> int:
+    """models.encoder_ctc.encoder_length."""
+    from models.encoder_ctc import encoder_length
+
+    return encoder_length(row)
+
+
 def _collate_s2t(rows: list[dict[str, Any]], model: Any) -> dict[str, Any]:
     """models.collate.collate_s2t."""
     from models.collate import collate_s2t
@@ -222,7 +255,7 @@ def _length_echo(row: dict[str, Any]) -> int:
 S2T = StageSpec(
     name="s2t", description="stage I: speech → text (adapter + LoRA; CE on the answer + 0.3 · CTC)",
     build=_build_s2t, rebuild=_rebuild_s2t, collate=_collate_s2t, example_length=_length_s2t,
-    loss_keys=("loss", "ce", "ctc"), needs=frozenset({"base_llm"}))
+    loss_keys=("loss", "ce", "ctc"), needs=frozenset({"base_llm"}), options=frozenset({"encoder_init"}))
 T2C = StageSpec(
     name="t2c", description="stage II: text → units (T2C decoder; CE on unit positions)",
     build=_build_t2c, rebuild=_rebuild_t2c, collate=_collate_t2c, example_length=_length_t2c,
@@ -237,7 +270,12 @@ VOCODER = StageSpec(
     build=_build_vocoder, rebuild=_rebuild_vocoder, collate=_collate_vocoder, example_length=_length_vocoder,
     loss_keys=("loss", "mel", "duration"), needs=frozenset({"num_units"}), holdout=holdout_ids)
 
-_STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (S2T, T2C, ECHO, VOCODER)}
+ENCODER = StageSpec(
+    name="encoder", description="encoder pretraining: speech encoder + adapter, CTC over the LLM's tokens",
+    build=_build_encoder, rebuild=_rebuild_encoder, collate=_collate_encoder, example_length=_length_encoder,
+    loss_keys=("loss",), needs=frozenset({"base_llm"}), holdout=holdout_ids)
+
+_STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (S2T, T2C, ECHO, VOCODER, ENCODER)}
 
 
 # ---- the registry ---------------------------------------------------------------------------------------

@@ -161,6 +161,8 @@ class TrainFlowConfig(TrainStep):
     t2c: str | None = Field(None, description="Stage-II checkpoint (stage echo).")
     init_checkpoint: str | None = Field(None, description="Start from this checkpoint of the same stage "
                                         "(retraining on new data).")
+    encoder_init: str | None = Field(None, description="Stage s2t: start the speech encoder and adapter from "
+                                     "this encoder-pretraining checkpoint (`--stage encoder`).")
     ray_address: str | None = Field(None, description="Existing Ray cluster to train on.")
     seed: int = Field(0, description="Seed of init, data order and RNG.")
     resume: bool = Field(False, description="Continue from the last verified checkpoint in out.")
@@ -188,6 +190,9 @@ class TrainFlowConfig(TrainStep):
             accepting = " or ".join(stages_with("unit_vocab_size"))
             raise ValueError(f"unit_vocab_size (--unit-vocab-size) is a stage {accepting} option, "
                              f"not {self.stage}")
+        if self.encoder_init and "encoder_init" not in get_stage(self.stage).options:
+            accepting = " or ".join(stages_with("encoder_init"))
+            raise ValueError(f"encoder_init (--encoder-init) is a stage {accepting} option, not {self.stage}")
         return self
 
 

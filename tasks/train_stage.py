@@ -87,7 +87,8 @@ def checkpoint_arg(path: str | None) -> str | None:
 
 def prepare_stage(stage: str, preset_name: str, overrides: dict[str, Any], corpus_dir: Path,
                   cache_dir: Path, *, seed: int = 0, s2t: str | None = None, t2c: str | None = None,
-                  init_checkpoint: str | None = None, unit_vocab_size: int = 0) -> Callable[[], nn.Module]:
+                  init_checkpoint: str | None = None, unit_vocab_size: int = 0,
+                  encoder_init: str | None = None) -> Callable[[], nn.Module]:
     """A picklable factory of the stage's model; builds (or reuses) the base LLM directory first.
 
     Stage t2c with `unit_vocab_size` > K trains a unit language on the corpus here, once, so every rank
@@ -97,7 +98,8 @@ def prepare_stage(stage: str, preset_name: str, overrides: dict[str, Any], corpu
     from models.presets import preset_to_dict, resolve_preset
     from models.stages import get_stage
 
-    for name, path in (("--s2t", s2t), ("--t2c", t2c), ("checkpoint", init_checkpoint)):
+    for name, path in (("--s2t", s2t), ("--t2c", t2c), ("checkpoint", init_checkpoint),
+                       ("--encoder-init", encoder_init)):
         if path and not Path(path).exists():
             raise InputError(f"{name} checkpoint not found: {path}")
     needs = get_stage(stage).needs
@@ -105,6 +107,7 @@ def prepare_stage(stage: str, preset_name: str, overrides: dict[str, Any], corpu
     codebook = corpus_codebook(corpus_dir) if units else None
     check_unit_vocab_size(stage, unit_vocab_size, units, init_checkpoint)
     preset = resolve_preset(preset_name, **overrides)
+    check_encoder_preset(stage, preset)
     texts = corpus_texts(corpus_dir) if preset.llm == "random" and "base_llm" in needs else None
     llm_dir = "" if "base_llm" not in needs else str(
         prepare_base_llm(preset, corpus_texts=texts, cache_dir=cache_dir, seed=seed))
@@ -112,7 +115,15 @@ def prepare_stage(stage: str, preset_name: str, overrides: dict[str, Any], corpu
     return functools.partial(build_for_stage, stage, preset_to_dict(preset), llm_dir, num_units=units,
                              s2t_checkpoint=checkpoint_arg(s2t), t2c_checkpoint=checkpoint_arg(t2c),
                              init_checkpoint=checkpoint_arg(init_checkpoint), unit_language=language,
-                             codebook=codebook, seed=seed)
+                             codebook=codebook, encoder_init=checkpoint_arg(encoder_init), seed=seed)
+
+
+def check_encoder_preset(stage: str, preset: Any) -> None:
+    """ConfigError for encoder pretraining with a random-init LLM: its tokenizer is trained on the corpus
+    at hand, so the pretraining corpus would give the encoder another vocabulary than stage I's."""
+    if stage == "encoder" and preset.llm == "random":
+        raise ConfigError(f"stage encoder needs a fixed LLM tokenizer (CTC over its tokens); preset "
+                          f"{preset.name!r} trains one from the corpus: use llm smollm2 or path")
 
 
 def check_train_inputs(cfg: Any) -> None:
@@ -120,12 +131,12 @@ def check_train_inputs(cfg: Any) -> None:
     from models.presets import resolve_preset
     from models.stages import get_stage
 
-    resolve_preset(cfg.preset, **cfg.preset_overrides)
+    check_encoder_preset(cfg.stage, resolve_preset(cfg.preset, **cfg.preset_overrides))
     needs = get_stage(cfg.stage).needs
     units = corpus_num_units(Path(cfg.corpus))  # a finished corpus build, not a failed one
     check_stage_needs(cfg.stage, needs, cfg)
     for name, path in (("--echo-labels", cfg.echo_labels), ("--s2t", cfg.s2t), ("--t2c", cfg.t2c),
-                       ("--init-checkpoint", cfg.init_checkpoint)):
+                       ("--init-checkpoint", cfg.init_checkpoint), ("--encoder-init", cfg.encoder_init)):
         if path and not Path(path).exists():
             raise InputError(f"{name} not found: {path}")
     check_unit_vocab_size(cfg.stage, cfg.unit_vocab_size, units if "num_units" in needs else None,

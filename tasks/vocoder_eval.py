@@ -29,17 +29,17 @@ DEFAULT_LIMIT = 32
 """Held-out rows checked at most (two utterances each)."""
 
 
-def heldout_rows(corpus_dir: str | Path, limit: int = DEFAULT_LIMIT) -> list[dict]:
-    """The corpus rows the vocoder stage holds out, in id order, at most `limit` of them."""
+def heldout_rows(corpus_dir: str | Path, limit: int = DEFAULT_LIMIT, stage: str = "vocoder") -> list[dict]:
+    """The corpus rows `stage` holds out of training, in id order, at most `limit` of them."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     from models.stages import get_stage
     from tasks.data import load_table
 
-    holdout = get_stage("vocoder").holdout
+    holdout = get_stage(stage).holdout
     if holdout is None:
-        raise InputError("the vocoder stage holds out no rows")
+        raise InputError(f"the {stage} stage holds out no rows")
     table = load_table(corpus_dir, verify=False)
     ids = sorted(holdout(table.column("id").to_pylist()))[:limit]
     hit = table.filter(pc.is_in(table.column("id"), value_set=pa.array(ids, pa.string())))

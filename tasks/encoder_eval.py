@@ -1,0 +1,92 @@
+"""How well the pretrained encoder hears: greedy CTC transcripts of the rows the encoder stage held out.
+
+Each held-out row (`models/holdout.py`, the `encoder` StageSpec's `holdout`) gives two utterances, its
+question and its answer audio; the transcript (argmax per 25 Hz frame, repeats merged, blanks dropped,
+detokenised by the LLM's tokenizer) is scored against the spoken text the TTS read: word error rate with
+the ASR normaliser (tasks/asr.py) and character error rate on the same normalised text. The summary keeps
+the question side apart (`question_wer`): stage I hears questions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.asr import word_error_rate
+from tasks.eval_stats import levenshtein
+from tasks.text_norm import normalize_words
+
+DEFAULT_LIMIT = 64
+"""Held-out rows transcribed at most (two utterances each)."""
+SIDES = ("question", "answer")
+
+
+def char_error_rate(reference: str, hypothesis: str) -> float:
+    """Character edit distance / reference characters, on the normalised texts (may exceed 1)."""
+    ref, hyp = normalize_words(reference), normalize_words(hypothesis)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    return levenshtein(ref, hyp) / len(ref)
+
+
+def score_rows(model: Any, rows: list[dict], batch_size: int = 8) -> list[dict[str, Any]]:
+    """One scored item per utterance: id, side, text, transcript, wer, cer."""
+    utterances = [(r["id"], side, str(r[f"{side}_text"]), np.asarray(r[f"{side}_audio"], dtype=np.int16))
+                  for r in rows for side in SIDES]
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(utterances), batch_size):
+        chunk = utterances[i: i + batch_size]
+        for (rid, side, text, _), heard in zip(chunk, model.transcribe([u[3] for u in chunk]), strict=True):
+            out.append({"id": rid, "side": side, "text": text, "transcript": heard,
+                        "wer": word_error_rate(text, heard), "cer": char_error_rate(text, heard)})
+    return out
+
+
+def summarise(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean WER/CER over all utterances and over the question side alone."""
+    def mean(key: str, side: str | None = None) -> float | None:
+        vals = [it[key] for it in items if side is None or it["side"] == side]
+        return round(float(np.mean(vals)), 4) if vals else None
+
+    return {"rows": len({it["id"] for it in items}), "utterances": len(items),
+            "wer": mean("wer"), "cer": mean("cer"),
+            "question_wer": mean("wer", "question"), "question_cer": mean("cer", "question")}
+
+
+def asr_eval(model_dir: str | Path, corpus_dir: str | Path, *, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
+    """{"summary": means, "items": per utterance} for an encoder checkpoint on its held-out rows."""
+    from tasks.inference import load_checkpoint_model
+    from tasks.vocoder_eval import heldout_rows
+
+    model = load_checkpoint_model(model_dir, "encoder")
+    items = score_rows(model, heldout_rows(corpus_dir, limit, stage="encoder"))
+    return {"summary": summarise(items), "items": items}
+
+
+def write_asr_eval(run_dir: str | Path, corpus_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Run the check for an encoder run folder: asr_eval.json there, its means in summary.json."""
+    import json
+
+    from tasks.shards import write_json
+
+    run = Path(run_dir)
+    result = asr_eval(run / "model", corpus_dir, **kwargs)
+    write_json(run / "asr_eval.json", result)
+    summary_path = run / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        write_json(summary_path, {**summary, "asr_eval": result["summary"]})
+    return result
+
+
+def table_rows(result: dict[str, Any], limit: int = 40) -> list[dict[str, Any]]:
+    """Per-utterance rows (the first `limit`) and a final "mean" row, for a table artifact."""
+    rows = [{"id": it["id"], "side": it["side"], "text": it["text"], "heard": it["transcript"],
+             "wer": round(it["wer"], 3), "cer": round(it["cer"], 3)} for it in result["items"][:limit]]
+    s = result["summary"]
+    rows.append({"id": "mean", "side": f"{s['utterances']} utterances", "text": "",
+                 "heard": f"question WER {s['question_wer']}, CER {s['question_cer']}",
+                 "wer": s["wer"], "cer": s["cer"]})
+    return rows

@@ -1,0 +1,127 @@
+"""Encoder pretraining (models/encoder_ctc.py), the trimmed encoder window and the CTC-embedding adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.errors import CheckpointError
+from models.encoder_ctc import build_encoder_ctc, collapse, collate_encoder, tokenizer_digest
+from models.presets import resolve_preset
+from models.speech import SpeechAdapter, build_encoder, run_encoder, shrink_indices
+from tests.models.conftest import make_rows
+
+
+def _preset(base: Path, **kw: object):  # the tiny sizes over a fixed (path) tokenizer, as stage encoder needs
+    return resolve_preset("tiny", llm="path", llm_path=str(base), trim_audio_window=True, **kw)
+
+
+def _rows(n: int = 4) -> list[dict]:
+    rows = make_rows(n)
+    for r in rows:
+        r["answer_audio"] = r["question_audio"][::-1].copy()
+    return rows
+
+
+def test_collapse_merges_repeats_then_drops_blanks() -> None:
+    assert collapse([0, 5, 5, 0, 5, 7, 7, 0], blank=0) == [5, 5, 7]
+    assert collapse([0, 0], blank=0) == []
+
+
+def test_trimmed_encoder_equals_the_window_forward_on_a_full_window() -> None:
+    enc = build_encoder(resolve_preset("tiny", max_audio_seconds=1), seed=0).eval()
+    feats = torch.randn(2, 80, 100)  # exactly the 1 s window: trimming drops nothing
+    lengths = torch.tensor([50, 50])
+    full = run_encoder(enc, feats, lengths, trim=False)
+    trimmed = run_encoder(enc, feats, lengths, trim=True)
+    assert trimmed.shape == full.shape == (2, 50, enc.config.d_model)
+    torch.testing.assert_close(trimmed, full)
+    short = run_encoder(enc, feats, torch.tensor([20, 10]), trim=True)
+    assert short.shape[1] == 20  # the batch's longest clip only
+
+
+def test_ctc_embed_adapter_feeds_expected_token_embeddings_without_blanks() -> None:
+    torch.manual_seed(0)
+    vocab, dim, blank = 7, 16, 0
+    adapter = SpeechAdapter(8, dim, vocab, blank, num_heads=2, ctc_embed=True).eval()
+    embed = torch.randn(vocab, dim)
+    out = adapter(torch.randn(1, 12, 8), torch.tensor([12]), embed)
+    ids = out.ctc_log_probs.argmax(-1)[0]  # (T',)
+    kept = [i for i, t in enumerate(ids.tolist()) if t != blank and (i == 0 or t != ids[i - 1])]
+    assert int(out.mask.sum()) == max(1, len(kept))
+    # the gate starts at 0: each frame is exactly the posterior-weighted embedding of its frame
+    if kept:
+        probs = out.ctc_log_probs[0, kept].exp()
+        torch.testing.assert_close(out.frames[0, : len(kept)], probs @ embed, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="embedding table"):
+        adapter(torch.randn(1, 12, 8), torch.tensor([12]))
+
+
+def test_shrink_drops_blank_runs_and_keeps_one_frame_of_an_all_blank_row() -> None:
+    ids = torch.tensor([[0, 3, 3, 0, 4], [0, 0, 0, 0, 0]])
+    idx, mask = shrink_indices(ids, torch.ones_like(ids, dtype=torch.bool), blank_id=0)
+    assert idx[0][mask[0]].tolist() == [1, 4] and idx[1][mask[1]].tolist() == [0]
+
+
+def test_encoder_stage_learns_saves_loads_and_initialises_stage_one(tiny_base: Path, tmp_path: Path) -> None:
+    from models.io import load_model, save_model
+    from models.s2t import build_s2t
+
+    preset = _preset(tiny_base)
+    model = build_encoder_ctc(preset, tiny_base, seed=0)
+    batch = collate_encoder(_rows(), model)
+    assert batch["input_features"].shape[0] == 8  # question and answer of 4 rows
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss = model(**batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0]
+    texts = model.transcribe([np.asarray(r["question_audio"]) for r in _rows(2)])
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+    saved = save_model(model, tmp_path / "enc")
+    loaded = load_model(saved, expect_stage="encoder")
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
+
+    s2t = build_s2t(preset, tiny_base, seed=5, encoder_init=saved)
+    for name in ("encoder", "adapter"):
+        mine = getattr(s2t, name).state_dict()
+        for key, value in getattr(model, name).state_dict().items():
+            torch.testing.assert_close(mine[key], value)
+    assert s2t.forward(**_s2t_batch(s2t))["loss"].isfinite()
+
+
+def _s2t_batch(s2t):
+    from models.collate import collate_s2t
+
+    return collate_s2t(make_rows(2), s2t)
+
+
+def test_stage_one_refuses_an_encoder_of_another_tokenizer(tiny_base: Path, tmp_path: Path) -> None:
+    from models.io import save_model
+    from models.s2t import build_s2t
+
+    preset = _preset(tiny_base)
+    saved = save_model(build_encoder_ctc(preset, tiny_base), tmp_path / "enc")
+    config = saved / "config.json"
+    config.write_text(config.read_text().replace(tokenizer_digest(
+        build_encoder_ctc(preset, tiny_base).chat.tokenizer), "0" * 64))
+    with pytest.raises(CheckpointError, match="another tokenizer"):
+        build_s2t(preset, tiny_base, encoder_init=saved)
+
+
+def test_stage_one_refuses_an_encoder_of_other_sizes(tiny_base: Path, tmp_path: Path) -> None:
+    from models.io import save_model
+    from models.s2t import build_s2t
+
+    saved = save_model(build_encoder_ctc(_preset(tiny_base, encoder_dim=32), tiny_base), tmp_path / "enc")
+    with pytest.raises(CheckpointError, match="does not fit"):
+        build_s2t(_preset(tiny_base), tiny_base, encoder_init=saved)
