@@ -9,7 +9,14 @@ from typing import Any
 from pydantic import Field
 
 from core.config import Frozen, build, load_yaml
-from tasks.configs import BuildCorpusConfig, EchoLabelsConfig, EvaluateConfig, TrainFlowConfig, TrainStep
+from tasks.configs import (
+    BuildCorpusConfig,
+    EchoLabelsConfig,
+    EvaluateConfig,
+    PretrainCorpusConfig,
+    TrainFlowConfig,
+    TrainStep,
+)
 
 # The EchoX DAG's training stages: two independent ones, then echo training, which needs both (the DAG
 # itself is flows/pipeline_steps.py: STEPS).
@@ -36,6 +43,12 @@ class PipelineConfig(Frozen):
                                       "corpus beside stages I and II; the evaluation then scores the spoken "
                                       "answers (speech-to-speech accuracy with the ASR ceiling). None: no "
                                       "vocoder step.")
+    encoder: TrainStep | None = Field(None, description="Encoder pretraining (CTC over the LLM's tokens) on "
+                                      "a generated speech corpus, before stage I, which starts from its "
+                                      "encoder and adapter. None: stage I starts from random init.")
+    pretrain: dict = Field(default_factory=dict, description="The encoder-pretraining corpus: text options "
+                           "(words, repeats, min_words, max_words) and build-corpus options (tts, voices, "
+                           "workers, ...); build options not given are the `corpus:` section's.")
     echo_labels: dict = Field(default_factory=dict, description="echo-labels options (workers, "
                               "batch_size, max_units, ...).")
     evaluate: dict = Field(default_factory=dict, description="evaluation options (tts, limit, ...).")
@@ -57,7 +70,8 @@ def planned_outputs(cfg: PipelineConfig) -> dict[str, str]:
     """Where each step will write its output under `cfg.out` (the input paths `validate` checks with,
     before any step has run; a running pipeline uses what each step returned instead)."""
     out = Path(cfg.out)
-    return {"corpus": str(out / "corpus"), **{s: str(out / s / "model") for s in training_sections(cfg)},
+    return {"corpus": str(out / "corpus"), "pretrain-corpus": str(out / "pretrain-corpus"),
+            **{s: str(out / s / "model") for s in training_sections(cfg)},
             "echo-labels": str(out / "echo-labels")}
 
 
@@ -68,12 +82,29 @@ def corpus_config(cfg: PipelineConfig) -> BuildCorpusConfig:
     return build(BuildCorpusConfig, data, "pipeline.corpus")  # type: ignore[return-value]
 
 
+PRETRAIN_TEXT = "pretrain-text.jsonl"
+"""The generated text set, beside the step folders (a corpus refuses a source inside its own folder)."""
+
+
+def pretrain_corpus_config(cfg: PipelineConfig) -> PretrainCorpusConfig:
+    """The encoder-pretraining corpus step's config: `pretrain:` over the `corpus:` build options."""
+    build_options = {k: v for k, v in cfg.corpus.items() if k not in ("asr_check", "asr", "max_asr_wer")}
+    data = {**build_options, "qa_source": cfg.source, "source": str(Path(cfg.out) / PRETRAIN_TEXT),
+            "out": str(Path(cfg.out) / "pretrain-corpus"), "seed": cfg.seed, "ray_address": cfg.ray_address,
+            "preset": cfg.preset, "preset_overrides": cfg.preset_overrides, **cfg.pretrain}
+    return build(PretrainCorpusConfig, data, "pipeline.pretrain")  # type: ignore[return-value]
+
+
+CORPUS_OF = {"encoder": "pretrain-corpus"}
+"""Training stages that read another corpus than the QA corpus (step name)."""
+
+
 def stage_config(cfg: PipelineConfig, stage: str, done: dict[str, str]) -> TrainFlowConfig:
     """The training step's config for `stage`, its inputs taken from the steps `done` (name → output);
     it resumes the checkpoints a killed run of the step left."""
     step: TrainStep = getattr(cfg, stage)
     out = Path(cfg.out) / stage
-    data = {"stage": stage, "corpus": done["corpus"], "out": str(out),
+    data = {"stage": stage, "corpus": done[CORPUS_OF.get(stage, "corpus")], "out": str(out),
             "preset": cfg.preset, "preset_overrides": cfg.preset_overrides, "seed": cfg.seed,
             "ray_address": cfg.ray_address, "resume": (out / "checkpoints").is_dir(), **step.model_dump(),
             **stage_inputs(stage, done)}
@@ -85,7 +116,11 @@ def stage_inputs(stage: str, done: dict[str, str]) -> dict[str, str]:
     from models.stages import get_stage
 
     sources = {"echo_labels": "echo-labels", "s2t": "s2t", "t2c": "t2c"}
-    return {need: done[step] for need, step in sources.items() if need in get_stage(stage).needs}
+    spec = get_stage(stage)
+    inputs = {need: done[step] for need, step in sources.items() if need in spec.needs}
+    if "encoder_init" in spec.options and "encoder" in done:  # stage I starts from the pretrained encoder
+        inputs["encoder_init"] = done["encoder"]
+    return inputs
 
 
 def echo_labels_config(cfg: PipelineConfig, done: dict[str, str]) -> Any:
@@ -107,6 +142,8 @@ def validate(cfg: PipelineConfig) -> None:
     """Build every step's config up front, so a bad field fails before any work (naming the field)."""
     planned = planned_outputs(cfg)
     corpus_config(cfg)
+    if cfg.encoder is not None:
+        pretrain_corpus_config(cfg)
     for stage in training_sections(cfg):
         stage_config(cfg, stage, planned)
     echo_labels_config(cfg, planned)

@@ -24,9 +24,10 @@ from flows.pipeline_config import (
     corpus_config,
     echo_labels_config,
     evaluate_config,
+    pretrain_corpus_config,
     stage_config,
 )
-from tasks.configs import EXECUTION_FIELDS, BuildCorpusConfig, TrainFlowConfig
+from tasks.configs import EXECUTION_FIELDS, BuildCorpusConfig, PretrainCorpusConfig, TrainFlowConfig
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,33 @@ def _run_corpus(c: BuildCorpusConfig) -> str:
     return build_corpus(config=c)
 
 
+def _run_pretrain_corpus(c: PretrainCorpusConfig) -> str:
+    """Generate the text set (tasks/pretrain_text.py) from the QA source and the base LLM's tokenizer,
+    then build its corpus."""
+    from flows.build_corpus import build_corpus
+    from models.llm import load_tokenizer, prepare_base_llm
+    from models.presets import resolve_preset
+    from core import runtime
+    from tasks.pretrain_text import TextOptions, write_pretraining_text
+    from tasks.train_stage import check_encoder_preset
+
+    preset = resolve_preset(c.preset, **c.preset_overrides)
+    check_encoder_preset("encoder", preset)
+    cache = Path(c.cache_dir) if c.cache_dir else runtime.state_dir() / "models"
+    llm_dir = prepare_base_llm(preset, corpus_texts=None, cache_dir=cache, seed=c.seed)
+    options = TextOptions(words=c.words, repeats=c.repeats, min_words=c.min_words, max_words=c.max_words,
+                          seed=c.seed)
+    write_pretraining_text(Path(c.qa_source), load_tokenizer(llm_dir), Path(c.source), options)
+    return build_corpus(config=c.corpus_config())
+
+
+def _pretrain_version() -> str:
+    from data_specs.corpus import SCHEMA_VERSION
+    from tasks.pretrain_text import FORMAT_VERSION
+
+    return f"corpus schema {SCHEMA_VERSION}, pretraining text {FORMAT_VERSION}"
+
+
 def _run_labels(c: Any) -> str:
     from flows.echo_labels import echo_labels
 
@@ -170,8 +198,13 @@ CORPUS_IGNORED = frozenset(EXECUTION_FIELDS | {"codebook"})
 workers and threads, the Ray address, the reject threshold (it only decides whether the run fails),
 --overwrite and progress lines; `source` and `codebook` are paths, fingerprinted by their sha256 instead."""
 
+PRETRAIN_IGNORED = CORPUS_IGNORED | {"qa_source", "cache_dir"}
+"""The corpus build's, plus the QA source (a path, fingerprinted by its sha256) and the LLM cache folder;
+the generated text is a function of the rest (the preset's tokenizer, the word options, the seed)."""
+
 TRAIN_IGNORED = frozenset({
     "out", "corpus", "echo_labels", "s2t", "t2c",  # paths: their steps' fingerprints stand for them
+    "encoder_init",  # a path: the encoder step's fingerprint stands for it
     "resume",  # how the run starts, decided by the planner, not what it trains
     "ray_address",  # where it runs
     "cache_dir",  # where the base LLM is cached; it is built deterministically from the corpus
@@ -212,7 +245,11 @@ def training_step(stage: str, depends_on: tuple[str, ...],
 STEPS: tuple[Step, ...] = (
     Step("corpus", (), lambda cfg, done: corpus_config(cfg), _run_corpus, corpus_done, CORPUS_IGNORED,
          _schema("corpus"), files=lambda c: {"source": _sha(c.source), "codebook": _sha(c.codebook)}),
-    training_step("s2t", ("corpus",)),
+    Step("pretrain-corpus", (), lambda cfg, done: pretrain_corpus_config(cfg), _run_pretrain_corpus,
+         lambda c: corpus_done(c.corpus_config()), PRETRAIN_IGNORED, _pretrain_version,
+         files=lambda c: {"qa_source": _sha(c.qa_source)}, enabled=lambda cfg: cfg.encoder is not None),
+    training_step("encoder", ("pretrain-corpus",), enabled=lambda cfg: cfg.encoder is not None),
+    training_step("s2t", ("corpus", "encoder")),
     training_step("t2c", ("corpus",)),
     training_step("vocoder", ("corpus",), enabled=lambda cfg: cfg.vocoder is not None),
     Step("echo-labels", ("corpus", "s2t", "t2c"), echo_labels_config, _run_labels,

@@ -123,6 +123,31 @@ class BuildCorpusConfig(Frozen):
         return FEATURE_EXTRACTORS.choose(self.units, self)
 
 
+class PretrainCorpusConfig(BuildCorpusConfig):
+    """The encoder-pretraining corpus: a text set generated from the QA source and the base LLM's
+    tokenizer (tasks/pretrain_text.py), written to `source`, then built like any corpus."""
+
+    qa_source: str = Field(description="The QA source whose questions and answers the text set includes.")
+    preset: str = Field("tiny", description="Model preset whose base LLM tokenizer gives the words.")
+    preset_overrides: dict = Field(default_factory=dict, description="Preset fields to override.")
+    cache_dir: str | None = Field(None, description="Where base LLM directories are built and cached "
+                                  "(default: the state folder).")
+    words: int = Field(3000, ge=0, description="The tokenizer's most frequent whole-word tokens to speak.")
+    repeats: int = Field(4, ge=1, description="Times each of those words is spoken.")
+    min_words: int = Field(5, ge=1, description="Shortest generated sentence (words).")
+    max_words: int = Field(9, ge=1, description="Longest generated sentence (words).")
+
+    @model_validator(mode="after")
+    def _sentence_lengths(self) -> PretrainCorpusConfig:
+        if self.max_words < self.min_words:
+            raise ValueError(f"max_words ({self.max_words}) must be >= min_words ({self.min_words})")
+        return self
+
+    def corpus_config(self) -> BuildCorpusConfig:
+        """The plain build-corpus config of the generated source."""
+        return BuildCorpusConfig(**self.model_dump(include=set(BuildCorpusConfig.model_fields)))
+
+
 class TrainStep(Frozen):
     """Training options of one pipeline stage."""
 
