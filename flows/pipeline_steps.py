@@ -135,10 +135,10 @@ def _run_corpus(c: BuildCorpusConfig) -> str:
 def _run_pretrain_corpus(c: PretrainCorpusConfig) -> str:
     """Generate the text set (tasks/pretrain_text.py) from the QA source and the base LLM's tokenizer,
     then build its corpus."""
+    from core import runtime
     from flows.build_corpus import build_corpus
     from models.llm import load_tokenizer, prepare_base_llm
     from models.presets import resolve_preset
-    from core import runtime
     from tasks.pretrain_text import TextOptions, write_pretraining_text
     from tasks.train_stage import check_encoder_preset
 
