@@ -86,9 +86,16 @@ PRETRAIN_TEXT = "pretrain-text.jsonl"
 """The generated text set, beside the step folders (a corpus refuses a source inside its own folder)."""
 
 
+PRETRAIN_INHERITS = frozenset({"tts", "voices", "workers", "shard_size", "threads_per_worker", "lang",
+                               "max_chars", "max_question_seconds", "max_answer_seconds",
+                               "max_reject_fraction"})
+"""The `corpus:` options the pretraining corpus takes over: how it speaks and schedules. Not the units (the
+encoder reads speech and text only; its corpus keeps the cheap default units) nor the ASR gate."""
+
+
 def pretrain_corpus_config(cfg: PipelineConfig) -> PretrainCorpusConfig:
-    """The encoder-pretraining corpus step's config: `pretrain:` over the `corpus:` build options."""
-    build_options = {k: v for k, v in cfg.corpus.items() if k not in ("asr_check", "asr", "max_asr_wer")}
+    """The encoder-pretraining corpus step's config: `pretrain:` over the `corpus:` speech options."""
+    build_options = {k: v for k, v in cfg.corpus.items() if k in PRETRAIN_INHERITS}
     data = {**build_options, "qa_source": cfg.source, "source": str(Path(cfg.out) / PRETRAIN_TEXT),
             "out": str(Path(cfg.out) / "pretrain-corpus"), "seed": cfg.seed, "ray_address": cfg.ray_address,
             "preset": cfg.preset, "preset_overrides": cfg.preset_overrides, **cfg.pretrain}
@@ -143,7 +150,11 @@ def validate(cfg: PipelineConfig) -> None:
     planned = planned_outputs(cfg)
     corpus_config(cfg)
     if cfg.encoder is not None:
+        from models.presets import resolve_preset
+        from tasks.train_stage import check_encoder_preset
+
         pretrain_corpus_config(cfg)
+        check_encoder_preset("encoder", resolve_preset(cfg.preset, **cfg.preset_overrides))
     for stage in training_sections(cfg):
         stage_config(cfg, stage, planned)
     echo_labels_config(cfg, planned)

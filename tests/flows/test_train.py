@@ -102,3 +102,40 @@ def test_vocoder_stage_trains_from_the_cli_and_vocodes_a_row(tiny_corpus: Path, 
     assert main(["vocode", "--model", str(out), "--corpus", str(tiny_corpus), "--id", row_id,
                  "--out-wav", str(wav)]) == 0
     assert sf.info(str(wav)).samplerate == 16_000 and sf.info(str(wav)).frames > 0
+
+
+def test_encoder_pretraining_then_stage_one_starts_from_it(tiny_corpus: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """`--stage encoder` on a real corpus (a fixed tokenizer: the tiny sizes over a local LLM directory),
+    its held-out greedy-CTC check, then stage I from `--encoder-init`; a random-init LLM is refused."""
+    from echox.cli import main
+    from models.llm import prepare_base_llm
+    from models.presets import resolve_preset
+    from tasks.train_stage import corpus_texts
+
+    base = prepare_base_llm(resolve_preset("tiny"), corpus_texts=corpus_texts(tiny_corpus),
+                            cache_dir=tmp_path / "llm-cache")
+    fixed = ["--set", "llm=path", "--set", f"llm_path={base}", "--set", "trim_audio_window=true"]
+    common = ["--corpus", str(tiny_corpus), "--batch-size", "4", "--warmup-steps", "1", "--log-every", "2",
+              "--ckpt-every", "4", "--workers", "1", "--launcher", "local", "--cache-dir", str(tmp_path)]
+    enc = tmp_path / "encoder"
+    assert main(["train", "--stage", "encoder", "--out", str(enc), "--max-steps", "6", "--lr", "3e-3",
+                 *common, *fixed]) == 0
+    metrics = _metrics(enc)
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    check = json.loads((enc / "asr_eval.json").read_text())
+    summary = json.loads((enc / "summary.json").read_text())
+    assert summary["heldout_rows"] == 4 and check["summary"]["rows"] == 4 and len(check["items"]) == 8
+    assert summary["asr_eval"] == check["summary"] and check["summary"]["wer"] >= 0
+
+    s2t = tmp_path / "s2t"
+    assert main(["train", "--stage", "s2t", "--out", str(s2t), "--max-steps", "2", "--encoder-init",
+                 str(enc), *common, *fixed]) == 0
+    assert (s2t / "model" / "config.json").exists()
+
+    capsys.readouterr()
+    assert main(["train", "--stage", "encoder", "--out", str(tmp_path / "no"), *common]) == 2
+    assert "stage encoder needs a fixed LLM tokenizer" in capsys.readouterr().err
+    assert main(["train", "--stage", "t2c", "--out", str(tmp_path / "no"), "--encoder-init", str(enc),
+                 *common]) == 2
+    assert "encoder_init (--encoder-init) is a stage s2t option, not t2c" in capsys.readouterr().err
