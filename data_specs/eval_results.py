@@ -16,7 +16,7 @@ import pyarrow as pa
 from core.errors import IntegrityError
 from data_specs._validate import check_schema
 
-SCHEMA_VERSION = 2  # 2: text mode (voice, question_seconds nullable), mode, Wilson intervals, s2s
+SCHEMA_VERSION = 3  # 2: text mode (voice, question_seconds nullable), mode, Wilson intervals, s2s; 3: heard
 REPORT_TAG = "echox.eval_report"
 SECONDS = {"unit": "s"}
 
@@ -34,6 +34,10 @@ ITEM_SCHEMA = pa.schema(
         pa.field("voice", pa.string(), nullable=True, metadata={"doc": "None in text mode"}),
         pa.field("question_seconds", pa.float32(), nullable=True,
                  metadata={"doc": "None in text mode", **SECONDS}),
+        pa.field("heard", pa.string(), nullable=True,
+                 metadata={"doc": "greedy CTC transcript of the spoken question (None in text mode)"}),
+        pa.field("heard_wer", pa.float32(), nullable=True,
+                 metadata={"doc": "word error rate of `heard` against spoken_question"}),
         pa.field("response", pa.string(), nullable=False),
         pa.field("correct", pa.bool_(), nullable=False,
                  metadata={"doc": "a normalised gold answer is whole words of the normalised response"}),

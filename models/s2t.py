@@ -173,6 +173,16 @@ class S2TModel(nn.Module):
         n = torch.tensor([min(len(audio), self.max_samples)], device=dev)
         return feats, encoder_frames(n, self.max_frames)
 
+    @torch.no_grad()
+    def transcribe(self, audio: np.ndarray) -> str:
+        """What the adapter's CTC head hears in one clip: greedy (argmax, repeats merged, blanks dropped)."""
+        from models.encoder_ctc import collapse
+
+        feats, lengths = self.audio_features(audio)
+        out = self.encode_speech(feats, lengths)
+        best = out.ctc_log_probs[0, : int(out.ctc_lengths[0])].argmax(-1)  # (T',)
+        return self.chat.decode(collapse(best.tolist(), self.chat.audio_id))
+
     def prompt_embeddings(self, audio: np.ndarray) -> Tensor:
         """(1, P', H) embeddings of the chat prompt with the speech frames spliced in."""
         feats, lengths = self.audio_features(audio)

@@ -124,8 +124,9 @@ def text_item(item: EvalItem, answered: dict[str, Any], matched: str | None) -> 
     row = {k: v for k, v in asdict(item).items() if k in ("id", "line", "question", "category", "reference")}
     from tasks.eval_speech import SPEECH_FIELDS
 
-    speech = dict.fromkeys(("voice", "question_seconds", "first_token_s", "first_units_s", "num_units",
-                            "num_segments", "unit_accuracy", "unit_edit_distance", "reference_units",
+    speech = dict.fromkeys(("voice", "question_seconds", "heard", "heard_wer", "first_token_s",
+                            "first_units_s", "num_units", "num_segments", "unit_accuracy",
+                            "unit_edit_distance", "reference_units",
                             *SPEECH_FIELDS))
     return {**row, **speech, "spoken_question": item.question, "gold": list(item.gold), **answered,
             "correct": matched is not None, "matched": matched}

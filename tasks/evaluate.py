@@ -36,6 +36,7 @@ import numpy as np
 from core.errors import ConfigError, InputError, RecordRejected
 from data_specs.eval_results import REPORT_TAG, SCHEMA_VERSION, validate_report
 from data_specs.rejects import Reject
+from tasks.asr import word_error_rate
 from tasks.audio import SAMPLE_RATE
 from tasks.eval_questions import (  # noqa: F401 - re-exported: the flow and tests know them here
     EvalItem,
@@ -74,7 +75,7 @@ def summarize(items: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, di
 
     means = {f"mean_{k}": mean(k) for k in ("latency_s", "first_token_s", "first_units_s")}
     summary = {**stats(items), **means, "unit_accuracy": mean("unit_accuracy"),
-               "unit_edit_distance": mean("unit_edit_distance")}
+               "unit_edit_distance": mean("unit_edit_distance"), "question_wer": mean("heard_wer")}
     if any(r.get("s2s_correct") is not None for r in items):
         summary |= speech_summary(items)
     cats = sorted({r["category"] for r in items if r.get("category") is not None})
@@ -190,6 +191,11 @@ class Answerer:
 
             self.speech = SpeechScorer(unit_model=self.model, **speech)
 
+    def heard(self, audio: np.ndarray) -> str | None:
+        """The S2T's greedy CTC transcript of the question (None for a model without a CTC head)."""
+        s2t = getattr(self.model, "s2t", self.model)
+        return s2t.transcribe(audio) if hasattr(s2t, "transcribe") else None
+
     def _s2t(self, audio: np.ndarray) -> dict[str, Any]:
         """Greedy text answer with time to first token."""
         s2t, start, first, ids = self.model, time.perf_counter(), None, []
@@ -225,6 +231,7 @@ class Answerer:
             raise RecordRejected(f"question speech lasts {len(audio) / SAMPLE_RATE:.1f} s, longer than the "
                                  f"model's {window / SAMPLE_RATE:.0f} s speech window")
         with torch.inference_mode():
+            heard = self.heard(audio)
             out = self._echo(audio) if self.stage == "echo" else self._s2t(audio)
             if self.t2c is not None:
                 out |= echo_unit_scores(self.model, self.t2c, audio, row, self.max_units)
@@ -237,7 +244,8 @@ class Answerer:
         empty = dict.fromkeys(("first_token_s", "first_units_s", "num_units", "num_segments", "unit_accuracy",
                                "unit_edit_distance", "reference_units", *SPEECH_FIELDS))
         return {**{k: row[k] for k in keep}, **empty, **out, "correct": matched is not None,
-                "matched": matched}
+                "matched": matched, "heard": heard,
+                "heard_wer": None if heard is None else word_error_rate(row["spoken_question"], heard)}
 
 
 def answer_questions(questions: Path, model: Path, out: Path, *, t2c: Path | None = None, device: str = "cpu",
@@ -345,7 +353,7 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, str]]:
         if s.get(f"{name}_items"):
             stats = {k: s[f"{name}_{k}"] for k in ("accuracy", "correct", "items", "accuracy_ci95")}
             rows.append({"metric": label, "value": accuracy_text(stats)})
-    for key in ("mean_latency_s", "mean_first_token_s", "mean_first_units_s", "unit_accuracy",
+    for key in ("question_wer", "mean_latency_s", "mean_first_token_s", "mean_first_units_s", "unit_accuracy",
                 "unit_edit_distance", "rejected"):
         if s.get(key) is not None:
             rows.append({"metric": key, "value": _fmt(s[key])})
@@ -355,7 +363,8 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, str]]:
 def item_rows(report: dict[str, Any], limit: int = 50) -> list[dict[str, Any]]:
     """The first `limit` items, trimmed for a UI table."""
     return [{"id": r["id"], "category": r["category"] or "", "correct": r["correct"],
-             "response": r["response"][:80], "gold": " | ".join(r["gold"])[:60],
+             "heard": (r.get("heard") or "")[:80], "response": r["response"][:80],
+             "gold": " | ".join(r["gold"])[:60],
              "latency_s": round(r["latency_s"], 3)} for r in report["items"][:limit]]
 
 

@@ -68,6 +68,9 @@ def test_report_structure_and_accuracy(evaluated: tuple[dict, Path], s2t_checkpo
         assert 0 < row["num_tokens"] <= 8 and row["latency_s"] >= row["first_token_s"] > 0
         assert row["unit_accuracy"] is None and row["question_seconds"] > 0.5
         assert row["matched"] is None or row["correct"]
+        assert isinstance(row["heard"], str) and row["heard_wer"] >= 0  # the CTC head's transcript
+    assert report["summary"]["question_wer"] == pytest.approx(
+        sum(r["heard_wer"] for r in report["items"]) / 3, rel=1e-6)
     assert report["items"][1]["spoken_question"] == "What is three plus four?"
     assert report["items"][0]["gold"] == ["Paris"]
     assert report["items"][0]["reference"] == "The capital of France is Paris."
