@@ -16,7 +16,8 @@ class Reject:
     reason: str
     """Why the record was rejected, in words a user can act on."""
     stage: str = "source"
-    """The stage that rejected it: source, text, tts, asr (the --asr-check gate), units, echo."""
+    """The stage that rejected it: source, text, tts, asr (the --asr-check gate), units, echo,
+    baseline (the no-echo baseline's labels)."""
 
     def to_dict(self) -> dict:
         """Plain dict for JSON."""

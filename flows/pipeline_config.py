@@ -22,6 +22,10 @@ from tasks.configs import (
 # itself is flows/pipeline_steps.py: STEPS).
 FIRST_STAGES = ("s2t", "t2c")
 ECHO_STAGE = "echo"
+SECTION_STAGE = {"baseline": ECHO_STAGE}
+"""Training sections that train a registered stage of another name: the no-echo baseline is stage III."""
+LABELS_STEP = {"baseline": "baseline-labels"}
+"""The step whose labels a section's stage reads as its echo labels (any other section: echo-labels)."""
 
 
 
@@ -49,6 +53,11 @@ class PipelineConfig(Frozen):
     pretrain: dict = Field(default_factory=dict, description="The encoder-pretraining corpus: text options "
                            "(words, repeats, min_words, max_words) and build-corpus options (tts, voices, "
                            "workers, ...); build options not given are the `corpus:` section's.")
+    baseline: TrainStep | None = Field(None, description="The no-echo baseline of the knowledge experiment: "
+                                       "stage III trained on the corpus's own answer units (baseline-labels) "
+                                       "instead of echo pseudo-labels; set the same steps as `echo`. "
+                                       "Evaluated into eval-baseline/ like the echo model. None: no baseline "
+                                       "steps.")
     echo_labels: dict = Field(default_factory=dict, description="echo-labels options (workers, "
                               "batch_size, max_units, ...).")
     evaluate: dict = Field(default_factory=dict, description="evaluation options (tts, limit, ...).")
@@ -72,7 +81,7 @@ def planned_outputs(cfg: PipelineConfig) -> dict[str, str]:
     out = Path(cfg.out)
     return {"corpus": str(out / "corpus"), "pretrain-corpus": str(out / "pretrain-corpus"),
             **{s: str(out / s / "model") for s in training_sections(cfg)},
-            "echo-labels": str(out / "echo-labels")}
+            "echo-labels": str(out / "echo-labels"), "baseline-labels": str(out / "baseline-labels")}
 
 
 def corpus_config(cfg: PipelineConfig) -> BuildCorpusConfig:
@@ -106,23 +115,25 @@ CORPUS_OF = {"encoder": "pretrain-corpus"}
 """Training stages that read another corpus than the QA corpus (step name)."""
 
 
-def stage_config(cfg: PipelineConfig, stage: str, done: dict[str, str]) -> TrainFlowConfig:
-    """The training step's config for `stage`, its inputs taken from the steps `done` (name → output);
-    it resumes the checkpoints a killed run of the step left."""
-    step: TrainStep = getattr(cfg, stage)
-    out = Path(cfg.out) / stage
-    data = {"stage": stage, "corpus": done[CORPUS_OF.get(stage, "corpus")], "out": str(out),
+def stage_config(cfg: PipelineConfig, section: str, done: dict[str, str]) -> TrainFlowConfig:
+    """The training step's config for `section` (a stage's name, or a section in SECTION_STAGE), its inputs
+    taken from the steps `done` (name → output); it resumes the checkpoints a killed run of the step left."""
+    step: TrainStep = getattr(cfg, section)
+    stage = SECTION_STAGE.get(section, section)
+    out = Path(cfg.out) / section
+    data = {"stage": stage, "corpus": done[CORPUS_OF.get(section, "corpus")], "out": str(out),
             "preset": cfg.preset, "preset_overrides": cfg.preset_overrides, "seed": cfg.seed,
             "ray_address": cfg.ray_address, "resume": (out / "checkpoints").is_dir(), **step.model_dump(),
-            **stage_inputs(stage, done)}
-    return build(TrainFlowConfig, data, f"pipeline.{stage}")  # type: ignore[return-value]
+            **stage_inputs(stage, done, labels=LABELS_STEP.get(section, "echo-labels"))}
+    return build(TrainFlowConfig, data, f"pipeline.{section}")  # type: ignore[return-value]
 
 
-def stage_inputs(stage: str, done: dict[str, str]) -> dict[str, str]:
-    """What `stage` needs (models/stages.py: echo labels, stage checkpoints), from the steps' outputs."""
+def stage_inputs(stage: str, done: dict[str, str], labels: str = "echo-labels") -> dict[str, str]:
+    """What `stage` needs (models/stages.py: echo labels, stage checkpoints), from the steps' outputs
+    (`labels`: the step whose output are its echo labels)."""
     from models.stages import get_stage
 
-    sources = {"echo_labels": "echo-labels", "s2t": "s2t", "t2c": "t2c"}
+    sources = {"echo_labels": labels, "s2t": "s2t", "t2c": "t2c"}
     spec = get_stage(stage)
     inputs = {need: done[step] for need, step in sources.items() if need in spec.needs}
     if "encoder_init" in spec.options and "encoder" in done:  # stage I starts from the pretrained encoder
@@ -137,10 +148,22 @@ def echo_labels_config(cfg: PipelineConfig, done: dict[str, str]) -> Any:
     return build(EchoLabelsConfig, data, "pipeline.echo_labels")
 
 
-def evaluate_config(cfg: PipelineConfig, done: dict[str, str]) -> Any:
-    """The evaluation step's config (options from `evaluate:`), on the echo model and the T2C."""
-    data = {"model": done[ECHO_STAGE], "t2c": done["t2c"], "eval_set": cfg.eval_set,
-            "out": str(Path(cfg.out) / "eval" / "report.json"), "train_source": cfg.source,
+def baseline_labels_config(cfg: PipelineConfig, done: dict[str, str]) -> Any:
+    """The baseline-labels step's config, on the outputs of corpus, I and II, with echo labels' guard."""
+    from tasks.configs import BaselineLabelsConfig
+
+    data = {"corpus": done["corpus"], "s2t": done["s2t"], "t2c": done["t2c"],
+            "out": str(Path(cfg.out) / "baseline-labels"),
+            "max_units": echo_labels_config(cfg, done).max_units}  # the same guard as the echo labels'
+    return build(BaselineLabelsConfig, data, "pipeline.baseline")
+
+
+def evaluate_config(cfg: PipelineConfig, done: dict[str, str], model: str = ECHO_STAGE) -> Any:
+    """The evaluation step's config (options from `evaluate:`), on the `model` step's checkpoint (the echo
+    model, into eval/; the baseline, into eval-baseline/) and the T2C."""
+    folder = "eval" if model == ECHO_STAGE else f"eval-{model}"
+    data = {"model": done[model], "t2c": done["t2c"], "eval_set": cfg.eval_set,
+            "out": str(Path(cfg.out) / folder / "report.json"), "train_source": cfg.source,
             **({"vocoder": done["vocoder"]} if "vocoder" in done else {}), **cfg.evaluate}
     return build(EvaluateConfig, data, "pipeline.evaluate")
 
@@ -158,6 +181,8 @@ def validate(cfg: PipelineConfig) -> None:
     for stage in training_sections(cfg):
         stage_config(cfg, stage, planned)
     echo_labels_config(cfg, planned)
+    if cfg.baseline is not None:
+        baseline_labels_config(cfg, planned)
     if cfg.eval_set:
         evaluate_config(cfg, planned)
 

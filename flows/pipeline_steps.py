@@ -21,6 +21,7 @@ from typing import Any
 
 from flows.pipeline_config import (
     PipelineConfig,
+    baseline_labels_config,
     corpus_config,
     echo_labels_config,
     evaluate_config,
@@ -165,6 +166,12 @@ def _run_labels(c: Any) -> str:
     return echo_labels(config=c)
 
 
+def _run_baseline_labels(c: Any) -> str:
+    from flows.baseline_labels import baseline_labels
+
+    return baseline_labels(config=c)
+
+
 def _run_training(tc: TrainFlowConfig) -> str:
     from flows.train import train
 
@@ -182,6 +189,12 @@ def _model_version() -> str:
     from tasks.checkpoint import FORMAT as CHECKPOINT_FORMAT
 
     return f"{FORMAT} {FORMAT_VERSION}, checkpoint {CHECKPOINT_FORMAT}"
+
+
+def _baseline_labels_version() -> str:
+    from tasks.baseline_labels import FORMAT_VERSION
+
+    return f"{_schema('echo_labels')()}, baseline labels {FORMAT_VERSION}"
 
 
 def _schema(module: str) -> Callable[[], str]:
@@ -223,6 +236,12 @@ LABELS_IGNORED = frozenset({
 })
 """Echo-labels fields that do not change the labels (its run hash keeps corpus, models, max_units)."""
 
+BASELINE_LABELS_IGNORED = frozenset({
+    "out", "corpus", "s2t", "t2c",  # paths: their steps' fingerprints stand for them
+    "overwrite", "progress",
+})
+"""Baseline-labels fields that do not change the labels (max_units, the guard, does)."""
+
 EVALUATE_IGNORED = frozenset({
     "out", "model", "t2c", "vocoder",  # paths: their steps' fingerprints stand for them
     "train_source",  # a path: only the overlap count in the report reads it (the corpus stands for it)
@@ -236,7 +255,8 @@ EVALUATE_IGNORED = frozenset({
 def training_step(stage: str, depends_on: tuple[str, ...],
                   enabled: Callable[[PipelineConfig], bool] = lambda cfg: True) -> Step:
     """The entry of a training stage (a registered stage with a `TrainStep` field of its name in
-    PipelineConfig; its inputs come from `stage_inputs`, by what the stage registry says it needs)."""
+    PipelineConfig, or a section that SECTION_STAGE maps to one; its inputs come from `stage_inputs`, by
+    what the stage registry says it needs)."""
     return Step(stage, depends_on, lambda cfg, done: stage_config(cfg, stage, done), _run_training,
                 training_done, TRAIN_IGNORED, _model_version, output="model", training=True,
                 enabled=enabled)
@@ -259,10 +279,21 @@ STEPS: tuple[Step, ...] = (
          lambda c: report_done(Path(c.out)), EVALUATE_IGNORED, _schema("eval_results"),
          files=lambda c: {"eval_set": _sha(c.eval_set)},
          output="report.json", beside=False, enabled=lambda cfg: bool(cfg.eval_set)),
+    # The knowledge experiment's no-echo baseline: stage III on the corpus's own answer units.
+    Step("baseline-labels", ("corpus", "s2t", "t2c"), baseline_labels_config, _run_baseline_labels,
+         lambda c: labels_done(Path(c.out)), BASELINE_LABELS_IGNORED, _baseline_labels_version,
+         enabled=lambda cfg: cfg.baseline is not None),
+    training_step("baseline", ("corpus", "s2t", "t2c", "baseline-labels"),
+                  enabled=lambda cfg: cfg.baseline is not None),
+    Step("evaluate-baseline", ("baseline", "t2c", "vocoder"),
+         lambda cfg, done: evaluate_config(cfg, done, "baseline"), _run_evaluate,
+         lambda c: report_done(Path(c.out)), EVALUATE_IGNORED, _schema("eval_results"),
+         files=lambda c: {"eval_set": _sha(c.eval_set)}, output="report.json", beside=False,
+         enabled=lambda cfg: cfg.baseline is not None and bool(cfg.eval_set)),
 )
 """In an order where every step comes after the steps it depends on."""
 
-FOLDERS = {"evaluate": "eval"}
+FOLDERS = {"evaluate": "eval", "evaluate-baseline": "eval-baseline"}
 """Step folders under the pipeline's out that are not named as the step."""
 
 

@@ -247,6 +247,20 @@ class EchoLabelsConfig(Frozen):
     progress: bool = Field(True, description="Log per-shard progress.")
 
 
+class BaselineLabelsConfig(Frozen):
+    """Parameters of the no-echo baseline's labels: the echo-label format from the corpus's own answers."""
+
+    corpus: str = Field(description="Corpus directory built by build-corpus.")
+    s2t: str = Field(description="Stage-I checkpoint: its tokenizer gives the answer tokens (no model runs).")
+    t2c: str = Field(description="Stage-II checkpoint: its config gives the Echo decoder's length guard "
+                     "(positions, unit language; no model runs).")
+    out: str = Field(description="Output directory of the labels (opens with datasets.load_from_disk).")
+    max_units: int = Field(1000, ge=1, description="Length guard per answer, as echo-labels' max_units; a "
+                           "row whose answer units exceed it is rejected.")
+    overwrite: bool = Field(False, description="Replace an output directory holding a different run.")
+    progress: bool = Field(True, description="Log what was labelled.")
+
+
 class EvaluateConfig(Frozen):
     """Parameters of a spoken-QA evaluation of an S2T or echo checkpoint."""
 

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -167,6 +167,11 @@ def done_marker(out_path: Path) -> Path:
 class EchoLabeler:
     """Holds the S2T and T2C models (loaded once) and labels corpus shards; what a Ray actor wraps."""
 
+    columns = ROW_COLUMNS
+    """The corpus columns `label` reads."""
+    stage = "echo"
+    """The `stage` of its rejects."""
+
     def __init__(self, s2t_path: str, t2c_path: str, device: str = "cpu", threads: int = 1, *,
                  batch_size: int = 8, max_units: int = 1000) -> None:
         from tasks.inference import load_checkpoint_model
@@ -199,33 +204,56 @@ class EchoLabeler:
     def label_shard(self, corpus_shard: str, out_path: str, *, sha256: str | None = None,
                     first_row: int = 0, run_hash: str = "") -> dict:
         """Label one corpus shard into `out_path` (skipped when its verified output exists); its entry."""
-        out, marker = Path(out_path), done_marker(Path(out_path))
-        key = {"run_hash": run_hash, "input_sha256": sha256}
-        if marker.exists():
-            entry = json.loads(marker.read_text())
-            if {k: entry.get(k) for k in key} == key and file_verifies(out, entry.get("sha256")):
-                return {**entry, "skipped": True}
-        from tasks.build_corpus import BuildPaths, inject_fault
-        from tasks.data import TableRows
+        return write_label_shard(self, corpus_shard, out_path, sha256=sha256, first_row=first_row,
+                                 run_hash=run_hash)
 
-        table = read_arrow(Path(corpus_shard), sha256=sha256)  # verified before anything is read
-        rows = list(TableRows(table.select([c for c in ROW_COLUMNS if c in table.column_names])))
-        result = self.label(rows)
-        # After the work, before the output: a fault here loses a labelled but unwritten shard.
-        inject_fault(BuildPaths(out.parent), f"echo-shard-{shard_index(out)}")
-        rejects = [Reject(first_row + i, rows[i].get("id"), reason, stage="echo").to_dict()
-                   for i, reason in result.rejects]
-        entry = {**write_arrow(out, labels_table(result.records)), **key, "rejects": rejects,
-                 "stats": asdict(result.stats), "input_rows": len(rows)}
-        write_json(marker, entry)
-        return {**entry, "skipped": False}
+
+class ShardLabeler(Protocol):
+    """What labels the rows of a corpus shard: the echo labeler, or the baseline's corpus labeler."""
+
+    columns: tuple[str, ...]
+    stage: str
+
+    def label(self, rows: Sequence[dict]) -> LabelResult:
+        """Labels of rows; reject indices refer to `rows`."""
+        ...
+
+
+def write_label_shard(labeler: ShardLabeler, corpus_shard: str, out_path: str, *, sha256: str | None = None,
+                      first_row: int = 0, run_hash: str = "") -> dict:
+    """Label one corpus shard into `out_path` (skipped when its verified output exists); its entry."""
+    out, marker = Path(out_path), done_marker(Path(out_path))
+    key = {"run_hash": run_hash, "input_sha256": sha256}
+    if marker.exists():
+        entry = json.loads(marker.read_text())
+        if {k: entry.get(k) for k in key} == key and file_verifies(out, entry.get("sha256")):
+            return {**entry, "skipped": True}
+    from tasks.build_corpus import BuildPaths, inject_fault
+    from tasks.data import TableRows
+
+    table = read_arrow(Path(corpus_shard), sha256=sha256)  # verified before anything is read
+    rows = list(TableRows(table.select([c for c in labeler.columns if c in table.column_names])))
+    result = labeler.label(rows)
+    # After the work, before the output: a fault here loses a labelled but unwritten shard.
+    inject_fault(BuildPaths(out.parent), f"{labeler.stage}-shard-{shard_index(out)}")
+    rejects = [Reject(first_row + i, rows[i].get("id"), reason, stage=labeler.stage).to_dict()
+               for i, reason in result.rejects]
+    entry = {**write_arrow(out, labels_table(result.records)), **key, "rejects": rejects,
+             "stats": asdict(result.stats), "input_rows": len(rows)}
+    write_json(marker, entry)
+    return {**entry, "skipped": False}
 
 
 # ----------------------------------------------------------------------------- driver side
 
 
-def plan_run(corpus: str, s2t: str, t2c: str, out: str, *, max_units: int, overwrite: bool) -> dict:
-    """Check inputs, hash them, prepare the output directory; the run's identity and one job per shard."""
+def plan_run(corpus: str, s2t: str, t2c: str, out: str, *, max_units: int, overwrite: bool,
+             labels: str = "echo") -> dict:
+    """Check inputs, hash them, prepare the output directory; the run's identity and one job per shard.
+
+    `labels` names where the labels come from: "echo" (the S2T's Y′ and the T2C's units) or "corpus"
+    (the no-echo baseline, tasks/baseline_labels.py); it enters the run hash, so neither output is
+    taken for the other."""
     from tasks.build_corpus import BuildPaths
     from tasks.data import shard_entries, verify_corpus
     from tasks.out_dir import check_out_path, prepare_out_dir
@@ -243,9 +271,12 @@ def plan_run(corpus: str, s2t: str, t2c: str, out: str, *, max_units: int, overw
     _check_units(root, checkpoints["t2c"]["num_units"])
     corpus_info = {"path": str(root.resolve()), "manifest_sha256": file_sha256(root / "manifest.json"),
                    "rows": sum(int(s["num_rows"]) for s in shards)}
-    run_hash = json_sha256({"corpus": corpus_info["manifest_sha256"], "max_units": max_units,
-                            "s2t": checkpoints["s2t"]["sha256"], "t2c": checkpoints["t2c"]["sha256"],
-                            "schema": spec.SCHEMA_VERSION})
+    identity = {"corpus": corpus_info["manifest_sha256"], "max_units": max_units,
+                "s2t": checkpoints["s2t"]["sha256"], "t2c": checkpoints["t2c"]["sha256"],
+                "schema": spec.SCHEMA_VERSION}
+    if labels != "echo":  # the echo labels' hash stays what it was, so their finished runs still verify
+        identity["labels"] = labels
+    run_hash = json_sha256(identity)
     paths = BuildPaths(out_dir)
     prepare_out_dir(out_dir, run_hash, overwrite)
     write_json(paths.build_json, {"hash": run_hash, "corpus": corpus_info, "checkpoints": checkpoints})
@@ -254,7 +285,7 @@ def plan_run(corpus: str, s2t: str, t2c: str, out: str, *, max_units: int, overw
              "out_path": str(out_dir / f"echo-{i:05d}.arrow"), "run_hash": run_hash}
             for i, (s, off) in enumerate(zip(shards, offsets, strict=True))]
     return {"hash": run_hash, "corpus": corpus_info, "checkpoints": checkpoints, "max_units": max_units,
-            "jobs": jobs, "done": run_done(out_dir, run_hash)}
+            "labels": labels, "jobs": jobs, "done": run_done(out_dir, run_hash)}
 
 
 def _check_units(corpus: Path, t2c_units: int | None) -> None:
@@ -271,7 +302,10 @@ def run_done(out: Path, run_hash: str) -> bool:
     return bool(manifest) and manifest.get("run_hash") == run_hash and not verify_manifest(out, manifest)
 
 
-def finalize_run(out: str, plan: dict, entries: list[dict]) -> dict:
+ECHO_SEGMENTING = "a Y′ token whose text ends with . ? or ! closes a segment; the tail is the last"
+
+
+def finalize_run(out: str, plan: dict, entries: list[dict], *, segmenting: str = ECHO_SEGMENTING) -> dict:
     """Write rejects, the datasets layout and, last, the manifest; check every corpus row is accounted for."""
     from tasks.build_corpus import reason_key
     from tasks.out_dir import drop_previous
@@ -293,9 +327,9 @@ def finalize_run(out: str, plan: dict, entries: list[dict]) -> dict:
     write_datasets_layout(out_dir, [s["path"] for s in shards], spec.SCHEMA, plan["hash"])
     manifest = {
         "kind": "echox.echo_labels", "schema_version": spec.SCHEMA_VERSION, "status": "complete",
-        "run_hash": plan["hash"],
+        "run_hash": plan["hash"], "labels": plan.get("labels", "echo"),
         "corpus": plan["corpus"], "checkpoints": plan["checkpoints"], "max_units": plan["max_units"],
-        "segmenting": "a Y′ token whose text ends with . ? or ! closes a segment; the tail is the last",
+        "segmenting": segmenting,
         "shards": shards, "totals": totals(stats, rows, len(rejects)), "rejects_by_reason": by_reason,
     }
     write_json(out_dir / "manifest.json", manifest)

@@ -395,3 +395,81 @@ def test_real_pipeline_resumes_a_larger_max_steps_and_redoes_beside_the_old_run(
     assert json.loads((out / "echo-labels" / "manifest.json").read_text())["max_units"] == 900
     assert not (out / "echo-labels.new").exists()
     assert next(p for p in make_plan(relabel, only="echo-labels") if p.step == "echo-labels").action == "skip"
+
+
+# ----------------------------------------------------------------------------- the no-echo baseline
+
+BASELINE_STEPS = [*STEPS, "baseline-labels", "baseline", "evaluate-baseline"]
+BASELINE = {"baseline": {"max_steps": 8, "batch_size": 4, "lr": 3.0e-3, "warmup_steps": 2, "log_every": 2,
+                         "ckpt_every": 4, "workers": 1, "launcher": "local"}}  # echo's section in tiny.yaml
+
+
+def with_baseline(out: Path, **changes: object):
+    """tiny_cfg with the baseline steps enabled (the echo section's values), then `changes`."""
+    return tiny_cfg(out, **{**BASELINE, **changes})
+
+
+def expect_baseline(redo: str = "", resume: str = "", absent: str = "") -> dict[str, str]:
+    """{step: action} for every step of a pipeline with the baseline: the named ones as given."""
+    out = dict.fromkeys((s for s in BASELINE_STEPS if s not in absent.split()), "skip")
+    return out | dict.fromkeys(redo.split(), "redo") | dict.fromkeys(resume.split(), "resume")
+
+
+AFTER_LABELS = "echo-labels echo evaluate baseline-labels baseline evaluate-baseline"
+BASELINE_CASES = [
+    ({}, expect_baseline()),
+    ({"baseline.lr": 1e-3}, expect_baseline(redo="baseline evaluate-baseline")),
+    ({"baseline.max_steps": 10}, expect_baseline(resume="baseline", redo="evaluate-baseline")),
+    ({"baseline.log_every": 3}, expect_baseline()),
+    ({"echo.lr": 1e-3}, expect_baseline(redo="echo evaluate")),  # the baseline does not read echo
+    ({"echo_labels.max_units": 500}, expect_baseline(redo=AFTER_LABELS)),  # the same length guard
+    ({"echo_labels.workers": 2}, expect_baseline()),
+    ({"t2c.lr": 1e-3}, expect_baseline(redo=f"t2c {AFTER_LABELS}")),
+    ({"evaluate.limit": 5}, expect_baseline(redo="evaluate evaluate-baseline")),
+    ({"vocoder.lr": 1e-3}, expect_baseline(redo="vocoder evaluate evaluate-baseline")),
+    ({"baseline": None}, expect_baseline(absent="baseline-labels baseline evaluate-baseline")),
+    ({"eval_set": None}, expect_baseline(absent="evaluate evaluate-baseline")),
+]
+
+
+@pytest.mark.parametrize(("changes", "expected"), BASELINE_CASES,
+                         ids=[",".join(c) or "unchanged" for c, _ in BASELINE_CASES])
+def test_the_baseline_steps_rerun_for_their_own_changes(tmp_path: Path, verified: None, changes: dict,
+                                                        expected: dict) -> None:
+    cfg = with_baseline(tmp_path)
+    record(cfg)
+    (tmp_path / "baseline" / "checkpoints" / f"step-{cfg.baseline.max_steps:06d}").mkdir(parents=True)
+    assert actions(with_baseline(tmp_path, **changes)) == expected
+
+
+def test_the_baseline_is_stage_iii_on_the_baseline_labels(tmp_path: Path) -> None:
+    from flows.pipeline_plan import input_outputs
+    from flows.pipeline_steps import get_step
+
+    cfg = with_baseline(tmp_path)
+    done = input_outputs(cfg)
+    labels = get_step("baseline-labels").config(cfg, done)
+    assert labels.out == str(tmp_path / "baseline-labels") and (labels.s2t, labels.t2c) == (done["s2t"],
+                                                                                           done["t2c"])
+    echo, baseline = get_step("echo").config(cfg, done), get_step("baseline").config(cfg, done)
+    assert baseline.stage == echo.stage == "echo" and baseline.out == str(tmp_path / "baseline")
+    assert baseline.echo_labels == str(tmp_path / "baseline-labels") != echo.echo_labels
+    paths = {"out", "echo_labels"}
+    assert baseline.model_dump(exclude=paths) == echo.model_dump(exclude=paths)  # the same training
+    report = get_step("evaluate-baseline").config(cfg, done)
+    assert report.model == str(tmp_path / "baseline" / "model")
+    assert report.out == done["evaluate-baseline"] == str(tmp_path / "eval-baseline" / "report.json")
+
+
+def test_dry_run_lists_the_baseline_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    from echox.cli import main
+
+    config = tmp_path / "p.yaml"
+    config.write_text(yaml.safe_dump(tiny_data(tmp_path / "run", **BASELINE)))
+    assert main(["pipeline", "--config", str(config), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    for step in ("baseline-labels", "baseline", "evaluate-baseline"):
+        assert re.search(rf"^  {step}: +run +\(no output yet\)$", printed, re.M), printed
+    assert not (tmp_path / "run").exists()
