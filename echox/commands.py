@@ -50,10 +50,14 @@ class SpeakOptions(Frozen):
                                 "the echo model's codebook: each segment is vocoded as it closes.")
     out_wav: str | None = Field(None, description="WAV of the spoken answer (needs --vocoder; written "
                                 "atomically at the end).")
-    lookahead: int = Field(5, ge=0, description="Segment trigger: the local-maximum window, in tokens.")
-    min_len_peak: int = Field(50, ge=1, description="Segment trigger: tokens before a cut at a peak.")
-    min_len_thresh: int = Field(20, ge=1, description="Segment trigger: tokens before a cut above --thresh.")
-    thresh: float = Field(0.1, description="Segment trigger: cosine similarity to '.' that allows a cut.")
+    lookahead: int = Field(5, ge=0, description="Segment trigger: a cut needs a local maximum of the "
+                           "similarity within ± this many tokens (so it is decided this many tokens late).")
+    min_len_peak: int = Field(50, ge=1, description="Segment trigger: tokens of the segment before a cut "
+                              "at any peak.")
+    min_len_thresh: int = Field(20, ge=1, description="Segment trigger: tokens of the segment before a cut "
+                                "at a peak above --thresh.")
+    thresh: float = Field(0.1, description="Segment trigger: cosine similarity to '.' that allows a cut "
+                          "after --min-len-thresh tokens.")
 
 
 class VocodeOptions(Frozen):

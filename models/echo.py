@@ -4,7 +4,8 @@ The Echo decoder (a T2C decoder initialised from stage II) reads the S2T model's
 one answer segment through a denoising adapter instead of text embeddings, and learns the segment's
 pseudo-label units. h_t is the state that PREDICTS answer token t (see models/s2t.py), and
 y′_t = argmax lm_head(h_t) is the model's echo of that token; the denoising target is E(y′_t), the Echo
-decoder's frozen text embedding. Loss = L_S2T + L_echo + w·L_denoise.
+decoder's frozen text embedding. Loss = L_S2T + L_echo + w·L_denoise, and once L_S2T < 1,
+0.2·L_S2T + 2.0·(L_echo + w·L_denoise).
 """
 
 from __future__ import annotations
@@ -55,6 +56,26 @@ def echo_loss_weight(l_echo: float | Tensor, l_denoise: float | Tensor) -> float
     echo = float(l_echo.detach()) if isinstance(l_echo, Tensor) else float(l_echo)
     den = float(l_denoise.detach()) if isinstance(l_denoise, Tensor) else float(l_denoise)
     return 0.2 * echo / den if den > 0.2 * echo else 1.0
+
+
+def echo_total_loss(
+    l_s2t: Tensor,
+    l_echo: Tensor,
+    l_denoise: Tensor,
+    w: float,
+    *,
+    low_s2t: float | None = 1.0,
+    s2t_weight_low: float = 0.2,
+    echo_weight_low: float = 2.0,
+) -> Tensor:
+    """L_S2T + (L_echo + w·L_denoise); once L_S2T < low_s2t, 0.2·L_S2T + 2.0·(L_echo + w·L_denoise).
+
+    The low-L_S2T weight scales the whole echo term, denoising included, as the authors' training code
+    does; low_s2t=None never switches."""
+    echo = l_echo + w * l_denoise
+    if low_s2t is not None and float(l_s2t.detach()) < low_s2t:
+        return s2t_weight_low * l_s2t + echo_weight_low * echo
+    return l_s2t + echo
 
 
 def gather_segments(hidden: Tensor, start: Tensor, end: Tensor) -> tuple[Tensor, Tensor]:
@@ -108,10 +129,8 @@ class EchoModel(nn.Module):
         echo = self.echo_decoder(adapted, mask.sum(1), units, lengths, batch["segment_unit_eos"])
         l_s2t, l_echo = s2t_out["loss"], echo["loss"]
         w = echo_loss_weight(l_echo, l_denoise)
-        if self.reweight and float(l_s2t.detach()) < self.low_s2t:
-            loss = self.s2t_weight_low * l_s2t + self.echo_weight_low * l_echo + w * l_denoise
-        else:
-            loss = l_s2t + l_echo + w * l_denoise
+        loss = echo_total_loss(l_s2t, l_echo, l_denoise, w, low_s2t=self.low_s2t if self.reweight else None,
+                               s2t_weight_low=self.s2t_weight_low, echo_weight_low=self.echo_weight_low)
         return {
             "loss": loss, "s2t": l_s2t.detach(), "echo": l_echo.detach(), "denoise": l_denoise.detach(),
             "w": torch.tensor(w), "ce": s2t_out["ce"], "ctc": s2t_out["ctc"],
@@ -191,42 +210,49 @@ def period_row(s2t: S2TModel) -> Tensor:
 
 
 class BoundaryTracker:
-    """Incremental segment boundaries over a similarity stream (DESIGN step 5).
+    """Incremental segment boundaries over a similarity stream (DESIGN step 5), as the released EchoX
+    streaming inference decides them.
 
-    Position t (0-based) closes a segment [s, t] when (a) sims[t] is the maximum of sims[t-lookahead ..
-    t+lookahead] and the segment has ≥ min_len_peak tokens, or (b) sims[t] > thresh and the segment has
-    ≥ min_len_thresh tokens. A boundary is reported as the exclusive end t + 1, as soon as it is decidable
-    (rule (a) waits for `lookahead` more tokens)."""
+    Position t (0-based) of a segment that starts at s is decided once sims[t + lookahead] is known: it
+    closes the segment [s, t] only if sims[t] is the maximum of sims[t-lookahead .. t+lookahead] (clipped
+    at 0, ties count as a maximum) AND either t - s >= min_len_peak, or t - s >= min_len_thresh and
+    sims[t] > thresh. Both rules need the local peak; t - s counts the segment's tokens before t, so a
+    cut segment holds at least min_len + 1 tokens. The last `lookahead` positions of a stream are never
+    decided: what follows the last cut is the final segment. A boundary is reported as the exclusive end
+    t + 1."""
 
     def __init__(
         self, lookahead: int = 5, min_len_peak: int = 50, min_len_thresh: int = 20, thresh: float = 0.1
     ) -> None:
+        if lookahead < 0:
+            raise ValueError(f"lookahead must be >= 0, got {lookahead}")
         self.lookahead, self.min_len_peak = lookahead, min_len_peak
         self.min_len_thresh, self.thresh = min_len_thresh, thresh
         self.sims: list[float] = []
-        self.last = 0  # exclusive end of the last emitted segment
+        self.last = 0  # exclusive end of the last emitted segment = start of the open one
         self._starts: dict[int, int] = {}
         self._next = 0  # next position to decide
 
     def push(self, sim: float) -> list[int]:
-        """Add one similarity; return the segment ends that became decidable."""
+        """Add one similarity; return the segment ends that became decidable (at most one)."""
         self.sims.append(sim)
         out = []
-        while self._next < len(self.sims):
+        while self._next + self.lookahead < len(self.sims):  # the window right of _next is known
             t = self._next
-            length = t - self.last + 1
-            if self.sims[t] > self.thresh and length >= self.min_len_thresh:
+            if self._cuts(t):
                 out.append(self._emit(t))
-            elif length >= self.min_len_peak:
-                if t + self.lookahead >= len(self.sims):
-                    break  # the window right of t is not known yet
-                if self._is_peak(t):
-                    out.append(self._emit(t))
             self._next += 1
         return out
 
+    def _cuts(self, t: int) -> bool:
+        """Position t closes the open segment: a local peak, long enough for its rule."""
+        if not self._is_peak(t):
+            return False
+        before = t - self.last  # tokens of the open segment before t
+        return before >= self.min_len_peak or (before >= self.min_len_thresh and self.sims[t] > self.thresh)
+
     def _is_peak(self, t: int) -> bool:
-        """sims[t] is the maximum of its ±lookahead window (clipped at the start)."""
+        """sims[t] is the maximum of its ±lookahead window (clipped at the stream's start)."""
         window = self.sims[max(0, t - self.lookahead): t + self.lookahead + 1]
         return self.sims[t] >= max(window)
 

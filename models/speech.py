@@ -3,7 +3,8 @@ Soundwave-style speech adapter that turns encoder frames into LLM-width embeddin
 
 Encoder frames are 50 Hz; the adapter stacks pairs (25 Hz), runs one Transformer layer over time, predicts
 CTC tokens over the LLM vocabulary (blank = the audio placeholder), and *shrinks*: it keeps the frames
-whose CTC argmax differs from the previous frame's, and lets them attend back to all frames.
+whose CTC argmax differs from the previous frame's, and lets the kept frames attend to each other (the
+dropped frames are masked as keys, as in the authors' released code).
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def shrink_indices(ids: Tensor, valid: Tensor, blank_id: int | None = None) -> t
 
 class SpeechAdapter(nn.Module):
     """Stack 2 frames → Linear → pre-norm Transformer layer over time → LayerNorm → CTC head → shrink →
-    kept frames attend to all frames (residual + LayerNorm).
+    look-back attention of the kept frames over the kept frames only (residual + LayerNorm).
 
     ctc_embed=True adds the CTC posteriors' expected LLM token embedding to each kept frame, drops blank
     frames, and gates the acoustic part (a learned scalar, 0 at init): the LLM first reads its own
@@ -251,7 +252,9 @@ class SpeechAdapter(nn.Module):
         blank = self.blank_id if self.ctc_embed else None
         idx, mask = shrink_indices(logits.argmax(-1), valid, blank)  # (B, S), (B, S)
         q = x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[-1]))  # (B, S, H)
-        ctx, _ = self.attn(q, x, x, key_padding_mask=~valid, need_weights=False)  # (B, S, H)
+        # Keys are the kept frames: a dropped frame (a CTC repeat, or padding) is never attended to, so it
+        # reaches the output only through the CTC argmax that decided what to keep.
+        ctx, _ = self.attn(q, q, q, key_padding_mask=~mask, need_weights=False)  # (B, S, H)
         frames = self.out_norm(q + ctx)  # (B, S, H)
         if self.ctc_embed:
             if embed is None:

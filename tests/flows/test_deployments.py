@@ -38,6 +38,8 @@ def test_shipped_pipeline_configs_validate() -> None:
     for name in ("tiny", "demo", "demo-smollm2", "paper-3b", "paper-8b"):
         cfg = load_pipeline_config(ROOT / "configs" / f"{name}.yaml")
         assert cfg.out
+        if name.startswith("paper-"):  # the paper's unit language: more unit-words than K units
+            assert cfg.t2c.unit_vocab_size > cfg.corpus["num_units"] == 1000
 
 
 def test_pipeline_config_errors_name_the_field(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from models.echo import (
     build_echo,
     denoise_loss,
     echo_loss_weight,
+    echo_total_loss,
     find_boundaries,
     gather_segments,
     segments_from_boundaries,
@@ -42,6 +43,36 @@ def test_echo_loss_weight_by_hand() -> None:
     assert echo_loss_weight(torch.tensor(5.0, requires_grad=True), torch.tensor(4.0)) == pytest.approx(0.25)
 
 
+# Each row: L_S2T, L_echo, L_denoise, expected w, expected loss (by hand), regime. w = 0.2·L_echo/L_denoise
+# when L_denoise > 0.2·L_echo, else 1; below L_S2T = 1 the loss is 0.2·L_S2T + 2.0·(L_echo + w·L_denoise).
+LOSS_CASES = [
+    (2.0, 3.0, 5.0, 0.12, 2.0 + 3.0 + 0.12 * 5.0, "L_S2T ≥ 1, denoise rescaled: 2 + 3 + 0.6 = 5.6"),
+    (1.5, 10.0, 1.0, 1.0, 1.5 + 10.0 + 1.0, "L_S2T ≥ 1, w = 1: 12.5"),
+    (1.0, 3.0, 5.0, 0.12, 1.0 + 3.0 + 0.6, "L_S2T = 1 exactly is not below 1: 4.6"),
+    (0.5, 3.0, 5.0, 0.12, 0.1 + 2.0 * (3.0 + 0.6), "L_S2T < 1, denoise rescaled: 0.1 + 2·3.6 = 7.3"),
+    (0.9, 10.0, 1.0, 1.0, 0.18 + 2.0 * (10.0 + 1.0), "L_S2T < 1, w = 1: 0.18 + 2·11 = 22.18"),
+]
+
+
+@pytest.mark.parametrize(("s2t", "echo", "den", "w", "expected", "why"), LOSS_CASES,
+                         ids=[row[5][:30] for row in LOSS_CASES])
+def test_echo_total_loss_by_hand(s2t: float, echo: float, den: float, w: float, expected: float,
+                                 why: str) -> None:
+    l_s2t, l_echo, l_den = (torch.tensor(v, requires_grad=True) for v in (s2t, echo, den))
+    assert echo_loss_weight(l_echo, l_den) == pytest.approx(w), why
+    loss = echo_total_loss(l_s2t, l_echo, l_den, w)
+    assert loss.item() == pytest.approx(expected, rel=1e-6), why
+    loss.backward()
+    scale = 2.0 if s2t < 1.0 else 1.0  # the 2.0 reaches the denoising term too
+    assert l_den.grad.item() == pytest.approx(scale * w) and l_echo.grad.item() == pytest.approx(scale)
+    assert l_s2t.grad.item() == pytest.approx(0.2 if s2t < 1.0 else 1.0)
+
+
+def test_echo_total_loss_without_reweighting() -> None:
+    args = (torch.tensor(0.5), torch.tensor(3.0), torch.tensor(5.0), 0.12)
+    assert echo_total_loss(*args, low_s2t=None).item() == pytest.approx(0.5 + 3.0 + 0.6)
+
+
 def test_denoising_adapter_shape_and_width() -> None:
     a = DenoisingAdapter(16, 48)
     assert a(torch.randn(2, 5, 16)).shape == (2, 5, 16)
@@ -54,24 +85,77 @@ def test_gather_segments() -> None:
     assert seg[..., 0].tolist() == [[1, 2, 3], [10, 11, 0]] and mask.sum(1).tolist() == [3, 2]
 
 
-def test_find_boundaries_threshold_rule() -> None:
-    sims = [0.0] * 30
-    sims[10] = 0.5  # too early: segment would be 11 < 20 tokens
-    sims[24] = 0.5  # segment 0..24 is 25 tokens ≥ 20 → boundary, end 25
-    sims[29] = 0.5  # only 5 tokens after the last boundary
-    assert find_boundaries(sims) == [25]
-    assert find_boundaries(sims, min_len_thresh=5) == [11, 25, 30]
+def _stream(n: int, background: float | str = 0.0, **at: float) -> list[float]:
+    """n similarities: a flat `background`, or "falling" (-0.001·i: only position 0 is a local peak of
+    its own), with the values `at` (p24=0.5 sets position 24) on top."""
+    sims = [-0.001 * i if background == "falling" else float(background) for i in range(n)]
+    for key, value in at.items():
+        sims[int(key[1:])] = value
+    return sims
 
 
-def test_find_boundaries_peak_rule() -> None:
-    sims = [0.01 * (i % 7) for i in range(120)]  # below thresh everywhere; local maxima at i % 7 == 6
-    sims[60] = 0.09  # the clear maximum of its window
-    ends = find_boundaries(sims)
-    # Positions 49.. close a ≥50-token segment; the first that is the max of its ±5 window is 60
-    # (55 is not: 60 is in its window). The next segment starts at 61 and may close from 110: 111 (0.06).
-    assert ends[:2] == [61, 112]
-    assert all(b - a >= 50 for a, b in zip([0, *ends], ends, strict=False))
-    assert find_boundaries([0.0] * 40) == []  # too short for any rule
+# Each row: stream, trigger options (defaults: lookahead 5, min_len_peak 50, min_len_thresh 20, thresh
+# 0.1), expected exclusive ends, why. Rule (DESIGN step 5, the released EchoX streaming inference): t cuts
+# the segment that started at s iff sims[t] is the max of sims[t-5 .. t+5] and (t - s >= 50, or t - s >= 20
+# and sims[t] > 0.1); t is decided when sims[t+5] arrives; the end reported is t + 1.
+TRIGGER_CASES = [
+    (_stream(40, "falling", **{f"p{i}": 0.2 + 0.001 * i for i in range(40)}), {}, [],
+     "above 0.1 from the start and rising: never a local peak, so never a cut"),
+    (_stream(40, p24=0.5), {}, [25], "a peak above 0.1 with 24 tokens before it: cut after 24"),
+    (_stream(40, p20=0.3, p22=0.5), {}, [23],
+     "20 crosses 0.1 with 20 tokens before it but 22 is higher within ±5: the cut waits for the peak"),
+    (_stream(40, p20=0.5, p25=0.6), {}, [26], "25 is exactly 5 away: inside 20's window, so 25 cuts"),
+    (_stream(40, p20=0.5, p26=0.6), {}, [21],
+     "26 is 6 away: 20 is its window's max and cuts; 26 then has only 5 tokens before it"),
+    (_stream(40, p20=0.5, p23=0.5), {}, [21], "a tie is a maximum (==): 20 cuts, 23 is too close after"),
+    (_stream(40, p19=0.5), {}, [], "off by one: 19 tokens before the peak is < 20"),
+    (_stream(40, p20=0.5), {}, [21], "off by one: 20 tokens before the peak is enough"),
+    (_stream(70, "falling", p30=0.05), {}, [], "a peak at or below 0.1 needs 50 tokens before it"),
+    (_stream(70, "falling", p49=0.05), {}, [], "off by one: 49 tokens before a low peak is < 50"),
+    (_stream(70, "falling", p50=0.05), {}, [51], "off by one: 50 tokens before a low peak cuts"),
+    (_stream(70, "falling", p50=0.0), {}, [51], "the 50 rule holds for any peak value, even a low one"),
+    (_stream(60), {}, [51], "a flat stream: every position ties as a peak, so the 50 rule cuts at 50"),
+    (_stream(31, p26=0.5), {}, [], "end of stream: 26 needs sims[31], which never comes; the tail is "
+     "the final segment"),
+    (_stream(32, p26=0.5), {}, [27], "end of stream, off by one: sims[31] arrives, so 26 is decided"),
+    (_stream(60, p20=0.5, p40=0.5, p41=0.6), {}, [21, 42],
+     "a second segment counts from the last cut: 40 (19 before) is not the peak, 41 (20 before) cuts"),
+    (_stream(15, p3=0.9, p6=0.5), {"min_len_thresh": 2}, [4],
+     "the window looks back across the last cut: 3 (0.9) is within 6's ±5, so 6 is no peak"),
+    ([0.5] * 10, {"lookahead": 0, "min_len_thresh": 3}, [4, 8],
+     "lookahead 0: every position is its own peak; a cut every 3 + 1 tokens, the rest is the tail"),
+]
+
+
+@pytest.mark.parametrize(("sims", "options", "ends", "why"), TRIGGER_CASES,
+                         ids=[row[3][:40] for row in TRIGGER_CASES])
+def test_trigger_table(sims: list[float], options: dict, ends: list[int], why: str) -> None:
+    assert find_boundaries(sims, **options) == ends, why
+    lookahead = options.get("lookahead", 5)
+    tracker = BoundaryTracker(**options)
+    emitted = [(i, end) for i, s in enumerate(sims) for end in tracker.push(s)]
+    # Each cut is reported exactly when its right window is complete: on the push of sims[end-1+lookahead].
+    assert emitted == [(end - 1 + lookahead, end) for end in ends], why
+    assert [tracker.emitted_start(e) for e in ends] == [0, *ends][: len(ends)]
+
+
+def _reference_rule(sims: list[float], lookahead: int, peak: int, low: int, thresh: float) -> list[int]:
+    """The trigger written plainly, as a second opinion: each t once sims[t+lookahead] exists."""
+    ends, start = [], 0
+    for t in range(len(sims) - lookahead):
+        window = sims[max(0, t - lookahead): t + lookahead + 1]
+        if sims[t] == max(window) and (t - start >= peak or (t - start >= low and sims[t] > thresh)):
+            ends.append(t + 1)
+            start = t + 1
+    return ends
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_trigger_matches_the_plain_rule_on_random_streams(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    sims = (torch.rand(400, generator=g) * 0.3 - 0.1).tolist()
+    for options in ((5, 50, 20, 0.1), (3, 30, 10, 0.11), (0, 8, 4, 0.05), (1, 1, 1, 0.0)):
+        assert find_boundaries(sims, *options) == _reference_rule(sims, *options), options
 
 
 def test_tracker_streams_like_the_batch_function() -> None:
@@ -81,7 +165,7 @@ def test_tracker_streams_like_the_batch_function() -> None:
     streamed = []
     for i, s in enumerate(sims):
         got = tracker.push(s)
-        assert all(e <= i + 1 for e in got)  # never emits a boundary in the future
+        assert all(e - 1 + 3 == i for e in got)  # decided once the 3 states after the cut are known
         streamed += got
     assert streamed == find_boundaries(sims, 3, 30, 10, 0.11) and streamed
     spans = segments_from_boundaries(streamed, len(sims))
@@ -118,7 +202,7 @@ def test_reweighting_once_s2t_is_low(tiny_base: Path, rows: list[dict]) -> None:
     model = _echo(tiny_base).eval()
     model.low_s2t = 1e9  # pretend L_S2T is already below the threshold
     out = model(**make_collator("echo", model)(rows))
-    expected = 0.2 * out["s2t"] + 2.0 * out["echo"] + out["w"] * out["denoise"]
+    expected = 0.2 * out["s2t"] + 2.0 * (out["echo"] + out["w"] * out["denoise"])
     assert torch.isclose(out["loss"], expected, rtol=1e-5)
 
 
@@ -146,7 +230,7 @@ def test_stream_speech_covers_all_tokens(tiny_base: Path, rows: list[dict]) -> N
             max_units=4,
             min_len_thresh=3,
             min_len_peak=5,
-            lookahead=2,
+            lookahead=0,  # every state is its own peak: a cut every 4 tokens, whatever the similarities
             thresh=-1.0,
         )
     )

@@ -50,6 +50,48 @@ def test_adapter_through_constructed_ctc_logits() -> None:
     assert torch.allclose(out.ctc_log_probs.exp().sum(-1), torch.ones(2, 6), atol=1e-5)
 
 
+def _adapter_frames(ctc_embed: bool, plan: list[int], nudge: dict[int, float]) -> torch.Tensor:
+    """Frames (S, H) of a seeded adapter on fixed input whose CTC argmax per 25 Hz frame is `plan`, after
+    adding `nudge[t]` · noise to the states at frame t, just after the adapter's LayerNorm (what the
+    look-back attention and the kept-frame queries read)."""
+    torch.manual_seed(0)
+    adapter = SpeechAdapter(8, 16, 12, blank_id=11, num_heads=2, ctc_embed=ctc_embed).eval()
+    logits = torch.nn.functional.one_hot(torch.tensor([plan]), 12).float() * 5  # (1, T', V)
+    adapter.ctc_head.register_forward_hook(lambda *_: logits)
+    delta = torch.zeros(1, len(plan), 16)
+    for t, size in nudge.items():
+        delta[0, t] = size * torch.randn(16, generator=torch.Generator().manual_seed(t))
+    adapter.norm.register_forward_hook(lambda _m, _i, out: out + delta)
+    embed = torch.randn(12, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        if ctc_embed:
+            adapter.gate.fill_(1.0)  # open the acoustic part, else it hides what attention does
+        enc = torch.randn(1, 2 * len(plan), 8, generator=torch.Generator().manual_seed(2))
+        out = adapter(enc, torch.tensor([2 * len(plan)]), embed)
+    return out.frames[0]
+
+
+# Each row: ctc_embed, CTC argmax per 25 Hz frame, the kept frames, a dropped frame to change, a kept one.
+LOOK_BACK_CASES = [
+    (False, [3, 3, 11, 11, 4, 4], [0, 2, 4], 1, 2),  # repeats dropped; a blank run keeps one frame
+    (False, [3, 3, 11, 11, 4, 4], [0, 2, 4], 5, 4),
+    (True, [3, 3, 11, 11, 4, 4], [0, 4], 2, 4),  # ctc_embed also drops the blank frames
+]
+
+
+@pytest.mark.parametrize(("ctc_embed", "plan", "kept", "dropped", "other"), LOOK_BACK_CASES)
+def test_look_back_attends_to_the_kept_frames_only(ctc_embed: bool, plan: list[int], kept: list[int],
+                                                   dropped: int, other: int) -> None:
+    base = _adapter_frames(ctc_embed, plan, {})
+    assert base.shape[0] == len(kept)
+    # A dropped frame changes nothing (before this fix every frame was a key, so it moved them all) ...
+    assert torch.allclose(_adapter_frames(ctc_embed, plan, {dropped: 3.0}), base, atol=1e-6)
+    # ... while changing a kept frame moves the other kept frames through attention.
+    moved = _adapter_frames(ctc_embed, plan, {other: 3.0})
+    rest = [i for i, t in enumerate(kept) if t != other]
+    assert not torch.allclose(moved[rest], base[rest], atol=1e-4)
+
+
 def test_adapter_gradients_and_ctc_blank() -> None:
     torch.manual_seed(0)
     adapter = SpeechAdapter(8, 16, 12, blank_id=11, num_heads=2)

@@ -104,7 +104,8 @@ def _speak(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
 
 def test_speak_streams_segments_with_units(echo_ckpt: Path, wav: Path, capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    trigger = ["--min-len-thresh", "3", "--min-len-peak", "5", "--lookahead", "2", "--thresh", "-1"]
+    # lookahead 0: every state is its own local peak, so a random model cuts every 4 tokens.
+    trigger = ["--min-len-thresh", "3", "--min-len-peak", "5", "--lookahead", "0", "--thresh", "-1"]
     args = ["--model", str(echo_ckpt), "--audio", str(wav), "--max-new-tokens", "10", "--max-units", "4"]
     assert _speak(args + trigger, monkeypatch) == 0
     out = capsys.readouterr().out.splitlines()
@@ -163,7 +164,8 @@ def test_speak_with_a_vocoder_writes_the_answer_wav(echo_ckpt: Path, wav: Path, 
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import soundfile as sf
 
-    trigger = ["--min-len-thresh", "3", "--min-len-peak", "5", "--lookahead", "2", "--thresh", "-1"]
+    # lookahead 0: every state is its own local peak, so a random model cuts every 4 tokens.
+    trigger = ["--min-len-thresh", "3", "--min-len-peak", "5", "--lookahead", "0", "--thresh", "-1"]
     args = ["--model", str(echo_ckpt), "--audio", str(wav), "--max-new-tokens", "10", "--max-units", "4",
             "--vocoder", str(_vocoder(tmp_path, K)), "--out-wav", str(tmp_path / "answer.wav")]
     assert _speak(args + trigger, monkeypatch) == 0
