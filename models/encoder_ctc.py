@@ -147,7 +147,8 @@ def build_encoder_ctc(preset: ModelPreset, llm_dir: Path, *, load_weights: bool 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         adapter = SpeechAdapter(encoder.config.d_model, hidden, vocab, chat.audio_id,
-                                num_heads=preset.adapter_heads, ctc_embed=preset.adapter_ctc_embed)
+                                num_heads=preset.adapter_heads, ctc_embed=preset.adapter_ctc_embed,
+                                lookback=preset.adapter_lookback)
     model = EncoderCTC(encoder, adapter, chat, build_feature_extractor(encoder),
                        trim_audio_window=preset.trim_audio_window)
     model.build_info = BuildInfo("encoder", preset, str(llm_dir),

@@ -50,6 +50,9 @@ class ModelPreset:
     # --- speech adapter ---
     adapter_heads: int = 4
     """Attention heads of the adapter's time Transformer layer and shrink attention."""
+    adapter_lookback: str = "all"
+    """What the adapter's kept frames attend to: "kept" (the reference code) or "all" frames. The default is
+    what checkpoints saved before the field existed were trained with; every named preset sets "kept"."""
     adapter_ctc_embed: bool = False
     """Feed the LLM the CTC posteriors' expected token embeddings of the kept frames (blanks dropped) plus
     a gated acoustic part (models/speech.py: SpeechAdapter); off: the acoustic frames alone."""
@@ -110,12 +113,14 @@ class ModelPreset:
 PRESETS: dict[str, ModelPreset] = {
     "tiny": ModelPreset(
         name="tiny",
+        adapter_lookback="kept",
         max_audio_seconds=8,
         train_encoder=True,
         self_contained_checkpoints=True,
     ),
     "smollm2-135m": ModelPreset(
         name="smollm2-135m",
+        adapter_lookback="kept",
         # Whisper-tiny sizes, so a local whisper-tiny directory drops in via encoder_path.
         encoder_dim=384,
         encoder_layers=4,
@@ -134,6 +139,7 @@ PRESETS: dict[str, ModelPreset] = {
     ),
     "llama-3b": ModelPreset(
         name="llama-3b",
+        adapter_lookback="kept",
         encoder_source="path",
         num_mel_bins=128,
         adapter_heads=16,
@@ -149,6 +155,7 @@ PRESETS: dict[str, ModelPreset] = {
     ),
     "llama-8b": ModelPreset(
         name="llama-8b",
+        adapter_lookback="kept",
         encoder_source="path",
         num_mel_bins=128,
         adapter_heads=32,
@@ -191,6 +198,8 @@ def validate_preset(preset: ModelPreset) -> ModelPreset:
         raise ConfigError(f"{where}: encoder_source must be random or path, not {preset.encoder_source!r}")
     if isinstance(preset.lora_rank, bool) or not isinstance(preset.lora_rank, int) or preset.lora_rank < 0:
         raise ConfigError(f"{where}: lora_rank must be an integer >= 0, not {preset.lora_rank!r}")
+    if preset.adapter_lookback not in ("kept", "all"):
+        raise ConfigError(f"{where}: adapter_lookback must be kept or all, not {preset.adapter_lookback!r}")
     if not preset.ctc_weight >= 0.0:
         raise ConfigError(f"{where}: ctc_weight must be >= 0, not {preset.ctc_weight!r}")
     if preset.llm_dim % preset.llm_heads or preset.t2c_dim % preset.t2c_heads:

@@ -283,6 +283,7 @@ def build_s2t(preset: ModelPreset, llm_dir: Path, *, load_weights: bool = True, 
             chat.audio_id,
             num_heads=preset.adapter_heads,
             ctc_embed=preset.adapter_ctc_embed,
+            lookback=preset.adapter_lookback,
         )
         llm = apply_lora(llm, preset)
     if encoder_init is not None:

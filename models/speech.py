@@ -172,6 +172,10 @@ def _as_float(audio: Any) -> np.ndarray:
 # ----------------------------------------------------------------------------- adapter
 
 
+LOOKBACK = ("kept", "all")
+"""What the kept frames attend to: the kept frames (the reference), or every frame (echox before 2026-11)."""
+
+
 @dataclass
 class AdapterOutput:
     """Speech embeddings for the LLM plus what the CTC loss needs."""
@@ -220,10 +224,14 @@ class SpeechAdapter(nn.Module):
         num_heads: int = 4,
         dropout: float = 0.1,
         ctc_embed: bool = False,
+        lookback: str = "kept",
     ) -> None:
         super().__init__()
+        if lookback not in LOOKBACK:
+            raise ValueError(f"adapter lookback must be one of {LOOKBACK}, not {lookback!r}")
         self.blank_id = blank_id
         self.ctc_embed = ctc_embed
+        self.lookback = lookback
         self.proj = nn.Linear(2 * enc_dim, llm_dim)
         # batch_first: attend over time (the reference code attends across the batch axis by mistake).
         self.layer = nn.TransformerEncoderLayer(
@@ -252,9 +260,13 @@ class SpeechAdapter(nn.Module):
         blank = self.blank_id if self.ctc_embed else None
         idx, mask = shrink_indices(logits.argmax(-1), valid, blank)  # (B, S), (B, S)
         q = x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[-1]))  # (B, S, H)
-        # Keys are the kept frames: a dropped frame (a CTC repeat, or padding) is never attended to, so it
-        # reaches the output only through the CTC argmax that decided what to keep.
-        ctx, _ = self.attn(q, q, q, key_padding_mask=~mask, need_weights=False)  # (B, S, H)
+        # "kept" (the reference): keys are the kept frames, so a dropped frame (a CTC repeat, or padding) is
+        # never attended to and reaches the output only through the CTC argmax that decided what to keep.
+        # "all": every valid frame (what checkpoints made before the fix were trained with).
+        if self.lookback == "kept":
+            ctx, _ = self.attn(q, q, q, key_padding_mask=~mask, need_weights=False)  # (B, S, H)
+        else:
+            ctx, _ = self.attn(q, x, x, key_padding_mask=~valid, need_weights=False)  # (B, S, H)
         frames = self.out_norm(q + ctx)  # (B, S, H)
         if self.ctc_embed:
             if embed is None:

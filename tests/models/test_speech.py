@@ -152,3 +152,24 @@ def test_encoder_loads_a_local_whisper_checkpoint_frozen(tmp_path: Path) -> None
         build_encoder(resolve_preset("llama-3b"))
     with pytest.raises(CheckpointError, match=r"config\.json"):
         build_encoder(resolve_preset("tiny", encoder_path=str(tmp_path)))
+
+
+def test_checkpoints_made_before_the_lookback_fix_keep_attending_to_every_frame() -> None:
+    """A preset dict without `adapter_lookback` (a checkpoint saved before it existed) rebuilds the adapter
+    it was trained with ("all"); every named preset uses the reference's "kept"."""
+    from models.presets import preset_from_dict, preset_to_dict, resolve_preset
+
+    old = preset_to_dict(resolve_preset("smollm2-135m"))
+    old.pop("adapter_lookback")
+    assert preset_from_dict(old).adapter_lookback == "all"
+    assert resolve_preset("tiny").adapter_lookback == resolve_preset("llama-8b").adapter_lookback == "kept"
+    torch.manual_seed(0)
+    everything = SpeechAdapter(8, 16, 7, 0, num_heads=2, lookback="all").eval()
+    reference = SpeechAdapter(8, 16, 7, 0, num_heads=2, lookback="kept").eval()
+    reference.load_state_dict(everything.state_dict())  # the same weights: only what is attended differs
+    enc = torch.randn(1, 24, 8)
+    a, b = everything(enc, torch.tensor([24])), reference(enc, torch.tensor([24]))
+    assert torch.equal(a.mask, b.mask) and int(a.mask.sum()) < 12  # some of the 12 frames were dropped
+    assert not torch.allclose(a.frames, b.frames)
+    with pytest.raises(ValueError, match="lookback"):
+        SpeechAdapter(8, 16, 7, 0, lookback="some")
