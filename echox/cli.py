@@ -31,7 +31,7 @@ from echox.commands import (
     T2COptions,
     VocodeOptions,
 )
-from tasks.configs import BuildCorpusConfig, TrainFlowConfig
+from tasks.configs import BuildCorpusConfig, ExportConfig, TrainFlowConfig
 
 
 def _run_build_corpus(cfg: BuildCorpusConfig) -> int:
@@ -54,6 +54,21 @@ def _run_train(cfg: TrainFlowConfig) -> int:
     from flows.train import train  # after validation: a bad option fails without importing Prefect
 
     print(f"model written to {train(cfg=cfg)}")
+    return 0
+
+
+def _run_export(cfg: ExportConfig) -> int:
+    from tasks.export import export_corpus, get_exporter
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    result = export_corpus(cfg.corpus, cfg.to, cfg.out, overwrite=cfg.overwrite,
+                           progress=progress if cfg.progress else None)
+    rec = result.record
+    print(f"exported {rec['counts']['rows']} rows ({rec['counts']['utterances']} utterances) as {cfg.to} to "
+          f"{result.out}: {rec['bytes'] / 1e6:.1f} MB in {rec['export_seconds']:.1f} s (export.json)")
+    print(f"load: {get_exporter(cfg.to).load.format(out=result.out)}")
     return 0
 
 
@@ -194,6 +209,14 @@ COMMANDS = [
                         "checkpoint.",
             flags={"preset_overrides": Flag(flag="--set", help="override a preset field, e.g. --set "
                                             "llm_path=/models/llama (repeatable)")}),
+    Command("export", ExportConfig, _run_export,  # type: ignore[arg-type]
+            help="copy a corpus into hf-audio (datasets + Audio), lhotse or webdataset form",
+            description="Export a verified corpus for speech libraries: a datasets copy whose audio columns "
+                        "are Audio (WAV bytes), Lhotse manifests (two cuts per row: <id>-question, "
+                        "<id>-answer, units and durations as custom fields) or WebDataset tar shards. "
+                        "Written to a temp folder beside --out and renamed into place; export.json records "
+                        "the source, counts and versions.",
+            flags={"progress": Flag(negate="--quiet", help="no per-shard progress")}),
     Command("ask", AskOptions, _run_ask, help="answer a spoken question with a stage-I (or echo) checkpoint"),  # type: ignore[arg-type]
     Command("t2c", T2COptions, _run_t2c, help="units for a text with a stage-II checkpoint"),  # type: ignore[arg-type]
     Command("vocode", VocodeOptions, run_vocode,  # type: ignore[arg-type]

@@ -33,6 +33,18 @@ def write_wav(path: str | Path, audio: np.ndarray, sr: int = SAMPLE_RATE) -> Non
     soundfile.write(str(path), audio, sr, subtype="PCM_16", format="WAV")  # any file name, temp names too
 
 
+def wav_bytes(audio: np.ndarray, sr: int = SAMPLE_RATE) -> bytes:
+    """1-D int16 audio as the bytes of a 16-bit PCM mono WAV file (a 44-byte header, then the samples)."""
+    if audio.ndim != 1 or audio.dtype != np.int16:
+        raise ValueError(f"expected 1-D int16 audio, got {audio.dtype} with shape {audio.shape}")
+    data = audio.astype("<i2", copy=False).tobytes()
+    header = b"".join([b"RIFF", (36 + len(data)).to_bytes(4, "little"), b"WAVEfmt ",
+                       (16).to_bytes(4, "little"), (1).to_bytes(2, "little"), (1).to_bytes(2, "little"),
+                       sr.to_bytes(4, "little"), (2 * sr).to_bytes(4, "little"), (2).to_bytes(2, "little"),
+                       (16).to_bytes(2, "little"), b"data", len(data).to_bytes(4, "little")])
+    return header + data
+
+
 def as_float_waveform(audio: np.ndarray) -> np.ndarray:
     """1-D int16 or float audio -> float32 in [-1, 1]; anything else is an InputError."""
     wav = np.asarray(audio)

@@ -329,3 +329,34 @@ class EvaluateConfig(Frozen):
             if self.t2c or self.vocoder:
                 raise ValueError("--t2c and --vocoder score an echo checkpoint's units: not with --mode text")
         return self
+
+
+def _export_targets(schema: dict[str, Any]) -> None:
+    """The export targets as the field's JSON-schema enum (the generated CLI's choices)."""
+    from tasks.export import exporter_names
+
+    schema["enum"] = exporter_names()
+
+
+class ExportConfig(Frozen):
+    """Parameters of `echox export`: a corpus copied into a format that speech libraries load."""
+
+    corpus: str = Field(description="Corpus directory built by build-corpus (verified before export).")
+    to: str = Field(description="Target: hf-audio (a datasets directory with Audio columns of WAV bytes), "
+                    "lhotse (recordings, supervisions and cuts manifests, a WAV per utterance) or "
+                    "webdataset (tar shards).", json_schema_extra=_export_targets)
+    out: str = Field(description="Output folder: new or empty (written in a temp folder beside it, then "
+                     "renamed into place).")
+    overwrite: bool = Field(False, description="Replace an earlier export in --out (never a folder that "
+                            "is not one).")
+    progress: bool = Field(True, description="Print a line per exported shard.")
+
+    @field_validator("to")
+    @classmethod
+    def _target_known(cls, name: str) -> str:
+        """A registered export target (tasks/export.py: EXPORTERS)."""
+        from tasks.export import exporter_names
+
+        if name not in exporter_names():
+            raise ValueError(f"not an export target; choose one of {', '.join(exporter_names())}")
+        return name

@@ -111,11 +111,13 @@ def file_verifies(path: Path, sha256: str | None) -> bool:
     return sha256 is not None and path.exists() and file_sha256(path) == sha256
 
 
-def write_datasets_layout(out_dir: Path, shard_names: list[str], schema: pa.Schema, fingerprint: str) -> None:
-    """Write state.json and dataset_info.json so `datasets.load_from_disk(out_dir)` opens the shards."""
+def write_datasets_layout(out_dir: Path, shard_names: list[str], schema: pa.Schema, fingerprint: str,
+                          features: Any = None) -> None:
+    """Write state.json and dataset_info.json so `datasets.load_from_disk(out_dir)` opens the shards
+    (`features`: a `datasets.Features` to declare instead of the plain ones the schema implies)."""
     import datasets
 
-    features = datasets.Features.from_arrow_schema(schema)
+    features = features if features is not None else datasets.Features.from_arrow_schema(schema)
     write_json(out_dir / "dataset_info.json", {"citation": "", "description": "", "homepage": "",
                                                "license": "", "features": features.to_dict()})
     write_json(out_dir / "state.json", {
