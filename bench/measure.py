@@ -26,7 +26,7 @@ import psutil
 
 MB = 1 << 20
 VERSIONED = ("torch", "torchaudio", "ray", "prefect", "prefect-ray", "fairseq2", "pyarrow", "numpy",
-             "onnxruntime", "piper-tts", "transformers", "datasets")
+             "onnxruntime", "piper-tts", "transformers", "datasets", "lhotse", "webdataset")
 
 
 def stats(values: Sequence[float]) -> dict[str, Any]:

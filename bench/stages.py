@@ -194,6 +194,42 @@ def shards(ctx: BenchContext) -> dict[str, Any]:
                       case("read_arrow (sha256 checked)", {"records": n}, read, work=work)]}
 
 
+def export(ctx: BenchContext) -> dict[str, Any]:
+    """`echox export` per target: rows/s, corpus MB/s, and the output's size beside the corpus's."""
+    from tasks.export import export_corpus, exporter_names
+    from tasks.shards import load_manifest
+
+    corpus = ctx.ws.train_corpus(ctx.arg("export", "records", ctx.pick(300, 16)), ctx.pick(100, 16))
+    manifest = load_manifest(corpus) or {}
+    rows = int(manifest["totals"]["rows"])
+    corpus_mb = sum((corpus / s["path"]).stat().st_size for s in manifest["shards"]) / 1e6
+    cases = []
+    for target in exporter_names():
+        export_corpus(corpus, target, ctx.path("export", target, "warm-up"), overwrite=True)  # imports
+        walls, cpus, peak, record = [], [], 0.0, {}
+        for rep in range(ctx.repeats):
+            out = ctx.path("export", target, f"run-{rep}")
+            shutil.rmtree(out, ignore_errors=True)
+            wall, cpu, rss, result = timed(lambda out=out, t=target: export_corpus(corpus, t, out))
+            walls, cpus, peak, record = [*walls, wall], [*cpus, cpu], max(peak, rss), result.record
+        measured = {"wall_s": stats(walls), "cpu_s": stats(cpus), "peak_rss_mb": round(peak, 1)}
+        out_mb = record["bytes"] / 1e6
+        cases.append(case(target, {"rows": rows, "corpus_MB": round(corpus_mb, 2)}, measured,
+                          work={"rows": rows, "MB": corpus_mb}, out_MB=round(out_mb, 2),
+                          size_vs_corpus=round(out_mb / corpus_mb, 3),
+                          files=sum(1 for p in out.rglob("*") if p.is_file())))
+    return {"cases": cases, "notes": [
+        "Corpus: the espeak workload corpus (K=100 MFCC units, shards of 32 rows). Each export verifies the "
+        "corpus's sha256s, streams it shard by shard, writes a temp folder and renames it into place; "
+        "MB/s counts the corpus's Arrow shard bytes (10^6 bytes) read per second; size_vs_corpus = the "
+        "export folder's bytes / the shards' bytes. A warm-up export per target (library imports, page "
+        "cache) is not timed.",
+        "hf-audio and webdataset write one file per corpus shard; lhotse writes a WAV per utterance plus "
+        "three gzipped JSONL manifests.",
+        "Peak RSS is the stage process's, which built the corpus first (torch loaded): an upper bound of "
+        "the export's own memory."]}
+
+
 def _tokens_per_s(metrics_path: Path, skip_steps: int) -> list[float]:
     """tokens/s of every metrics window that starts after `skip_steps` (warm-up excluded)."""
     rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
@@ -500,6 +536,7 @@ def corpus_build(ctx: BenchContext) -> dict[str, Any]:
 
 STAGES: dict[str, StageFn] = {
     "text_norm": text_norm, "tts": tts, "asr": asr, "features": features, "kmeans": kmeans, "shards": shards,
+    "export": export,
     "baseline": baseline, "corpus_build": corpus_build, "train": train, "echo_labels": echo_labels,
     "streaming": streaming, "vocoder": vocoder,
     "speech_roundtrip": speech_roundtrip,

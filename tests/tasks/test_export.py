@@ -198,7 +198,10 @@ def test_a_non_empty_out_is_refused_and_an_earlier_export_replaced_with_overwrit
     _refused(capsys, _cli("--corpus", str(tiny_corpus), "--to", "webdataset", "--out", str(earlier)),
              "holds an earlier export; pass --overwrite")
     assert _cli("--corpus", str(tiny_corpus), "--to", "webdataset", "--out", str(earlier), "--overwrite") == 0
-    assert json.loads((earlier / EXPORT_JSON).read_text())["target"] == "webdataset"
+    record = json.loads((earlier / EXPORT_JSON).read_text())
+    assert record["target"] == "webdataset"
+    # the same corpus gives the same tar bytes (fixed member times)
+    assert record["files"] == json.loads((exports["webdataset"] / EXPORT_JSON).read_text())["files"]
     assert not (earlier / "cuts.jsonl.gz").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "foreign"]  # no temp or kept folder
 
