@@ -228,3 +228,21 @@ def test_a_failed_export_leaves_out_as_it_was(tiny_corpus: Path, exports: dict[s
         export_corpus(tiny_corpus, failing_target, earlier, overwrite=True)
     assert sorted(p.name for p in earlier.iterdir()) == before
     assert [p.name for p in tmp_path.iterdir()] == ["earlier"]
+
+
+def test_optional_columns_travel_with_the_utterance() -> None:
+    """ASR columns (a build with --asr-check) go to the supervisions, a non-empty extra to the cut."""
+    from tasks.export_formats import lhotse_cut, wds_sample
+
+    audio = np.arange(1600, dtype=np.int16)
+    row = {"id": "x.1", "voice": "v", "aliases": ["4"], "extra": '{"topic": "sums"}',
+           **{f"{side}_{k}": v for side in SIDES for k, v in (
+               ("text", "two plus two"), ("original", "2+2"), ("audio", audio), ("units", [3, 1]),
+               ("durations", [2, 5]), ("asr_text", "two plus to"), ("asr_wer", 0.333))}}
+    cut = lhotse_cut(row, "answer", "audio/x.wav", "en")
+    assert cut.id == "x.1-answer" and cut.duration == 0.1 and cut.extra == '{"topic": "sums"}'
+    (sup,) = cut.supervisions
+    assert sup.asr_text == "two plus to" and sup.asr_wer == 0.333 and sup.aliases == ["4"]
+    sample = wds_sample(row)
+    assert sample["__key__"] == "x%2E1" and json.loads(sample["json"])["question_asr_wer"] == 0.333
+    np.testing.assert_array_equal(_wav(sample["answer.wav"]), audio)
