@@ -162,21 +162,21 @@ def tokenizer_digest(tokenizer: Any) -> str:
     return hashlib.sha256(vocab.encode()).hexdigest()
 
 
-def load_pretrained_speech(path: Path, encoder: nn.Module, adapter: nn.Module, tokenizer: Any) -> None:
-    """Copy an encoder checkpoint's encoder and adapter weights into stage I's modules; CheckpointError
+def load_pretrained_speech(pretrained: EncoderCTC, encoder: nn.Module, adapter: nn.Module,
+                           tokenizer: Any) -> None:
+    """Copy a loaded encoder checkpoint's encoder and adapter weights into stage I's modules; CheckpointError
     when it was trained over another tokenizer or its shapes (encoder sizes, LLM width) differ."""
-    from models.io import load_model, read_config
-
-    if read_config(Path(path)).get("extra", {}).get("tokenizer") != tokenizer_digest(tokenizer):
-        raise CheckpointError(f"{path}: the encoder was pretrained over another tokenizer than this base "
+    info = pretrained.build_info
+    where = info.llm_dir if info is not None else "the encoder checkpoint"
+    if info is None or info.extra.get("tokenizer") != tokenizer_digest(tokenizer):
+        raise CheckpointError(f"{where}: the encoder was pretrained over another tokenizer than this base "
                               "LLM's; pretrain it with the same preset and base LLM")
-    pretrained = load_model(Path(path), expect_stage="encoder")
     for name, target in (("encoder", encoder), ("adapter", adapter)):
         source = getattr(pretrained, name).state_dict()
         mine = target.state_dict()
         wrong = [k for k, v in source.items() if k in mine and mine[k].shape != v.shape]
         if wrong or set(source) - set(mine):
             raise CheckpointError(
-                f"{path}: its {name} does not fit this preset's (shapes differ at {wrong[:3]}): pretrain the "
-                "encoder with the same preset and base LLM")
+                f"{where}: its {name} does not fit this preset's (shapes differ at {wrong[:3]}): pretrain "
+                "the encoder with the same preset and base LLM")
         target.load_state_dict(source, strict=False)  # ctc_embed's gate stays as initialised

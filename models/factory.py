@@ -41,6 +41,7 @@ def build_for_stage(
     if not all(paths[name] for name in wanted):
         raise ConfigError(f"stage {stage} needs {' and '.join('--' + n for n in wanted)} checkpoints")
     loaded = {name: load_model(Path(str(paths[name])), expect_stage=name) for name in wanted}
+    pretrained = load_model(Path(encoder_init), expect_stage="encoder") if encoder_init else None
     inputs = StageInputs(num_units=num_units, unit_language=unit_language, seed=seed, codebook=codebook,
-                         encoder_init=encoder_init, **loaded)
+                         encoder_init=pretrained, **loaded)
     return spec.build(preset_from_dict(preset), Path(llm_dir), inputs)

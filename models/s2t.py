@@ -267,9 +267,9 @@ def external_keys(model: nn.Module, preset: ModelPreset, encoder_loaded: bool) -
 
 
 def build_s2t(preset: ModelPreset, llm_dir: Path, *, load_weights: bool = True, seed: int = 0,
-              encoder_init: Path | None = None) -> S2TModel:
+              encoder_init: nn.Module | None = None) -> S2TModel:
     """Stage-I model from the base LLM directory (load_weights=False: a random skeleton to load into);
-    `encoder_init`: an encoder-pretraining checkpoint whose encoder and adapter weights it starts from."""
+    `encoder_init`: a loaded encoder-pretraining model whose encoder and adapter weights it starts from."""
     tokenizer = load_tokenizer(llm_dir)
     chat = ChatFormat(tokenizer, preset.audio_token)
     llm = load_llm(llm_dir, load_weights=load_weights)

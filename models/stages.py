@@ -55,8 +55,8 @@ class StageInputs:
     """Seed of the fresh weights."""
     codebook: dict[str, Any] | None = None
     """Identity of the corpus codebook (num_units, sha256, features, frame_rate), beside num_units."""
-    encoder_init: str | None = None
-    """An encoder-pretraining checkpoint (stages with the "encoder_init" option), or None."""
+    encoder_init: Any = None
+    """The loaded encoder-pretraining model (stages with the "encoder_init" option), or None."""
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,7 @@ def _build_s2t(preset: ModelPreset, llm_dir: Path, inputs: StageInputs) -> nn.Mo
     """Stage I from the base LLM."""
     from models.s2t import build_s2t
 
-    init = Path(inputs.encoder_init) if inputs.encoder_init else None
-    return build_s2t(preset, llm_dir, seed=inputs.seed, encoder_init=init)
+    return build_s2t(preset, llm_dir, seed=inputs.seed, encoder_init=inputs.encoder_init)
 
 
 def _rebuild_s2t(preset: ModelPreset, llm_dir: Path, extra: dict[str, Any], load_weights: bool) -> nn.Module:

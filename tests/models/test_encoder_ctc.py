@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.errors import CheckpointError
-from models.encoder_ctc import build_encoder_ctc, collapse, collate_encoder, tokenizer_digest
+from models.encoder_ctc import build_encoder_ctc, collapse, collate_encoder
 from models.presets import resolve_preset
 from models.speech import SpeechAdapter, build_encoder, run_encoder, shrink_indices
 from tests.models.conftest import make_rows
@@ -91,7 +91,7 @@ def test_encoder_stage_learns_saves_loads_and_initialises_stage_one(tiny_base: P
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value)
 
-    s2t = build_s2t(preset, tiny_base, seed=5, encoder_init=saved)
+    s2t = build_s2t(preset, tiny_base, seed=5, encoder_init=load_model(saved, expect_stage="encoder"))
     for name in ("encoder", "adapter"):
         mine = getattr(s2t, name).state_dict()
         for key, value in getattr(model, name).state_dict().items():
@@ -106,22 +106,21 @@ def _s2t_batch(s2t):
 
 
 def test_stage_one_refuses_an_encoder_of_another_tokenizer(tiny_base: Path, tmp_path: Path) -> None:
-    from models.io import save_model
+    from models.io import load_model, save_model
+    from models.llm import prepare_base_llm
     from models.s2t import build_s2t
 
-    preset = _preset(tiny_base)
-    saved = save_model(build_encoder_ctc(preset, tiny_base), tmp_path / "enc")
-    config = saved / "config.json"
-    config.write_text(config.read_text().replace(tokenizer_digest(
-        build_encoder_ctc(preset, tiny_base).chat.tokenizer), "0" * 64))
+    other = prepare_base_llm(resolve_preset("tiny"), corpus_texts=["the cat sat on the mat"] * 20 + [
+        "a dog ran to the park and back again"] * 20, cache_dir=tmp_path / "other", seed=0)
+    saved = save_model(build_encoder_ctc(_preset(other), other), tmp_path / "enc")
     with pytest.raises(CheckpointError, match="another tokenizer"):
-        build_s2t(preset, tiny_base, encoder_init=saved)
+        build_s2t(_preset(tiny_base), tiny_base, encoder_init=load_model(saved, expect_stage="encoder"))
 
 
 def test_stage_one_refuses_an_encoder_of_other_sizes(tiny_base: Path, tmp_path: Path) -> None:
-    from models.io import save_model
+    from models.io import load_model, save_model
     from models.s2t import build_s2t
 
     saved = save_model(build_encoder_ctc(_preset(tiny_base, encoder_dim=32), tiny_base), tmp_path / "enc")
     with pytest.raises(CheckpointError, match="does not fit"):
-        build_s2t(_preset(tiny_base), tiny_base, encoder_init=saved)
+        build_s2t(_preset(tiny_base), tiny_base, encoder_init=load_model(saved, expect_stage="encoder"))
