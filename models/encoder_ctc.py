@@ -52,6 +52,12 @@ class EncoderCTC(nn.Module):
         self.chat = chat
         self.feature_extractor = feature_extractor
         self.trim_audio_window = trim_audio_window
+        # CTC reads the adapter up to its CTC head; the shrink attention and output norm (and the ctc_embed
+        # gate) only run in stage I: frozen here, so DDP sees no parameter without a gradient.
+        for unused in ("attn", "out_norm", "gate"):
+            part = getattr(adapter, unused, None)
+            if part is not None:
+                part.requires_grad_(False)
         self.max_frames = int(encoder.config.max_source_positions)
         self.max_samples = window_samples(encoder)
         self.build_info: BuildInfo | None = None

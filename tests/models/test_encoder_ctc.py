@@ -70,7 +70,7 @@ def test_encoder_stage_learns_saves_loads_and_initialises_stage_one(tiny_base: P
     from models.io import load_model, save_model
     from models.s2t import build_s2t
 
-    preset = _preset(tiny_base)
+    preset = _preset(tiny_base, adapter_ctc_embed=True)
     model = build_encoder_ctc(preset, tiny_base, seed=0)
     batch = collate_encoder(_rows(), model)
     assert batch["input_features"].shape[0] == 8  # question and answer of 4 rows
@@ -83,6 +83,8 @@ def test_encoder_stage_learns_saves_loads_and_initialises_stage_one(tiny_base: P
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.7 * losses[0]
+    # DDP needs a gradient for every trainable parameter: what CTC does not read is frozen
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     texts = model.transcribe([np.asarray(r["question_audio"]) for r in _rows(2)])
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
 
