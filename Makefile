@@ -8,7 +8,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test test-all lint server bench sysdeps venv clean
+.PHONY: demo experiment test test-all lint server bench sysdeps venv clean
 
 sysdeps:
 	@command -v espeak-ng >/dev/null || { \
@@ -28,6 +28,12 @@ venv: sysdeps $(STAMP)
 
 demo: venv
 	$(PY) -m echox.cli demo --config configs/demo.yaml
+
+# The knowledge experiment (README: "Knowledge experiment"): the SmolLM2 DAG with its knowledge steps, then
+# RESULTS.md (table with intervals, goals, loss curves in results/, commands, hashes, machine).
+experiment: venv
+	$(PY) -m echox.cli pipeline --config configs/experiment-smollm2.yaml
+	$(PY) -m echox.cli knowledge --run outputs/experiment-smollm2 --results RESULTS.md --config configs/experiment-smollm2.yaml
 
 test: venv
 	$(PY) -m pytest -q -m "not slow" --timeout=1500

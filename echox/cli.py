@@ -113,14 +113,20 @@ def _print_outputs(paths: dict) -> None:
     import json
 
     print("\noutputs:")
+    width = max((len(name) for name in paths), default=0)
     for name, path in paths.items():
-        print(f"  {name:12s} {path}")
+        print(f"  {name:{width}s} {path}")
     if "report" in paths:
         from tasks.evaluate import answer_wav_line, format_report
 
         report = json.loads(Path(paths["report"]).read_text())
         print("\n" + format_report(report))
         print(answer_wav_line(Path(paths["report"]), report))
+    if "knowledge" in paths:  # the text LLM's row beside the trained models': the knowledge kept
+        from tasks.knowledge import build_table
+        from tasks.knowledge_format import terminal_text
+
+        print("\n" + terminal_text(build_table(Path(paths["knowledge"]).parent)), end="")
 
 
 def _run_demo(opts: DemoOptions) -> int:

@@ -1,4 +1,5 @@
-"""`echox evaluate`: spoken-QA accuracy of a checkpoint on an eval set, as a JSON report and a table."""
+"""`echox evaluate`: spoken-QA accuracy of a checkpoint on an eval set, as a JSON report and a table;
+`echox knowledge`: the table of a pipeline run's reports (no Prefect, no Ray)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from core import runtime
 from core.errors import InputError
 from echox.cli_options import Command, Flag
+from echox.commands import KnowledgeOptions
 from tasks.configs import EvaluateConfig
 
 
@@ -39,6 +41,30 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
     return 0
 
 
+def run_knowledge(opts: KnowledgeOptions) -> int:
+    """Print the knowledge table of a run folder; write it (--out) and RESULTS.md (--results)."""
+    from tasks.knowledge import build_table
+    from tasks.knowledge_format import table_markdown, terminal_text
+    from tasks.shards import atomic_write
+
+    run = Path(opts.run)
+    if not run.is_dir():
+        raise InputError(f"--run {opts.run}: no such folder (give a pipeline's out, e.g. outputs/demo)")
+    if opts.config and not Path(opts.config).is_file():
+        raise InputError(f"--config {opts.config}: no such file")
+    table = build_table(run)
+    print(terminal_text(table), end="")
+    if opts.out:
+        atomic_write(Path(opts.out), lambda p: p.write_text(table_markdown(table)))
+        print(f"table written to {opts.out}")
+    if opts.results:
+        from tasks.results import write_results
+
+        path = write_results(run, Path(opts.results), table, Path(opts.config) if opts.config else None)
+        print(f"results written to {path} (loss curves in {path.parent / 'results'})")
+    return 0
+
+
 EVAL_COMMANDS = [
     Command("evaluate", EvaluateConfig, run_evaluate,  # type: ignore[arg-type]
             help="spoken-QA accuracy of an s2t or echo checkpoint (or, --mode text, of a base LLM)",
@@ -48,4 +74,13 @@ EVAL_COMMANDS = [
                         "knowledge a speech model built on it can keep.",
             flags={"preset_overrides": Flag(flag="--set", help="override a preset field (--mode text "
                                             "--preset), e.g. --set llm_path=/models/llama (repeatable)")}),
+    Command("knowledge", KnowledgeOptions, run_knowledge,  # type: ignore[arg-type]
+            help="the knowledge table of a pipeline run: text LLM, S2T, echo (text, speech), baseline",
+            description="Read a pipeline run folder's evaluation reports and print the knowledge table: each "
+                        "row's accuracy k/n with its Wilson 95 % interval, per category and relative to the "
+                        "text LLM, and the two goals (spoken-question accuracy ≥ 80 % of the text LLM's; "
+                        "echo text within 2 points of S2T's). A missing report is a row that says 'not run'. "
+                        "--results writes RESULTS.md (make experiment).",
+            flags={"run": Flag(metavar="DIR"), "out": Flag(metavar="FILE.md"),
+                   "results": Flag(metavar="RESULTS.md")}),
 ]

@@ -113,6 +113,19 @@ class PipelineOptions(Frozen):
         return name
 
 
+class KnowledgeOptions(Frozen):
+    """`echox knowledge`: the knowledge table of a pipeline run folder (and RESULTS.md)."""
+
+    run: str = Field(description="Pipeline output folder (its eval-text, eval-s2t, eval, eval-baseline and "
+                     "encoder reports are read; a missing one is a row that says 'not run').")
+    out: str | None = Field(None, description="Also write the table, goals and commands as markdown here.")
+    results: str | None = Field(None, description="Write RESULTS.md here: the table with intervals, the "
+                                "goals and a reading of them, the encoder WER, loss curves (PNGs in results/ "
+                                "beside it), commands, fingerprints, machine, recorded wall times.")
+    config: str | None = Field(None, description="The pipeline config the run was made with (RESULTS.md "
+                               "names it, with its sha256, in the commands).")
+
+
 class DemoOptions(Frozen):
     """`echox demo`: the pipeline on the bundled sample, with a Prefect UI left running."""
 

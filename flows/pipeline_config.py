@@ -9,10 +9,13 @@ from typing import Any
 from pydantic import Field
 
 from core.config import Frozen, build, load_yaml
+from core.errors import ConfigError
 from tasks.configs import (
     BuildCorpusConfig,
     EchoLabelsConfig,
     EvaluateConfig,
+    KnowledgeConfig,
+    KnowledgeTableConfig,
     PretrainCorpusConfig,
     TrainFlowConfig,
     TrainStep,
@@ -61,6 +64,10 @@ class PipelineConfig(Frozen):
     echo_labels: dict = Field(default_factory=dict, description="echo-labels options (workers, "
                               "batch_size, max_units, ...).")
     evaluate: dict = Field(default_factory=dict, description="evaluation options (tts, limit, ...).")
+    knowledge: KnowledgeConfig | None = Field(None, description="The knowledge experiment (with eval_set): "
+                                              "the text LLM on the written questions (evaluate-text), the "
+                                              "S2T checkpoint on the spoken ones (evaluate-s2t) and the "
+                                              "table of every report (knowledge). None: none of them.")
     parallel_training: bool | None = Field(None, description="Train stages I and II at once; default: "
                                            "when the Ray cluster has the CPUs/GPUs for both.")
     ray_address: str | None = Field(None, description="Existing Ray cluster for every step.")
@@ -168,6 +175,50 @@ def evaluate_config(cfg: PipelineConfig, done: dict[str, str], model: str = ECHO
     return build(EvaluateConfig, data, "pipeline.evaluate")
 
 
+TEXT_OPTIONS = ("system_prompt", "max_new_tokens", "limit", "device", "max_reject_fraction", "cache_dir")
+"""The `evaluate:` options that apply to the text LLM's written questions."""
+S2T_OPTIONS = ("tts", "voices", "seed", "max_new_tokens", "limit", "device", "audio_cache",
+               "max_reject_fraction")
+"""The `evaluate:` options that apply to the S2T checkpoint's spoken questions (no units, no vocoder)."""
+
+
+def _options(cfg: PipelineConfig, names: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in cfg.evaluate.items() if k in names}
+
+
+def evaluate_text_config(cfg: PipelineConfig, done: dict[str, str]) -> Any:
+    """The evaluate-text step's config: the written questions into the base LLM of `knowledge.text_preset`
+    (default: the pipeline's preset, with its overrides); ConfigError for a random-init LLM."""
+    from tasks.eval_text import check_text_llm
+
+    knowledge = cfg.knowledge or KnowledgeConfig()
+    preset = knowledge.text_preset or cfg.preset
+    overrides = cfg.preset_overrides if preset == cfg.preset else {}
+    data = {"mode": "text", "preset": preset, "preset_overrides": overrides, "eval_set": cfg.eval_set,
+            "out": str(Path(cfg.out) / "eval-text" / "report.json"), "train_source": cfg.source,
+            **_options(cfg, TEXT_OPTIONS)}
+    config = build(EvaluateConfig, data, "pipeline.knowledge")
+    try:
+        check_text_llm(model=None, preset=preset, overrides=overrides)
+    except ConfigError as e:
+        raise ConfigError(f"pipeline.knowledge: {e}; name one in knowledge.text_preset") from e
+    return config
+
+
+def evaluate_s2t_config(cfg: PipelineConfig, done: dict[str, str]) -> Any:
+    """The evaluate-s2t step's config: the spoken questions into the stage-I checkpoint (their speech from
+    the evaluation's TTS cache unless `evaluate.audio_cache` names another)."""
+    data = {"model": done["s2t"], "eval_set": cfg.eval_set, "train_source": cfg.source,
+            "out": str(Path(cfg.out) / "eval-s2t" / "report.json"),
+            "audio_cache": str(Path(cfg.out) / "eval" / "tts-cache"), **_options(cfg, S2T_OPTIONS)}
+    return build(EvaluateConfig, data, "pipeline.evaluate")
+
+
+def knowledge_config(cfg: PipelineConfig, done: dict[str, str]) -> KnowledgeTableConfig:
+    """The knowledge step's config: the table of the run folder's reports, in `<out>/knowledge/`."""
+    return KnowledgeTableConfig(run=cfg.out, out=str(Path(cfg.out) / "knowledge"))
+
+
 def validate(cfg: PipelineConfig) -> None:
     """Build every step's config up front, so a bad field fails before any work (naming the field)."""
     planned = planned_outputs(cfg)
@@ -185,6 +236,9 @@ def validate(cfg: PipelineConfig) -> None:
         baseline_labels_config(cfg, planned)
     if cfg.eval_set:
         evaluate_config(cfg, planned)
+    if cfg.eval_set and cfg.knowledge is not None:
+        evaluate_text_config(cfg, planned)
+        evaluate_s2t_config(cfg, planned)
 
 
 def load_pipeline_config(path: Path, **overrides: Any) -> PipelineConfig:

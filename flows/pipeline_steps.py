@@ -25,6 +25,9 @@ from flows.pipeline_config import (
     corpus_config,
     echo_labels_config,
     evaluate_config,
+    evaluate_s2t_config,
+    evaluate_text_config,
+    knowledge_config,
     pretrain_corpus_config,
     stage_config,
 )
@@ -184,6 +187,25 @@ def _run_evaluate(c: Any) -> str:
     return str(evaluate(config=c))
 
 
+def _run_knowledge(c: Any) -> str:
+    from flows.knowledge import knowledge
+
+    return knowledge(config=c)
+
+
+def _knowledge_done(c: Any) -> bool:
+    """knowledge.json exists and was built from the reports the run folder holds now."""
+    from tasks.knowledge import is_current
+
+    return is_current(Path(c.run), Path(c.out))
+
+
+def _knowledge_version() -> str:
+    from tasks.knowledge import FORMAT
+
+    return f"knowledge {FORMAT}"
+
+
 def _model_version() -> str:
     from models.io import FORMAT, FORMAT_VERSION
     from tasks.checkpoint import FORMAT as CHECKPOINT_FORMAT
@@ -251,6 +273,17 @@ EVALUATE_IGNORED = frozenset({
 })
 """Evaluation fields that do not change the report."""
 
+TEXT_EVALUATE_IGNORED = EVALUATE_IGNORED | {"cache_dir"}  # where the base LLM is built and cached
+"""The text LLM's evaluation: also where its base LLM is cached (built deterministically from the preset)."""
+
+KNOWLEDGE_IGNORED = frozenset({"run", "out"})  # paths; the table's inputs are the evaluate steps
+"""The knowledge table: nothing but its inputs' reports decides it."""
+
+
+def _knowledge_on(cfg: PipelineConfig) -> bool:
+    """The knowledge experiment runs: a `knowledge:` section and an eval set."""
+    return cfg.knowledge is not None and bool(cfg.eval_set)
+
 
 def training_step(stage: str, depends_on: tuple[str, ...],
                   enabled: Callable[[PipelineConfig], bool] = lambda cfg: True) -> Step:
@@ -290,10 +323,23 @@ STEPS: tuple[Step, ...] = (
          lambda c: report_done(Path(c.out)), EVALUATE_IGNORED, _schema("eval_results"),
          files=lambda c: {"eval_set": _sha(c.eval_set)}, output="report.json", beside=False,
          enabled=lambda cfg: cfg.baseline is not None and bool(cfg.eval_set)),
+    Step("evaluate-text", (), evaluate_text_config, _run_evaluate, lambda c: report_done(Path(c.out)),
+         TEXT_EVALUATE_IGNORED, _schema("eval_results"), files=lambda c: {"eval_set": _sha(c.eval_set)},
+         output="report.json", beside=False, enabled=_knowledge_on),
+    Step("evaluate-s2t", ("s2t",), evaluate_s2t_config, _run_evaluate, lambda c: report_done(Path(c.out)),
+         EVALUATE_IGNORED, _schema("eval_results"), files=lambda c: {"eval_set": _sha(c.eval_set)},
+         output="report.json", beside=False,
+         enabled=lambda cfg: _knowledge_on(cfg) and cfg.knowledge is not None and cfg.knowledge.s2t),
+    # The table of every report of the run folder. Its done check also compares the reports' sha256 with
+    # the ones the table was built from (a report rewritten by hand, or by a step not listed here).
+    Step("knowledge", ("encoder", "evaluate-text", "evaluate-s2t", "evaluate", "evaluate-baseline"),
+         knowledge_config, _run_knowledge, _knowledge_done, KNOWLEDGE_IGNORED, _knowledge_version,
+         output="knowledge.json", beside=False, enabled=_knowledge_on),
 )
 """In an order where every step comes after the steps it depends on."""
 
-FOLDERS = {"evaluate": "eval", "evaluate-baseline": "eval-baseline"}
+FOLDERS = {"evaluate": "eval", "evaluate-baseline": "eval-baseline", "evaluate-text": "eval-text",
+           "evaluate-s2t": "eval-s2t"}
 """Step folders under the pipeline's out that are not named as the step."""
 
 

@@ -360,3 +360,24 @@ class ExportConfig(Frozen):
         if name not in exporter_names():
             raise ValueError(f"not an export target; choose one of {', '.join(exporter_names())}")
         return name
+
+
+class KnowledgeConfig(Frozen):
+    """The knowledge experiment (the pipeline's `knowledge:` section): how much of the text LLM's knowledge
+    the speech models keep, on the same eval set, normaliser and alias match (tasks/knowledge.py)."""
+
+    text_preset: str | None = Field(None, description="Preset whose base instruct LLM answers the written "
+                                    "questions (step evaluate-text); default: the pipeline's preset, with "
+                                    "its preset_overrides (those apply only to the pipeline's own preset). "
+                                    "Name a real-LLM preset (smollm2-135m) beside a random-init one (tiny): "
+                                    "the table then says the two are different LLMs.")
+    s2t: bool = Field(True, description="Also evaluate the stage-I (S2T) checkpoint on the spoken questions "
+                      "(step evaluate-s2t): the knowledge kept before echo training.")
+
+
+class KnowledgeTableConfig(Frozen):
+    """Parameters of the `knowledge` step: the table of a pipeline run folder's evaluation reports."""
+
+    run: str = Field(description="The pipeline's output folder (its eval*/report.json, encoder/asr_eval.json "
+                     "and <step>/fingerprint.json are read).")
+    out: str = Field(description="Folder of knowledge.json and knowledge.md.")

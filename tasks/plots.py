@@ -30,8 +30,8 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
-def loss_curve_markdown(metrics: list[dict], title: str, keys: Sequence[str] = ("loss",)) -> str:
-    """Loss (and components) against step."""
+def _loss_figure(metrics: list[dict], keys: Sequence[str]) -> object:
+    """A matplotlib figure of the loss (and components) against step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,7 +46,26 @@ def loss_curve_markdown(metrics: list[dict], title: str, keys: Sequence[str] = (
     ax.set_ylabel("loss")
     ax.legend()
     ax.grid(alpha=0.3)
-    return _png_markdown(fig, title)
+    return fig
+
+
+def loss_curve_markdown(metrics: list[dict], title: str, keys: Sequence[str] = ("loss",)) -> str:
+    """Loss (and components) against step."""
+    return _png_markdown(_loss_figure(metrics, keys), title)
+
+
+def save_loss_curve(metrics: list[dict], path: Path, title: str, keys: Sequence[str] = ("loss",)) -> Path:
+    """The loss curve as a small PNG file (80 dpi, a few tens of kB), written atomically."""
+    import matplotlib.pyplot as plt
+
+    from tasks.shards import atomic_write
+
+    fig = _loss_figure(metrics, keys)
+    fig.axes[0].set_title(title)  # type: ignore[attr-defined]
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=80,  # type: ignore[attr-defined]
+                                                     bbox_inches="tight"))
+    plt.close(fig)  # type: ignore[arg-type]
+    return Path(path)
 
 
 def histogram_markdown(values: Sequence[float], title: str, xlabel: str, bins: int = 50) -> str:

@@ -35,7 +35,7 @@ def test_a_bad_parameter_is_named() -> None:
 def test_shipped_pipeline_configs_validate() -> None:
     from flows.pipeline import load_pipeline_config
 
-    for name in ("tiny", "demo", "demo-smollm2", "paper-3b", "paper-8b"):
+    for name in ("tiny", "demo", "demo-smollm2", "experiment-smollm2", "paper-3b", "paper-8b"):
         cfg = load_pipeline_config(ROOT / "configs" / f"{name}.yaml")
         assert cfg.out
         if name.startswith("paper-"):  # the paper's unit language: more unit-words than K units

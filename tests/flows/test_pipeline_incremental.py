@@ -473,3 +473,112 @@ def test_dry_run_lists_the_baseline_steps(tmp_path: Path, capsys: pytest.Capture
     for step in ("baseline-labels", "baseline", "evaluate-baseline"):
         assert re.search(rf"^  {step}: +run +\(no output yet\)$", printed, re.M), printed
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- the knowledge steps
+
+KNOWLEDGE_STEPS = ["evaluate-text", "evaluate-s2t", "knowledge"]
+SMOLLM2_TEXT = {"knowledge": {"text_preset": "smollm2-135m"}}  # tiny's own LLM is random: name a real one
+
+
+def test_the_knowledge_steps_run_only_when_enabled(tmp_path: Path) -> None:
+    assert not set(KNOWLEDGE_STEPS) & set(actions(tiny_cfg(tmp_path)))
+    assert list(actions(tiny_cfg(tmp_path, **SMOLLM2_TEXT)))[-3:] == KNOWLEDGE_STEPS
+    no_s2t = actions(tiny_cfg(tmp_path, knowledge={"text_preset": "smollm2-135m", "s2t": False}))
+    assert list(no_s2t)[-2:] == ["evaluate-text", "knowledge"] and "evaluate-s2t" not in no_s2t
+    no_eval = actions(tiny_cfg(tmp_path, eval_set=None, **SMOLLM2_TEXT))
+    assert not set(KNOWLEDGE_STEPS) & set(no_eval) and "evaluate" not in no_eval
+
+
+def test_a_random_text_llm_is_refused_before_any_work(tmp_path: Path) -> None:
+    from core.errors import ConfigError
+    from flows.pipeline_config import validate
+
+    with pytest.raises(ConfigError, match=r"pipeline\.knowledge: preset 'tiny' has a random-init LLM.*"
+                                          r"knowledge\.text_preset"):
+        validate(tiny_cfg(tmp_path, knowledge={}))
+
+
+def _other_eval_set(tmp_path: Path) -> str:
+    """The tiny eval set without its last question: another file, other content."""
+    lines = (ROOT / "data" / "tiny" / "eval.jsonl").read_text().splitlines(keepends=True)
+    path = tmp_path / "eval-other.jsonl"
+    path.write_text("".join(lines[:-1]))
+    return str(path)
+
+
+EVALS = "evaluate evaluate-text evaluate-s2t knowledge"
+KNOWLEDGE_CASES = [
+    ({}, ""),
+    ({"eval_set": "OTHER"}, EVALS),  # the written and the spoken questions change
+    ({"evaluate.limit": 5}, EVALS),
+    ({"evaluate.tts": "piper"}, "evaluate evaluate-s2t knowledge"),  # the text LLM reads, it does not listen
+    ({"evaluate.system_prompt": "Be brief."}, "evaluate evaluate-text knowledge"),  # text mode's prompt only
+    ({"evaluate.max_units": 50}, "evaluate knowledge"),  # echo units only
+    ({"evaluate.cache_dir": "/elsewhere"}, "evaluate knowledge"),  # the text LLM's cache: not evaluate-text
+    ({"s2t.lr": 1e-3}, "s2t echo-labels echo evaluate evaluate-s2t knowledge"),
+    ({"preset_overrides": {"lora_rank": 4}},  # trained models only: the text LLM is another preset
+     "s2t t2c vocoder echo-labels echo evaluate evaluate-s2t knowledge"),
+    ({"knowledge": {"text_preset": "smollm2-135m", "s2t": True}}, ""),  # the default, written out
+]
+
+
+@pytest.mark.parametrize(("changes", "redo"), KNOWLEDGE_CASES,
+                         ids=[",".join(c) or "unchanged" for c, _ in KNOWLEDGE_CASES])
+def test_a_changed_section_reruns_the_knowledge_steps_that_read_it(
+        tmp_path: Path, verified: None, changes: dict, redo: str) -> None:
+    changes = {k: _other_eval_set(tmp_path) if v == "OTHER" else v for k, v in changes.items()}
+    record(tiny_cfg(tmp_path / "run", **SMOLLM2_TEXT))
+    got = actions(tiny_cfg(tmp_path / "run", **{**SMOLLM2_TEXT, **changes}))
+    assert {s for s, a in got.items() if a != "skip"} == set(redo.split())
+    assert {a for a in got.values()} <= {"skip", "redo"}
+
+
+def test_the_knowledge_table_follows_the_baseline(tmp_path: Path, verified: None) -> None:
+    cfg = with_baseline(tmp_path, **SMOLLM2_TEXT)
+    record(cfg)
+    (tmp_path / "baseline" / "checkpoints" / f"step-{cfg.baseline.max_steps:06d}").mkdir(parents=True)
+    got = actions(with_baseline(tmp_path, **SMOLLM2_TEXT, **{"baseline.lr": 1e-3}))
+    assert {s for s, a in got.items() if a != "skip"} == {"baseline", "evaluate-baseline", "knowledge"}
+
+
+def test_the_pipeline_preset_is_the_text_llm_unless_one_is_named(tmp_path: Path, verified: None) -> None:
+    """With knowledge: {} the text LLM is the pipeline's preset and its overrides: changing them redoes it."""
+    from flows.pipeline_config import evaluate_text_config
+
+    smol = {"preset": "smollm2-135m", "knowledge": {}}
+    text = evaluate_text_config(tiny_cfg(tmp_path, **smol, preset_overrides={"lora_rank": 4}), {})
+    assert (text.mode, text.preset, text.preset_overrides) == ("text", "smollm2-135m", {"lora_rank": 4})
+    assert text.out == str(tmp_path / "eval-text" / "report.json") and text.eval_set.endswith("eval.jsonl")
+    record(tiny_cfg(tmp_path, **smol))
+    got = actions(tiny_cfg(tmp_path, **smol, preset_overrides={"lora_rank": 4}))
+    assert got["evaluate-text"] == "redo" and got["corpus"] == "skip"
+
+
+def test_the_s2t_evaluation_shares_the_spoken_questions_of_the_evaluation(tmp_path: Path) -> None:
+    from flows.pipeline_config import evaluate_s2t_config
+
+    cfg = tiny_cfg(tmp_path, **SMOLLM2_TEXT, evaluate={"tts": "espeak", "max_units": 50})
+    s2t = evaluate_s2t_config(cfg, {"s2t": str(tmp_path / "s2t" / "model")})
+    assert (s2t.mode, s2t.model, s2t.tts, s2t.t2c, s2t.vocoder) == ("speech", str(tmp_path / "s2t" / "model"),
+                                                                    "espeak", None, None)
+    assert s2t.audio_cache == str(tmp_path / "eval" / "tts-cache")  # evaluate's default cache
+    assert s2t.out == str(tmp_path / "eval-s2t" / "report.json")
+
+
+def test_the_knowledge_step_is_redone_when_a_report_changed_behind_it(tmp_path: Path) -> None:
+    """Its done check compares the reports with the ones its table was built from (a report rewritten by
+    hand, or by a step that is not among its inputs yet)."""
+    from flows.pipeline_steps import get_step
+    from tasks.knowledge import write_knowledge
+    from tests.tasks.test_knowledge import bools, items, write
+
+    step = get_step("knowledge")
+    c = step.config(tiny_cfg(tmp_path, **SMOLLM2_TEXT), {})
+    write(tmp_path, "eval", items(bools(3, 4)))
+    assert not step.done(c)
+    write_knowledge(tmp_path, tmp_path / "knowledge")
+    assert step.done(c)
+    (tmp_path / "encoder").mkdir()
+    (tmp_path / "encoder" / "asr_eval.json").write_text('{"wer": 0.3, "cer": 0.1, "rows": 8}')
+    assert not step.done(c)
