@@ -123,7 +123,9 @@ def decide(step: Step, step_cfg: Any, new: dict, recorded: dict | None, where: P
             if pending and pending["digest"] == new["digest"] and at:
                 return plan("resume", f"continue the interrupted run from step {at}", resume=True)
             if not step.done(step_cfg):
-                return plan("run", "its folder holds an unfinished run of another config: start over")
+                same = pending is not None and pending["digest"] == new["digest"]
+                return plan("run", "its interrupted run left no checkpoint: start over" if same else
+                            "its folder holds an unfinished run of another config: start over")
         elif not step.done(step_cfg):
             return plan("run", "continue the unfinished build")
         else:  # a build from before fingerprints: its own build hash decides, in place, what is redone

@@ -93,3 +93,17 @@ def test_encoder_pretraining_with_a_random_llm_is_refused_before_anything_runs(t
         validate(cfg)
     with pytest.raises(ConfigError, match="max_words"):
         validate(cfg_of(tmp_path, **{"pretrain.min_words": 9, "pretrain.max_words": 3}))
+
+
+def test_an_interrupted_training_without_a_checkpoint_starts_over_and_says_why(tmp_path: Path) -> None:
+    from flows.pipeline_plan import make_plan
+    from tasks import fingerprint as fp
+
+    cfg = cfg_of(tmp_path)
+    encoder = next(p for p in make_plan(cfg) if p.step == "encoder")
+    Path(encoder.folder).mkdir(parents=True)
+    fp.write(Path(encoder.folder), encoder.fingerprint, fp.PENDING)  # killed before its first checkpoint
+    again = next(p for p in make_plan(cfg) if p.step == "encoder")
+    assert (again.action, again.reason) == ("run", "its interrupted run left no checkpoint: start over")
+    other = next(p for p in make_plan(cfg_of(tmp_path, **{"encoder.lr": 0.5})) if p.step == "encoder")
+    assert other.reason == "its folder holds an unfinished run of another config: start over"
