@@ -3,9 +3,11 @@
 For each held-out row (`models/holdout.py`, the `vocoder` StageSpec's `holdout`) and each side
 (answer, question): the ORIGINAL TTS audio of the corpus → ASR → WER against the spoken text, and the
 row's gold units → vocoder → ASR → WER, once with the vocoder's PREDICTED durations (what `echox speak`
-does) and once with the corpus's GOLD durations (the duration predictor taken out). The summary is the
-mean of each WER over the utterances, `ratio` = wer_vocoded / wer_original (the goal: ≤ 1.5) and the
-real-time factor of vocoding (seconds of vocoding per second of audio, predicted durations, 1 thread).
+does) and once with the corpus's GOLD durations (the duration predictor taken out), and the original
+audio's own log-mel through the generator (RESYNTHESIZED: units and model taken out, the generator's
+ceiling). The summary is the mean of each WER over the utterances, `ratio` = wer_vocoded /
+wer_original (the goal: ≤ 1.5) and the real-time factor of vocoding (seconds of vocoding per second of
+audio, predicted durations, 1 thread).
 """
 
 from __future__ import annotations
@@ -77,7 +79,17 @@ def score_side(model: Any, asr: Recogniser, row: dict, side: str, gold: bool) ->
     if gold:
         out["wer_vocoded_gold_durations"] = word_error_rate(
             text, asr.transcribe(vocode_gold_durations(model, units, durs)))
+        out["wer_resynthesized"] = word_error_rate(text, asr.transcribe(resynthesize(model, original)))
     return out
+
+
+def resynthesize(model: Any, audio: np.ndarray) -> np.ndarray:
+    """The original audio through the vocoder's own log-mel and generator (no units, no model): what the
+    mel → waveform step alone loses, the ceiling any mel prediction can reach."""
+    from models.vocoder import log_mel
+
+    wav = model.generate(log_mel(audio, model.cfg))
+    return np.clip(np.round(wav.numpy() * 32767.0), -32768, 32767).astype(np.int16)
 
 
 def summarise(rows: list[dict]) -> dict[str, Any]:
@@ -92,6 +104,7 @@ def summarise(rows: list[dict]) -> dict[str, Any]:
     return {"utterances": len(rows), "rows": len({r["id"] for r in rows}),
             "wer_original": original, "wer_vocoded": vocoded,
             "wer_vocoded_gold_durations": mean("wer_vocoded_gold_durations"),
+            "wer_resynthesized": mean("wer_resynthesized"),
             "ratio": ratio if vocoded is not None and original is not None else None,
             "rtf": sum(r["vocode_s"] for r in rows) / audio_s if audio_s else None}
 
@@ -123,7 +136,7 @@ def intelligibility(vocoder_dir: str | Path, corpus_dir: str | Path, *,
 
 def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The per-utterance rows and a final "mean" row, rounded, for a table artifact."""
-    keys = ("wer_original", "wer_vocoded", "wer_vocoded_gold_durations")
+    keys = ("wer_original", "wer_resynthesized", "wer_vocoded", "wer_vocoded_gold_durations")
     out = [{"id": r["id"], "side": r["side"], **{k: round(r[k], 3) for k in keys if k in r}}
            for r in result["rows"]]
     s = result["summary"]

@@ -87,7 +87,8 @@ def test_intelligibility_scores_every_heldout_utterance(tmp_path: Path) -> None:
     held = holdout_ids(f"v{i}" for i in range(8))
     assert {r["id"] for r in result["rows"]} == held and len(result["rows"]) == 2 * len(held)
     s = result["summary"]
-    for key in ("wer_original", "wer_vocoded", "wer_vocoded_gold_durations", "ratio", "rtf"):
+    for key in ("wer_original", "wer_vocoded", "wer_vocoded_gold_durations", "wer_resynthesized", "ratio",
+                "rtf"):
         assert math.isfinite(s[key]), key
     assert s["utterances"] == 2 * len(held) and s["asr"] == {"name": "echo"}
     assert table_rows(result)[-1]["id"] == "mean" and len(table_rows(result)) == 2 * len(held) + 1
