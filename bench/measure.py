@@ -206,17 +206,6 @@ def _kill_tree(pid: int) -> None:
             p.kill()
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform's answer elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def versions() -> dict[str, str]:
     """Installed versions of the stack (read from package metadata, nothing imported)."""
     found = {"python": platform.python_version()}
@@ -230,6 +219,8 @@ def versions() -> dict[str, str]:
 
 def machine() -> dict[str, Any]:
     """CPU model, cores, memory, OS and load of this machine."""
+    from tasks.results import cpu_model
+
     return {"cpu_model": cpu_model(), "logical_cores": os.cpu_count(),
             "physical_cores": psutil.cpu_count(logical=False),
             "ram_gib": round(psutil.virtual_memory().total / (1 << 30), 1),

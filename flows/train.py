@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -73,40 +74,38 @@ def publish_metrics(cfg: TrainFlowConfig) -> None:
     create_table_artifact(key=f"{key}-metrics", table=rows, description=f"Stage {cfg.stage}: {cfg.out}")
 
 
-def publish_intelligibility(cfg: TrainFlowConfig) -> None:
-    """The vocoder's ASR round trip on its held-out rows (intelligibility.json, summary.json, a table);
+def publish_check(cfg: TrainFlowConfig, what: str, write: Callable[[str, str], dict],
+                  rows: Callable[[dict], list[dict]], key: str, describe: Callable[[dict], str]) -> None:
+    """Run a stage's after-training check (`write(run, corpus)` → {"summary", ...}) and publish its table;
     a failure of the check is a warning, never a failed training."""
-    from tasks.vocoder_eval import table_rows, write_intelligibility
-
     logger = get_run_logger()
     try:
-        result = write_intelligibility(cfg.out, cfg.corpus)
-    except Exception as e:  # the ASR or its model missing, a corpus without text: report, keep the model
-        logger.warning(f"vocoder intelligibility check skipped: {type(e).__name__}: {e}")
+        result = write(cfg.out, cfg.corpus)
+    except Exception as e:  # a recogniser or model missing, a corpus without text: report, keep the model
+        logger.warning(f"{what} skipped: {type(e).__name__}: {e}")
         return
-    s = result["summary"]
-    create_table_artifact(key="train-vocoder-intelligibility", table=table_rows(result),
-                          description=f"Vocoder ASR round trip on {s['rows']} held-out rows: WER original "
-                                      f"{s['wer_original']}, vocoded {s['wer_vocoded']}, ratio {s['ratio']}")
-    logger.info(f"vocoder intelligibility: {s}")
+    create_table_artifact(key=key, table=rows(result), description=describe(result["summary"]))
+    logger.info(f"{what}: {result['summary']}")
+
+
+def publish_intelligibility(cfg: TrainFlowConfig) -> None:
+    """The vocoder's ASR round trip on its held-out rows (intelligibility.json, summary.json, a table)."""
+    from tasks.vocoder_eval import table_rows, write_intelligibility
+
+    publish_check(cfg, "vocoder intelligibility check", write_intelligibility, table_rows,
+                  "train-vocoder-intelligibility",
+                  lambda s: f"Vocoder ASR round trip on {s['rows']} held-out rows: WER original "
+                            f"{s['wer_original']}, vocoded {s['wer_vocoded']}, ratio {s['ratio']}")
 
 
 def publish_asr_eval(cfg: TrainFlowConfig) -> None:
     """The pretrained encoder's greedy CTC transcripts of its held-out rows (asr_eval.json, summary.json, a
-    table artifact); a failure of the check is a warning, never a failed training."""
+    table artifact)."""
     from tasks.encoder_eval import table_rows, write_asr_eval
 
-    logger = get_run_logger()
-    try:
-        result = write_asr_eval(cfg.out, cfg.corpus)
-    except Exception as e:  # a corpus without held-out rows, an unreadable model: report, keep the model
-        logger.warning(f"encoder held-out WER check skipped: {type(e).__name__}: {e}")
-        return
-    s = result["summary"]
-    create_table_artifact(key="train-encoder-asr", table=table_rows(result),
-                          description=f"Pretrained encoder, greedy CTC on {s['rows']} held-out rows: WER "
-                                      f"{s['wer']}, CER {s['cer']} (questions: WER {s['question_wer']})")
-    logger.info(f"encoder held-out transcripts: {s}")
+    publish_check(cfg, "encoder held-out WER check", write_asr_eval, table_rows, "train-encoder-asr",
+                  lambda s: f"Pretrained encoder, greedy CTC on {s['rows']} held-out rows: WER {s['wer']}, "
+                            f"CER {s['cer']} (questions: WER {s['question_wer']})")
 
 
 @flow(name="train", flow_run_name="train-{cfg.stage}", on_running=[record_process])

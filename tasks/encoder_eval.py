@@ -67,17 +67,10 @@ def asr_eval(model_dir: str | Path, corpus_dir: str | Path, *, limit: int = DEFA
 
 def write_asr_eval(run_dir: str | Path, corpus_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     """Run the check for an encoder run folder: asr_eval.json there, its means in summary.json."""
-    import json
+    from tasks.shards import record_check
 
-    from tasks.shards import write_json
-
-    run = Path(run_dir)
-    result = asr_eval(run / "model", corpus_dir, **kwargs)
-    write_json(run / "asr_eval.json", result)
-    summary_path = run / "summary.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        write_json(summary_path, {**summary, "asr_eval": result["summary"]})
+    result = asr_eval(Path(run_dir) / "model", corpus_dir, **kwargs)
+    record_check(Path(run_dir), "asr_eval", result)
     return result
 
 

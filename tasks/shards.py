@@ -71,6 +71,15 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str)))
 
 
+def record_check(run_dir: Path, name: str, result: dict) -> None:
+    """Write an after-training check's result as `<run>/<name>.json` and its summary into the run's
+    summary.json (when the run has one) under `name`."""
+    write_json(run_dir / f"{name}.json", result)
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        write_json(summary_path, {**json.loads(summary_path.read_text()), name: result["summary"]})
+
+
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     """Atomically write one JSON object per line."""
     text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)

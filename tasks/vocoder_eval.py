@@ -148,15 +148,8 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def write_intelligibility(run_dir: str | Path, corpus_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     """Run the check for a vocoder run folder: intelligibility.json there, its means in summary.json."""
-    import json
+    from tasks.shards import record_check
 
-    from tasks.shards import write_json
-
-    run = Path(run_dir)
-    result = intelligibility(run / "model", corpus_dir, **kwargs)
-    write_json(run / "intelligibility.json", result)
-    summary_path = run / "summary.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        write_json(summary_path, {**summary, "intelligibility": result["summary"]})
+    result = intelligibility(Path(run_dir) / "model", corpus_dir, **kwargs)
+    record_check(Path(run_dir), "intelligibility", result)
     return result
