@@ -65,15 +65,8 @@ class EncoderCTC(nn.Module):
     def ctc_log_probs(self, input_features: Tensor, audio_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T', V) CTC log-probabilities at 25 Hz and their valid lengths (B,)."""
         enc = run_encoder(self.encoder, input_features, audio_lengths, trim=self.trim_audio_window)
-        adapter = self.adapter
-        x = enc
-        if x.shape[1] % 2:
-            x = nn.functional.pad(x, (0, 0, 0, 1))  # (B, T+1, C)
-        x = adapter.proj(x.reshape(x.shape[0], -1, 2 * x.shape[2]))  # (B, T', H)
-        lengths = torch.div(audio_lengths + 1, 2, rounding_mode="floor")  # (B,)
-        valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]  # (B, T')
-        x = adapter.norm(adapter.layer(x, src_key_padding_mask=~valid))  # (B, T', H)
-        return torch.log_softmax(adapter.ctc_head(x).float(), dim=-1), lengths
+        _, logits, lengths, _ = self.adapter.ctc_frames(enc, audio_lengths)  # (B, T', V), (B,)
+        return torch.log_softmax(logits.float(), dim=-1), lengths
 
     def forward(self, input_features: Tensor, audio_lengths: Tensor, ctc_targets: Tensor,
                 ctc_lengths: Tensor) -> dict[str, Tensor]:

@@ -244,19 +244,22 @@ class SpeechAdapter(nn.Module):
         if ctc_embed:
             self.gate = nn.Parameter(torch.zeros(()))
 
-    def forward(self, enc: Tensor, lengths: Tensor, embed: Tensor | None = None) -> AdapterOutput:
-        """enc (B, T, C) 50 Hz encoder states with `lengths` (B,) valid frames → AdapterOutput; `embed`
-        (V, H) is the LLM's input embedding table (required with ctc_embed)."""
+    def ctc_frames(self, enc: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The adapter up to its CTC head: 25 Hz states (B, T', H), CTC logits (B, T', V), valid lengths
+        (B,) and mask (B, T'), from 50 Hz encoder states (B, T, C) with `lengths` (B,) valid frames."""
         B, T, C = enc.shape
         if T % 2:
             enc = F.pad(enc, (0, 0, 0, 1))  # (B, T+1, C)
-        x = enc.reshape(B, -1, 2 * C)  # (B, T', 2C) 25 Hz
-        x = self.proj(x)  # (B, T', H)
+        x = self.proj(enc.reshape(B, -1, 2 * C))  # (B, T', H) 25 Hz
         lengths = torch.div(lengths + 1, 2, rounding_mode="floor")  # (B,)
         valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]  # (B, T')
-        x = self.layer(x, src_key_padding_mask=~valid)  # (B, T', H)
-        x = self.norm(x)  # (B, T', H)
-        logits = self.ctc_head(x)  # (B, T', V)
+        x = self.norm(self.layer(x, src_key_padding_mask=~valid))  # (B, T', H)
+        return x, self.ctc_head(x), lengths, valid  # logits (B, T', V)
+
+    def forward(self, enc: Tensor, lengths: Tensor, embed: Tensor | None = None) -> AdapterOutput:
+        """enc (B, T, C) 50 Hz encoder states with `lengths` (B,) valid frames → AdapterOutput; `embed`
+        (V, H) is the LLM's input embedding table (required with ctc_embed)."""
+        x, logits, lengths, valid = self.ctc_frames(enc, lengths)
         blank = self.blank_id if self.ctc_embed else None
         idx, mask = shrink_indices(logits.argmax(-1), valid, blank)  # (B, S), (B, S)
         q = x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[-1]))  # (B, S, H)
