@@ -153,6 +153,42 @@ class RaySession:
             ray.shutdown()
 
 
+# The project's packages: what a cluster's workers import. Shipped with the job (Ray's runtime_env
+# py_modules) when echox joins a cluster, so a node needs the venv, not this checkout at the same path.
+PROJECT_PACKAGES = ("core", "data_specs", "echox", "flows", "models", "tasks")
+
+
+def project_root() -> Path:
+    """The checkout this code runs from."""
+    return Path(__file__).resolve().parents[1]
+
+
+def shipped_code() -> dict:
+    """runtime_env shipping this checkout's packages to every worker of a cluster (ECHOX_SHIP_CODE=0: off)."""
+    if os.environ.get("ECHOX_SHIP_CODE", "1") == "0":
+        return {}
+    root = project_root()
+    modules = [str(root / name) for name in PROJECT_PACKAGES if (root / name).is_dir()]
+    return {"py_modules": modules, "excludes": ["__pycache__", "*.pyc"]}
+
+
+def job_runtime_env(address: str | None, runtime_env: dict | None) -> dict:
+    """The runtime_env of a Ray job echox starts: the caller's, plus the shipped code on a cluster."""
+    env = dict(shipped_code()) if address else {}
+    for key, value in (runtime_env or {}).items():
+        env[key] = {**env.get(key, {}), **value} if isinstance(value, dict) else value
+    return env
+
+
+def cluster_cpus() -> tuple[int, int]:
+    """(all CPUs, CPUs of the largest alive node) of the Ray this process is connected to."""
+    import ray
+
+    nodes = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    total = int(sum(nodes))
+    return max(total, 1), max(int(max(nodes, default=1)), 1)
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None = None, *, num_cpus: int | None = None, object_store_mb: int = 512,
                 runtime_env: dict | None = None) -> Iterator[RaySession]:
@@ -163,7 +199,8 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, obje
 
     started = not ray.is_initialized()
     if started:
-        extra = {"runtime_env": runtime_env} if runtime_env else {}
+        env = job_runtime_env(address, runtime_env)
+        extra = {"runtime_env": env} if env else {}
         if address:
             ray.init(address=address, configure_logging=False, **extra)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -13,7 +14,7 @@ from prefect_ray.context import remote_options
 
 from core.errors import EchoxError
 from core.runs import record_process
-from core.runtime import ray_session
+from core.runtime import cluster_cpus, ray_session
 from flows.policy import RAY_OPTIONS, RETRY
 from tasks import build_corpus as stages
 from tasks.configs import BuildCorpusConfig
@@ -65,12 +66,18 @@ def corpus_shards_flow(config: BuildCorpusConfig, num_shards: int) -> dict:
                                         description="Shards synthesized (TTS + features)")
     paths = stages.BuildPaths(Path(config.out))
     shards = [paths.of_shard(i) for i in range(num_shards)]
+    total, node = cluster_cpus()
+    threads = stages.task_threads(config.workers, config.threads_per_worker, total, node)
+    config = config.model_copy(update={"threads_per_worker": threads})  # each task runs what it reserves
     synthesis = stages.SynthesisOptions.of(config)
-    with remote_options(**RAY_OPTIONS):
+    with remote_options(num_cpus=threads, **RAY_OPTIONS):
         stage1 = _gather([synthesize_shard_task.submit(shard, synthesis) for shard in shards],
                          config, "speech+features", progress)
         stages.check_codebook_frames(config, stage1)
-        codebook_sha = fit_codebook_task.submit(paths, num_shards, stages.CodebookOptions.of(config)).result()
+        fit = stages.fit_threads(config.workers, threads, node)
+        codebook = stages.CodebookOptions.of(config.model_copy(update={"threads_per_worker": fit}))
+        with remote_options(num_cpus=fit):
+            codebook_sha = fit_codebook_task.submit(paths, num_shards, codebook).result()
         _report(config, f"  codebook: {codebook_sha[:12]}")
         labelled = create_progress_artifact(progress=0.0, key="corpus-labelling",
                                             description="Shards labelled and written")
@@ -127,9 +134,12 @@ def build_corpus(config: BuildCorpusConfig) -> str:
         if config.ray_address:
             get_run_logger().info(f"Connecting to an existing Ray instance at {config.ray_address}")
         # A caller's Ray (tests, notebooks, the pipeline) is used and left running.
-        with ray_session(config.ray_address, num_cpus=config.workers) as ray:
+        cpus = os.cpu_count() or 1  # a local Ray gets the CPUs the shard tasks will reserve
+        local = stages.task_threads(config.workers, config.threads_per_worker, cpus, cpus)
+        with ray_session(config.ray_address, num_cpus=config.workers * local) as ray:
+            # The workers get absolute paths: on a cluster they do not share the driver's working directory.
             parts = corpus_shards_flow.with_options(task_runner=RayTaskRunner())(
-                config=config, num_shards=identity["num_shards"])
+                config=config.absolute(), num_shards=identity["num_shards"])
             ray.stop_in_background()  # the workers are done: stop them while the driver writes the manifest
             manifest = stages.finalize_build(config, identity, parts["stage1"], parts["entries"],
                                              parts["codebook_sha"])

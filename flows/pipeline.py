@@ -55,6 +55,20 @@ def _parallel(cfg: PipelineConfig, group: list[TrainFlowConfig]) -> bool:
     return not any(tc.use_gpu for tc in group) and (os.cpu_count() or 1) >= len(group) * max(need, 1)
 
 
+def _cpu_share(cfg: PipelineConfig, group: list[TrainFlowConfig]) -> Any:
+    """Per stage training at once on this machine: its workers' threads, so that the stages together
+    reserve the CPUs there are (one stage alone would take them all). A cluster, or a stage that sets
+    threads_per_worker, is left to Ray."""
+    workers = sum(tc.workers for tc in group if tc.launcher == "ray")
+    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+
+    def share(tc: TrainFlowConfig) -> dict:
+        keep = cfg.ray_address or tc.launcher != "ray" or tc.threads_per_worker
+        return {} if keep else {"threads_per_worker": threads}
+
+    return share
+
+
 # ------------------------------------------------------------------ training steps
 def start_training(cfg: PipelineConfig, plan: StepPlan, done: dict[str, str]) -> TrainFlowConfig:
     """Prepare the run folder of a training step (fresh, or the checkpoints it resumes) and its config."""
@@ -94,7 +108,8 @@ def train_stages(cfg: PipelineConfig, plans: list[StepPlan], done: dict[str, str
         from core.runtime import ray_session
 
         with ray_session(cfg.ray_address):  # one Ray for all trainers, so none shuts it down
-            futures = [(plan, tc, train_task.submit(tc)) for plan, tc in configs]
+            share = _cpu_share(cfg, [tc for _, tc in configs])
+            futures = [(plan, tc, train_task.submit(tc.model_copy(update=share(tc)))) for plan, tc in configs]
             results = [(plan, tc, fut.result()) for plan, tc, fut in futures]
     else:
         results = [(plan, tc, train_task(tc)) for plan, tc in configs]

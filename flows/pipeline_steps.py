@@ -246,6 +246,7 @@ TRAIN_IGNORED = frozenset({
     "log_every",  # metrics lines only
     "ckpt_every",  # checkpoints resume bit-identically, so their spacing does not change the model
     "workers", "launcher",  # replaced by the DDP world size they give (which does change batches)
+    "threads_per_worker", "max_failures",  # CPUs per worker and restarts: how it runs, not what it learns
 })
 """Training fields that decide how a run is carried out, not the model it ends with."""
 

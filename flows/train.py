@@ -30,7 +30,8 @@ def train_config(cfg: TrainFlowConfig) -> object:
         max_steps=cfg.max_steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
         warmup_steps=min(cfg.warmup_steps, cfg.max_steps), log_every=cfg.log_every,
         ckpt_every=cfg.ckpt_every, seed=cfg.seed, workers=cfg.workers if cfg.launcher == "ray" else 1,
-        use_gpu=cfg.use_gpu, resume=cfg.resume)
+        use_gpu=cfg.use_gpu, resume=cfg.resume, num_threads=cfg.threads_per_worker or 0,
+        max_failures=cfg.max_failures)
 
 
 @task(name="train-stage", task_run_name="train-{cfg.stage}", tags=["train"])

@@ -4,6 +4,7 @@ Each option is declared once here, with its default and description; the CLI is 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -110,6 +111,13 @@ class BuildCorpusConfig(Frozen):
         """The fields that decide the build's content (for the config hash)."""
         return self.model_dump(exclude=EXECUTION_FIELDS | (set() if self.asr_check else ASR_GATE_FIELDS))
 
+    def absolute(self) -> BuildCorpusConfig:
+        """This config with every local path absolute (resolved against this process's directory)."""
+        names = ("source", "out", "codebook", "feature_checkpoint")
+        paths = {name: str(Path(value).resolve()) for name in names
+                 if isinstance(value := getattr(self, name), str) and value}
+        return self.model_copy(update=paths)
+
     def asr_choice(self) -> Choice | None:
         """The recogniser of --asr-check and its options; None when the gate is off."""
         return RECOGNISERS.choose(self.asr, self) if self.asr_check else None
@@ -159,6 +167,9 @@ class TrainStep(Frozen):
     workers: int = Field(2, ge=1, description="DDP workers.")
     use_gpu: bool = Field(False, description="Train on GPUs.")
     launcher: Literal["ray", "local"] = Field("ray", description="Ray Train or one local process.")
+    threads_per_worker: int | None = Field(None, ge=1, description="CPUs each Ray worker reserves and uses "
+                                           "(default: the Ray's CPUs shared among the workers).")
+    max_failures: int = Field(2, ge=0, description="Ray Train restarts after a lost worker (each resumes).")
     log_every: int = Field(10, ge=1, description="Steps between metrics lines.")
     ckpt_every: int = Field(100, ge=1, description="Steps between checkpoints.")
     unit_vocab_size: int = Field(0, ge=0, description="T2C target vocabulary: 0 = raw units; N > K = a BPE "
@@ -189,6 +200,11 @@ class TrainFlowConfig(TrainStep):
     encoder_init: str | None = Field(None, description="Stage s2t: start the speech encoder and adapter from "
                                      "this encoder-pretraining checkpoint (`--stage encoder`).")
     ray_address: str | None = Field(None, description="Existing Ray cluster to train on.")
+    threads_per_worker: int | None = Field(None, ge=1, description="launcher ray: CPUs each DDP worker "
+                                           "reserves and its torch threads (default: the Ray's CPUs shared "
+                                           "among the workers, at most one node's).")
+    max_failures: int = Field(2, ge=0, description="launcher ray: restarts after a worker or its node is "
+                              "lost, each resuming from the newest verified checkpoint.")
     seed: int = Field(0, description="Seed of init, data order and RNG.")
     resume: bool = Field(False, description="Continue from the last verified checkpoint in out.")
     cache_dir: str | None = Field(None, description="Where base LLM directories are built and cached "

@@ -127,20 +127,22 @@ def remove_stale_temps(paths: BuildPaths) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def inject_fault(paths: BuildPaths | ShardPaths, point: str) -> None:
+def inject_fault(paths: BuildPaths | ShardPaths | Path, point: str) -> None:
     """Test hook: fail once at `point` (e.g. "synthesize-shard-1") when ECHOX_FAULT_INJECT names it.
 
     ECHOX_FAULT_INJECT holds comma-separated "<point>:<action>" entries; "raise" raises a transient
     RuntimeError (Prefect retries it), "kill" SIGKILLs this worker process (Ray retries it). Each
-    entry fires once per output directory (a file under .echox/faults remembers it).
+    entry fires once per output directory (a file under .echox/faults remembers it; a Path `paths` is
+    that .echox folder itself).
     """
+    work = paths if isinstance(paths, Path) else paths.work
     for entry in filter(None, (e.strip() for e in os.environ.get(FAULT_ENV, "").split(","))):
         where, _, action = entry.partition(":")
         if where != point:
             continue
         if action not in ("raise", "kill"):
             raise ValueError(f"{FAULT_ENV}: unknown action {action!r} in {entry!r} (raise or kill)")
-        flag = paths.work / "faults" / entry.replace(":", "-")
+        flag = work / "faults" / entry.replace(":", "-")
         flag.parent.mkdir(parents=True, exist_ok=True)
         try:
             flag.touch(exist_ok=False)

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from torch import nn
 
 from core.errors import ConfigError, EchoxError
 from models.stages import get_stage
+from tasks.corpus_paths import FAULT_ENV
 from tasks.shards import write_json
 from tasks.train_config import TrainConfig
 from tasks.train_recipe import HOOK_NAMES, train_loop
@@ -81,6 +83,14 @@ def _repo_pythonpath() -> str:
     root = str(Path(__file__).resolve().parents[1])
     return os.pathsep.join([root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
+def worker_threads(workers: int, num_threads: int, total_cpus: int, node_cpus: int) -> int:
+    """Threads of one training worker, which are also the CPUs it reserves from Ray: num_threads when set,
+    else the cluster's CPUs shared among the workers, never more than its largest node has."""
+    if num_threads:
+        return num_threads
+    return max(1, min(node_cpus, total_cpus // workers))
+
+
 def run_ray(config: TrainConfig, build: Callable[[], nn.Module] | str, *, ray_address: str | None = None,
             object_store_mb: int = 256, name: str = "train", **hooks: Any) -> dict:
     """Train with `config.workers` DDP workers under Ray Train's TorchTrainer; return the summary.
@@ -90,17 +100,28 @@ def run_ray(config: TrainConfig, build: Callable[[], nn.Module] | str, *, ray_ad
     """
     from core.runtime import ray_session
 
-    config = absolute(config)
-    env = {"env_vars": {"PYTHONPATH": _repo_pythonpath()}}  # workers import the project from this tree
+    config = replace(absolute(config), launch_id=uuid.uuid4().hex)
+    env = {"env_vars": {"PYTHONPATH": _repo_pythonpath(),  # workers import the project from this tree
+                        **{k: os.environ[k] for k in (FAULT_ENV,) if k in os.environ}}}  # test hook
     with ray_session(ray_address, object_store_mb=object_store_mb, runtime_env=env):
-        from ray.train import RunConfig, ScalingConfig
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
+        from core.runtime import cluster_cpus
+
+        total, node = cluster_cpus()
+        threads = worker_threads(config.workers, config.num_threads, total, node)
+        if config.workers * threads > total and not ray_address:
+            raise ConfigError(f"{config.workers} workers × {threads} threads need {config.workers * threads} "
+                              f"CPUs; this Ray has {total}: lower workers or num_threads")
+        config = replace(config, num_threads=threads)  # each worker runs the threads it reserves
         trainer = TorchTrainer(
             train_loop, train_loop_config=loop_config(config, build, launcher="ray", **hooks),
-            scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu),
+            scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
+                                         resources_per_worker={"CPU": threads}),
             run_config=RunConfig(storage_path=str(Path(config.out_dir) / "ray"), name=name,
-                                 worker_runtime_env=env))
+                                 worker_runtime_env=env,
+                                 failure_config=FailureConfig(max_failures=config.max_failures)))
         _fit(trainer)
     return read_summary(config.out_dir)
 

@@ -60,6 +60,11 @@ class TrainConfig:
     """Continue from the newest verified checkpoint in out_dir/checkpoints (if there is one)."""
     num_threads: int = 0
     """torch threads per process; 0: CPU cores divided by the processes on this machine."""
+    max_failures: int = 2
+    """Ray Train: restarts of the worker group after a worker fails or its node is lost; each restart
+    resumes from the newest verified checkpoint of this launch. A user mistake (EchoxError) is not retried."""
+    launch_id: str = ""
+    """Set by run_ray: lets a restarted attempt resume the checkpoints its own launch wrote."""
     find_unused_parameters: bool = False
     """Tell DDP that some trainable parameters get no gradient in a step (slower; only if needed)."""
 
@@ -69,6 +74,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train config: {name} must be >= 1, got {getattr(self, name)}")
+        if self.max_failures < 0:
+            raise ConfigError(f"train config: max_failures must be >= 0, got {self.max_failures}")
         if self.lr <= 0 or self.warmup_steps < 0 or self.clip_norm < 0 or self.num_threads < 0:
             raise ConfigError("train config: lr must be > 0; warmup_steps, clip_norm, num_threads >= 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

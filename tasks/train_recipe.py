@@ -44,6 +44,7 @@ from tasks.checkpoint import (
     save_checkpoint,
 )
 from tasks.collate import BoundCollator
+from tasks.corpus_paths import inject_fault
 from tasks.data import echo_examples, load_corpus, verify_corpus, without_ids
 from tasks.distributed import Process, all_gather, broadcast, init_distributed, local_world_size
 from tasks.shards import write_json
@@ -142,6 +143,7 @@ def train_loop(loop: dict) -> None:
         raise ConfigError(f"training loop config lacks {sorted(missing)}")
     cfg = loop["train"] if isinstance(loop["train"], TrainConfig) else TrainConfig.from_dict(loop["train"])
     hooks = resolve_hooks(loop, cfg.stage)
+    raise_recorded_mistake(cfg)
     torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // local_world_size()))
     proc = init_distributed(cfg, loop.get("launcher", "local"))
     try:
@@ -150,7 +152,11 @@ def train_loop(loop: dict) -> None:
             run.step(progress)
             if is_boundary(progress.step, cfg.ckpt_every, cfg):
                 save(run, progress)
+                inject_fault(Path(cfg.out_dir) / ".echox", f"train-rank{proc.rank}-step-{progress.step}")
         finish(run, progress, hooks.save_fn)
+    except EchoxError as e:
+        record_mistake(cfg, e)
+        raise
     finally:
         if proc.owns_group:  # teardown
             dist.destroy_process_group()
@@ -207,7 +213,12 @@ def start_or_resume(cfg: TrainConfig, proc: Process, model: nn.Module, optimizer
     ckpt_root = Path(cfg.out_dir) / "checkpoints"
     # Rank 0 picks the newest checkpoint that verifies and loads safely (reading it once); the other ranks
     # read the one it picked, and every rank applies it after the broadcast, so all fail or none do.
-    found = latest_loadable(ckpt_root) if cfg.resume and proc.rank == 0 else None
+    found = None
+    if proc.rank == 0:
+        found = latest_loadable(ckpt_root) if cfg.resume or own_attempt(cfg) else None
+        if found and not cfg.resume:
+            log.warning("restarted after a worker failure: resuming this launch's %s", found.path)
+        record_launch(cfg)
     path = broadcast(found.path if found else None, proc)
     if path is None:
         if list_checkpoints(ckpt_root) and not cfg.resume:
@@ -225,6 +236,50 @@ def start_or_resume(cfg: TrainConfig, proc: Process, model: nn.Module, optimizer
     if proc.rank == 0:
         progress.last_metrics = trim_metrics(Path(cfg.out_dir) / "metrics.jsonl", progress.step)
     return progress
+
+# A launch (run_ray) that Ray Train restarts after a worker failure runs train_loop again with the same
+# config: launch.json in out_dir tells the new attempt that the checkpoints there are its own.
+LAUNCH_FILE = "launch.json"
+
+
+def _launch_record(cfg: TrainConfig) -> dict:
+    path = Path(cfg.out_dir) / LAUNCH_FILE
+    try:
+        record = json.loads(path.read_text()) if cfg.launch_id else {}
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) and record.get("launch_id") == cfg.launch_id else {}
+
+
+def own_attempt(cfg: TrainConfig) -> bool:
+    """Whether an earlier attempt of this same launch started in out_dir (its checkpoints may be resumed)."""
+    return bool(_launch_record(cfg))
+
+
+def record_launch(cfg: TrainConfig) -> None:
+    """Mark out_dir as this launch's (rank 0, once the start or resume is decided)."""
+    if cfg.launch_id and not own_attempt(cfg):
+        write_json(Path(cfg.out_dir) / LAUNCH_FILE, {"launch_id": cfg.launch_id})
+
+
+def record_mistake(cfg: TrainConfig, error: EchoxError) -> None:
+    """Remember a user mistake of this launch, so a restarted attempt fails at once instead of retrying it."""
+    if cfg.launch_id:
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+        write_json(Path(cfg.out_dir) / LAUNCH_FILE, {"launch_id": cfg.launch_id, "error": str(error),
+                                                     "kind": type(error).__name__})
+
+
+def raise_recorded_mistake(cfg: TrainConfig) -> None:
+    """Fail a restarted attempt with the user mistake an earlier attempt of this launch hit."""
+    from core import errors
+
+    record = _launch_record(cfg)
+    if record.get("error"):
+        kind = getattr(errors, str(record.get("kind")), None)
+        known = isinstance(kind, type) and issubclass(kind, EchoxError)
+        raise (kind if known else EchoxError)(record["error"])
+
 
 def restore_or_reseed(rng_states: Any, cfg: TrainConfig, proc: Process, step: int) -> None:
     """Put back this rank's saved RNG state; with a different world size, reseed from (seed, rank, step)."""

@@ -205,3 +205,29 @@ def test_ray_worker_errors_surface_as_themselves() -> None:
         _fit(FailingTrainer({1: ZeroDivisionError("later rank"), 0: IntegrityError("shard x is corrupt")}))
     with pytest.raises(RuntimeError, match="rank 1: ZeroDivisionError"):
         _fit(FailingTrainer({1: ZeroDivisionError("boom")}))
+
+
+@pytest.mark.integration
+def test_ray_train_restarts_a_lost_worker_from_its_checkpoint(corpus: Path, tmp_path: Path, ray_session: None,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 1 is SIGKILLed right after the step-10 checkpoint: Ray Train restarts the worker group
+    (FailureConfig), the new attempt resumes this launch's checkpoint, and the run finishes."""
+    from tasks.corpus_paths import FAULT_ENV
+
+    monkeypatch.setenv(FAULT_ENV, "train-rank1-step-10:kill")
+    out = tmp_path / "ray"
+    cfg = replace(_config(corpus, out, max_steps=20, log_every=5, ckpt_every=10), workers=2, num_threads=0)
+    summary = run_ray(cfg, dm.build, **HOOKS)
+    assert (out / ".echox" / "faults" / "train-rank1-step-10-kill").exists()  # the kill fired
+    assert summary["steps"] == 20 and summary["resumed_from"].endswith("step-000010")
+    assert [r["step"] for r in _metrics(out)] == [5, 10, 15, 20]  # one continuous curve
+
+
+@pytest.mark.integration
+def test_ray_train_does_not_retry_a_user_mistake(tmp_path: Path, ray_session: None) -> None:
+    """A missing corpus fails every attempt the same way: the restarted attempt fails at once with it."""
+    out = tmp_path / "ray"
+    cfg = replace(_config(tmp_path / "no-corpus", out), workers=2, num_threads=0, max_failures=1)
+    with pytest.raises(InputError, match="no-corpus"):
+        run_ray(cfg, dm.build, **HOOKS)
+    assert json.loads((out / "launch.json").read_text())["kind"] == "InputError"
