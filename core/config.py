@@ -6,6 +6,7 @@ The step configs built on it live with the layer whose registries they validate 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -17,6 +18,15 @@ class Frozen(BaseModel):
     """Base for every config: immutable and strict about unknown fields."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    path_fields: ClassVar[tuple[str, ...]] = ()
+    """The fields that name local files or folders (made absolute by `absolute`)."""
+
+    def absolute(self) -> Self:
+        """This config with its path fields absolute, resolved against this process's directory: what a
+        driver hands its workers, which (on a cluster, other machines) do not share its directory."""
+        paths = {name: str(Path(value).resolve()) for name in self.path_fields
+                 if isinstance(value := getattr(self, name), str) and value}
+        return self.model_copy(update=paths)
 
 
 def format_validation_error(err: ValidationError, where: str) -> str:

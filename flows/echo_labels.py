@@ -107,6 +107,7 @@ def echo_labels(config: EchoLabelsConfig) -> str:
     """Echo pseudo-labels of a corpus; returns the output directory."""
     from tasks.out_dir import acquire_lock
 
+    config = config.absolute()  # the actors (on a cluster: other machines) do not share this directory
     out = Path(config.out)
     lock = acquire_lock(out)
     try:

@@ -41,6 +41,7 @@ def train_task(cfg: TrainFlowConfig) -> dict:
     from tasks.train import run_local, run_ray
     from tasks.train_stage import check_stage_needs, prepare_stage
 
+    cfg = cfg.absolute()  # the workers (on a cluster: other machines) do not share this working directory
     check_stage_needs(cfg.stage, get_stage(cfg.stage).needs, cfg)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else runtime.state_dir() / "models"
     build = prepare_stage(cfg.stage, cfg.preset, cfg.preset_overrides, Path(cfg.corpus), cache,

@@ -4,8 +4,7 @@ Each option is declared once here, with its default and description; the CLI is 
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -40,6 +39,8 @@ def units_field(description: str) -> Any:
 
 class BuildCorpusConfig(Frozen):
     """Parameters of the corpus build: QA text → speech → units → Arrow shards."""
+
+    path_fields: ClassVar[tuple[str, ...]] = ("source", "out", "codebook", "feature_checkpoint")
 
     source: str = Field(description="QA source: a JSONL file, a Parquet file or a datasets directory.")
     out: str = Field(description="Output corpus directory (opens with datasets.load_from_disk).")
@@ -111,13 +112,6 @@ class BuildCorpusConfig(Frozen):
         """The fields that decide the build's content (for the config hash)."""
         return self.model_dump(exclude=EXECUTION_FIELDS | (set() if self.asr_check else ASR_GATE_FIELDS))
 
-    def absolute(self) -> BuildCorpusConfig:
-        """This config with every local path absolute (resolved against this process's directory)."""
-        names = ("source", "out", "codebook", "feature_checkpoint")
-        paths = {name: str(Path(value).resolve()) for name in names
-                 if isinstance(value := getattr(self, name), str) and value}
-        return self.model_copy(update=paths)
-
     def asr_choice(self) -> Choice | None:
         """The recogniser of --asr-check and its options; None when the gate is off."""
         return RECOGNISERS.choose(self.asr, self) if self.asr_check else None
@@ -186,6 +180,9 @@ def _stage_choices(schema: dict[str, Any]) -> None:
 class TrainFlowConfig(TrainStep):
     """Parameters of one training stage (I: s2t, II: t2c, III: echo): the step options plus paths."""
 
+    path_fields: ClassVar[tuple[str, ...]] = ("corpus", "out", "echo_labels", "s2t", "t2c", "init_checkpoint",
+                                              "encoder_init", "cache_dir")
+
     stage: str = Field(description="Training stage.", json_schema_extra=_stage_choices)
     corpus: str = Field(description="Corpus directory built by build-corpus.")
     out: str = Field(description="Run directory: checkpoints/, metrics.jsonl, model/.")
@@ -239,6 +236,8 @@ class TrainFlowConfig(TrainStep):
 
 class EchoLabelsConfig(Frozen):
     """Parameters of the echo pseudo-label stage."""
+
+    path_fields: ClassVar[tuple[str, ...]] = ("corpus", "s2t", "t2c", "out")
 
     corpus: str = Field(description="Corpus directory built by build-corpus.")
     s2t: str = Field(description="Stage-I checkpoint (a model directory or a training run directory).")

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import CHECK_CORPUS, qa, write_jsonl
+from tests.helpers.ray_nodes import start_head
 
 pytestmark = pytest.mark.integration
 
@@ -26,24 +23,9 @@ def ray_head() -> Iterator[str]:
     from core.server import free_port
 
     port = free_port()
-    temp = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
-    ray_bin = Path(sys.executable).with_name("ray")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen(
-        [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
-         f"--temp-dir={temp}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(8)  # the head's GCS needs a few seconds; the build's ray.init waits further if needed
-    if proc.poll() is not None:
-        pytest.fail(f"ray start --head exited with {proc.returncode}")
+    head = start_head(port, num_cpus=2)
     yield f"127.0.0.1:{port}"
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    shutil.rmtree(temp, ignore_errors=True)
+    head.stop()
 
 
 def test_build_corpus_runs_on_an_existing_cluster(ray_head: str, tmp_path: Path, prefect_server: str) -> None:

@@ -47,5 +47,19 @@ def test_corpus_config_paths_are_made_absolute(tmp_path: Path, monkeypatch: pyte
     monkeypatch.chdir(tmp_path)
     cfg = BuildCorpusConfig(source="data/qa.jsonl", out="outputs/corpus", codebook="cb.npz")
     fixed = cfg.absolute()
-    assert fixed.source == str(tmp_path / "data" / "qa.jsonl") and fixed.out == str(tmp_path / "outputs/corpus")
+    assert fixed.source == str(tmp_path / "data" / "qa.jsonl")
+    assert fixed.out == str(tmp_path / "outputs" / "corpus")
     assert fixed.codebook == str(tmp_path / "cb.npz") and fixed.feature_checkpoint is None
+
+
+def test_training_and_labelling_paths_are_made_absolute(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.configs import EchoLabelsConfig, TrainFlowConfig
+
+    monkeypatch.chdir(tmp_path)
+    train = TrainFlowConfig(stage="t2c", corpus="c", out="runs/t2c", cache_dir="cache").absolute()
+    assert (train.corpus, train.out, train.cache_dir) == (str(tmp_path / "c"), str(tmp_path / "runs" / "t2c"),
+                                                         str(tmp_path / "cache"))
+    assert train.s2t is None and train.stage == "t2c"
+    labels = EchoLabelsConfig(corpus="c", s2t="a", t2c="b", out="o").absolute()
+    assert [labels.corpus, labels.s2t, labels.t2c, labels.out] == [str(tmp_path / n) for n in "cabo"]
