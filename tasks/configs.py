@@ -160,6 +160,9 @@ class TrainStep(Frozen):
     use_gpu: bool = Field(False, description="Train on GPUs.")
     launcher: Literal["ray", "local"] = Field("ray", description="Ray Train or one local process.")
     log_every: int = Field(10, ge=1, description="Steps between metrics lines.")
+    publish_every: int = Field(50, ge=1, description="Steps between refreshes of the loss-curve and "
+                               "metrics artifacts while the stage trains (the progress artifact follows "
+                               "every metrics line).")
     ckpt_every: int = Field(100, ge=1, description="Steps between checkpoints.")
     unit_vocab_size: int = Field(0, ge=0, description="T2C target vocabulary: 0 = raw units; N > K = a BPE "
                                  "unit language of N unit-words trained on the corpus's answer units")
