@@ -243,7 +243,7 @@ TRAIN_IGNORED = frozenset({
     "resume",  # how the run starts, decided by the planner, not what it trains
     "ray_address",  # where it runs
     "cache_dir",  # where the base LLM is cached; it is built deterministically from the corpus
-    "log_every",  # metrics lines only
+    "log_every", "publish_every",  # metrics lines and live artifacts only
     "ckpt_every",  # checkpoints resume bit-identically, so their spacing does not change the model
     "workers", "launcher",  # replaced by the DDP world size they give (which does change batches)
     "threads_per_worker", "max_failures",  # CPUs per worker and restarts: how it runs, not what it learns

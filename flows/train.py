@@ -1,4 +1,5 @@
-"""The training flow: one stage of EchoX training under DDP (Ray Train), with metrics as artifacts."""
+"""The training flow: one stage of EchoX training under DDP (Ray Train), with metrics as artifacts (live while
+it trains: flows/train_live.py)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_table_artifact
 
 from core import runtime
 from core.runs import record_process
+from flows.train_live import LiveTraining, publish_metrics
 from tasks.configs import TrainFlowConfig
-from tasks.plots import loss_curve_markdown, read_metrics
-
-
-def loss_keys(stage: str) -> tuple[str, ...]:
-    """The metrics the stage's loss curve shows (its registry entry's loss_keys)."""
-    from models.stages import get_stage
-
-    return get_stage(stage).loss_keys
 
 
 def train_config(cfg: TrainFlowConfig) -> object:
@@ -36,7 +30,8 @@ def train_config(cfg: TrainFlowConfig) -> object:
 
 @task(name="train-stage", task_run_name="train-{cfg.stage}", tags=["train"])
 def train_task(cfg: TrainFlowConfig) -> dict:
-    """Prepare the model factory and run the DDP trainer; returns the run summary."""
+    """Prepare the model factory and run the DDP trainer, its progress live as artifacts; returns the run
+    summary."""
     from models.stages import get_stage
     from tasks.train import run_local, run_ray
     from tasks.train_stage import check_stage_needs, prepare_stage
@@ -48,9 +43,10 @@ def train_task(cfg: TrainFlowConfig) -> dict:
                           seed=cfg.seed, s2t=cfg.s2t, t2c=cfg.t2c, init_checkpoint=cfg.init_checkpoint,
                           unit_vocab_size=cfg.unit_vocab_size, encoder_init=cfg.encoder_init)
     tc = train_config(cfg)
-    if cfg.launcher == "local":
-        return run_local(tc, build)
-    return run_ray(tc, build, ray_address=cfg.ray_address, name=f"train-{cfg.stage}")
+    with LiveTraining(cfg):
+        if cfg.launcher == "local":
+            return run_local(tc, build)
+        return run_ray(tc, build, ray_address=cfg.ray_address, name=f"train-{cfg.stage}")
 
 
 def publish(cfg: TrainFlowConfig, summary: dict) -> None:
@@ -60,20 +56,6 @@ def publish(cfg: TrainFlowConfig, summary: dict) -> None:
         publish_intelligibility(cfg)
     if cfg.stage == "encoder":
         publish_asr_eval(cfg)
-
-
-def publish_metrics(cfg: TrainFlowConfig) -> None:
-    """Loss curve (markdown with a plot) and final metrics (table) as artifacts."""
-    metrics = read_metrics(Path(cfg.out) / "metrics.jsonl")
-    if not metrics:
-        return
-    key = f"train-{cfg.stage}"
-    create_markdown_artifact(key=f"{key}-loss", description=f"Stage {cfg.stage} loss curve",
-                             markdown=loss_curve_markdown(metrics, f"{cfg.stage} loss", loss_keys(cfg.stage)))
-    first, last = metrics[0], metrics[-1]
-    rows = [{"metric": k, "first": round(first[k], 5), "last": round(last[k], 5)}
-            for k in last if isinstance(last[k], int | float) and k in first]
-    create_table_artifact(key=f"{key}-metrics", table=rows, description=f"Stage {cfg.stage}: {cfg.out}")
 
 
 def publish_check(cfg: TrainFlowConfig, what: str, write: Callable[[str, str], dict],

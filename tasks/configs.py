@@ -165,6 +165,9 @@ class TrainStep(Frozen):
                                            "(default: the Ray's CPUs shared among the workers).")
     max_failures: int = Field(2, ge=0, description="Ray Train restarts after a lost worker (each resumes).")
     log_every: int = Field(10, ge=1, description="Steps between metrics lines.")
+    publish_every: int = Field(50, ge=1, description="Steps between refreshes of the loss-curve and "
+                               "metrics artifacts while the stage trains (the progress artifact follows "
+                               "every metrics line).")
     ckpt_every: int = Field(100, ge=1, description="Steps between checkpoints.")
     unit_vocab_size: int = Field(0, ge=0, description="T2C target vocabulary: 0 = raw units; N > K = a BPE "
                                  "unit language of N unit-words trained on the corpus's answer units")

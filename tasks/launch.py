@@ -92,11 +92,14 @@ def worker_threads(workers: int, num_threads: int, total_cpus: int, node_cpus: i
 
 
 def run_ray(config: TrainConfig, build: Callable[[], nn.Module] | str, *, ray_address: str | None = None,
-            object_store_mb: int = 256, name: str = "train", **hooks: Any) -> dict:
+            object_store_mb: int = 256, name: str = "train", callbacks: Sequence[Any] = (),
+            **hooks: Any) -> dict:
     """Train with `config.workers` DDP workers under Ray Train's TorchTrainer; return the summary.
 
     Starts a local Ray (or joins `ray_address`) unless one is already running in this process.
-    A failure on any worker is raised here: EchoxErrors as themselves, others as RuntimeError.
+    Every rank reports each metrics line to `ray.train.report`; `callbacks` (`ray.train.UserCallback`s,
+    run by Ray Train's controller) see them. A failure on any worker is raised here: EchoxErrors as
+    themselves, others as RuntimeError.
     """
     from core.runtime import ray_session
 
@@ -120,7 +123,7 @@ def run_ray(config: TrainConfig, build: Callable[[], nn.Module] | str, *, ray_ad
             scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
                                          resources_per_worker={"CPU": threads}),
             run_config=RunConfig(storage_path=str(Path(config.out_dir) / "ray"), name=name,
-                                 worker_runtime_env=env,
+                                 worker_runtime_env=env, callbacks=list(callbacks),
                                  failure_config=FailureConfig(max_failures=config.max_failures)))
         _fit(trainer)
     return read_summary(config.out_dir)

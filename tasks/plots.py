@@ -10,13 +10,19 @@ from pathlib import Path
 
 
 def _png_markdown(fig: object, title: str) -> str:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")  # type: ignore[attr-defined]
-    plt.close(fig)  # type: ignore[arg-type]
+    _close(fig)
     data = base64.b64encode(buf.getvalue()).decode()
     return f"### {title}\n\n![{title}](data:image/png;base64,{data})\n"
+
+
+def _close(fig: object) -> None:
+    """Release a pyplot figure (a figure made without pyplot holds no global state)."""
+    if getattr(fig.canvas, "manager", None) is not None:  # type: ignore[attr-defined]
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)  # type: ignore[arg-type]
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -31,13 +37,12 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def _loss_figure(metrics: list[dict], keys: Sequence[str]) -> object:
-    """A matplotlib figure of the loss (and components) against step."""
-    import matplotlib
+    """A matplotlib figure of the loss (and components) against step; made without pyplot, whose global
+    state is not thread-safe (training stages render their live loss curves from threads of one driver)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.subplots()
     steps = [m["step"] for m in metrics]
     for key in keys:
         if metrics and key in metrics[0]:
@@ -56,15 +61,12 @@ def loss_curve_markdown(metrics: list[dict], title: str, keys: Sequence[str] = (
 
 def save_loss_curve(metrics: list[dict], path: Path, title: str, keys: Sequence[str] = ("loss",)) -> Path:
     """The loss curve as a small PNG file (80 dpi, a few tens of kB), written atomically."""
-    import matplotlib.pyplot as plt
-
     from tasks.shards import atomic_write
 
     fig = _loss_figure(metrics, keys)
     fig.axes[0].set_title(title)  # type: ignore[attr-defined]
     atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=80,  # type: ignore[attr-defined]
                                                      bbox_inches="tight"))
-    plt.close(fig)  # type: ignore[arg-type]
     return Path(path)
 
 

@@ -7,9 +7,11 @@ overrides. What the loop does per stage (collate, example length, save) comes fr
 (models/stages.py) by `TrainConfig.stage`; a loop config may override it with callables (tests do).
 
 Each rank reads its own disjoint, length-bucketed batches from a memory-mapped corpus; DDP averages
-gradients. Rank 0 writes `out_dir/metrics.jsonl`, `out_dir/checkpoints/step-*`, `out_dir/model/` and
-`out_dir/summary.json`. Resume continues the same data order (derived from the step) and every rank's RNG
-state, so the resumed loss curve equals the uninterrupted one.
+gradients. Rank 0 writes `out_dir/metrics.jsonl` (and its TensorBoard events in `out_dir/tb/`),
+`out_dir/checkpoints/step-*`, `out_dir/model/` and `out_dir/summary.json`; under Ray Train every rank
+also reports metrics lines to `ray.train.report` (tasks/train_metrics.py). Resume continues the same data
+order (derived from the step) and every rank's RNG state, so the resumed loss curve equals the
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from tasks.data import echo_examples, load_corpus, verify_corpus, without_ids
 from tasks.distributed import Process, all_gather, broadcast, init_distributed, local_world_size
 from tasks.shards import write_json
 from tasks.train_config import TrainConfig
+from tasks.train_metrics import MetricsLog, ray_report
 from tasks.train_utils import (
     EpochBatches,
     is_boundary,
@@ -144,10 +147,12 @@ def train_loop(loop: dict) -> None:
     cfg = loop["train"] if isinstance(loop["train"], TrainConfig) else TrainConfig.from_dict(loop["train"])
     hooks = resolve_hooks(loop, cfg.stage)
     raise_recorded_mistake(cfg)
+    launcher = loop.get("launcher", "local")
     torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // local_world_size()))
-    proc = init_distributed(cfg, loop.get("launcher", "local"))
+    proc = init_distributed(cfg, launcher)
+    run: Run | None = None
     try:
-        run, progress = setup(cfg, hooks, proc)
+        run, progress = setup(cfg, hooks, proc, launcher)
         while progress.step < cfg.max_steps:
             run.step(progress)
             if is_boundary(progress.step, cfg.ckpt_every, cfg):
@@ -157,15 +162,18 @@ def train_loop(loop: dict) -> None:
     except EchoxError as e:
         record_mistake(cfg, e)
         raise
-    finally:
-        if proc.owns_group:  # teardown
+    finally:  # teardown
+        if run is not None:
+            run.metrics.close()
+        if proc.owns_group:
             dist.destroy_process_group()
 
 
 # ---- setup ----------------------------------------------------------------------------------------------
 
-def setup(cfg: TrainConfig, hooks: Hooks, proc: Process) -> tuple[Run, Progress]:
-    """Build the model, data order, DDP wrapper, optimizer and schedule; resume if asked."""
+def setup(cfg: TrainConfig, hooks: Hooks, proc: Process, launcher: str = "local") -> tuple[Run, Progress]:
+    """Build the model, data order, DDP wrapper, optimizer and schedule; resume if asked; open the metrics
+    log (Ray Train's ranks also report to Ray)."""
     torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
     model = hooks.build().to(proc.device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -180,7 +188,10 @@ def setup(cfg: TrainConfig, hooks: Hooks, proc: Process) -> tuple[Run, Progress]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
         lr_factor, warmup=cfg.warmup_steps, total=cfg.max_steps, min_ratio=cfg.min_lr_ratio))
     progress = start_or_resume(cfg, proc, model, optimizer, scheduler, batches.per_epoch)
-    run = Run(cfg, proc, model, ddp, params, optimizer, scheduler, collate, examples, batches, heldout)
+    metrics = MetricsLog(Path(cfg.out_dir), rank=proc.rank, start_step=progress.step,
+                         report=ray_report() if launcher == "ray" else None)
+    run = Run(cfg, proc, model, ddp, params, optimizer, scheduler, collate, examples, batches, metrics,
+              heldout)
     return run, progress
 
 
@@ -306,6 +317,7 @@ class Run:
     collate: Callable[[list[dict]], dict[str, Any]]
     examples: Any
     batches: EpochBatches
+    metrics: MetricsLog
     heldout: int = 0  # corpus rows the stage kept out of training
     window_start: float = field(default_factory=time.perf_counter)
     window_tokens: int = 0
@@ -346,14 +358,16 @@ class Run:
         return out
 
     def log(self, progress: Progress, sums: dict[str, float], lr: float, grad_norm: float) -> None:
-        """Average loss parts over ranks, sum tokens, and (rank 0) append a metrics line."""
+        """Average loss parts over ranks, sum tokens, and write the metrics line (metrics.jsonl and
+        TensorBoard on rank 0; to Ray Train from every rank when rank 0 says a report is due)."""
         names = sorted(sums)
-        values = torch.tensor([sums[n] for n in names] + [self.window_tokens], dtype=torch.float64,
-                              device=self.proc.device)
+        due = self.proc.rank == 0 and self.metrics.report_due(last=progress.step == self.cfg.max_steps)
+        values = torch.tensor([sums[n] for n in names] + [self.window_tokens, float(due)],
+                              dtype=torch.float64, device=self.proc.device)
         if self.proc.world_size > 1:
-            dist.all_reduce(values)
-        tokens = int(values[-1].item())
-        means = {n: float(v) / self.proc.world_size for n, v in zip(names, values[:-1].tolist(), strict=True)}
+            dist.all_reduce(values)  # also hands rank 0's report decision to every rank
+        tokens, report = int(values[-2].item()), bool(values[-1].item())
+        means = {n: float(v) / self.proc.world_size for n, v in zip(names, values[:-2].tolist(), strict=True)}
         if not math.isfinite(means["loss"]):
             raise FloatingPointError(f"loss is {means['loss']} at step {progress.step}")
         now = time.perf_counter()
@@ -363,9 +377,8 @@ class Run:
                "epoch": progress.step * self.cfg.grad_accum / self.batches.per_epoch}
         self.window_start, self.window_tokens = now, 0
         progress.last_metrics = row
+        self.metrics.write(row, report=report)
         if self.proc.rank == 0:
-            with open(Path(self.cfg.out_dir) / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
             log.info("step %d loss %.4f lr %.2e %.0f tok/s", progress.step, means["loss"], lr,
                      row["tokens_per_s"])
 

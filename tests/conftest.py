@@ -51,12 +51,30 @@ def prefect_server() -> Iterator[str]:
 
     proc, url = server.start_temporary(_STATE)
     os.environ["PREFECT_API_URL"] = url
+    _refresh_prefect_settings()
     yield url
     from prefect.logging.handlers import APILogWorker
 
     APILogWorker.drain_all(timeout=10)  # flush queued run logs before the server goes away
     os.environ.pop("PREFECT_API_URL", None)
+    _refresh_prefect_settings()
     server.stop(proc)
+
+
+def _refresh_prefect_settings() -> None:
+    """Make an already imported Prefect read PREFECT_API_URL again.
+
+    Prefect snapshots the environment into its global settings when it is imported. A test module that
+    imports prefect (or a flow) at the top does so at collection, before this fixture runs: that process
+    would then run its flows on a private ephemeral server of its own while the Ray workers, started later
+    with the variable set, report to this one (their task-run events and states lost to the driver).
+    """
+    import sys
+
+    if "prefect.context" in sys.modules:
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
 
 
 def qa(i: int, **kw: object) -> dict:

@@ -86,6 +86,7 @@ CASES = [
     ({"s2t.lr": 1e-3}, expect(redo=ALL_AFTER_S2T)),
     ({"s2t.workers": 1}, expect(redo=ALL_AFTER_S2T)),  # Ray DDP: fewer ranks, other batches
     ({"s2t.log_every": 3}, expect()),
+    ({"s2t.publish_every": 3}, expect()),  # live artifacts only
     ({"s2t.ckpt_every": 4}, expect()),
     ({"t2c.max_steps": 80}, expect(resume="t2c", redo="echo-labels echo evaluate")),
     ({"t2c.max_steps": 40}, expect(redo="t2c echo-labels echo evaluate")),  # fewer steps: start over

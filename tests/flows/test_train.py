@@ -23,6 +23,17 @@ def _metrics(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def _progress_descriptions(stage: str) -> list[str]:
+    """The descriptions of every `train-<stage>-progress` artifact whose progress reached 100 %."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[f"train-{stage}-progress"])))
+    return [a.description for a in arts if a.data == 100.0]
+
+
 @pytest.fixture(scope="module")
 def s2t_run(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from flows.train import train
@@ -38,6 +49,8 @@ def test_s2t_ddp_run_keeps_ranks_identical_and_loss_falls(s2t_run: Path) -> None
     assert summary["world_size"] == 2 and len(sums) == 2 and len(set(sums)) == 1
     metrics = _metrics(s2t_run)
     assert metrics[-1]["step"] == 8 and metrics[-1]["loss"] < metrics[0]["loss"]
+    # the driver followed the Ray workers' metrics.jsonl into the progress artifact, to the last step
+    assert any(d.startswith("Stage s2t: step 8/8 · loss") for d in _progress_descriptions("s2t"))
 
 
 def test_resume_continues_from_the_last_checkpoint(s2t_run: Path, tiny_corpus: Path) -> None:
@@ -46,6 +59,7 @@ def test_resume_continues_from_the_last_checkpoint(s2t_run: Path, tiny_corpus: P
     train(cfg=_cfg(tiny_corpus, s2t_run, "s2t", max_steps=12, resume=True))
     steps = [m["step"] for m in _metrics(s2t_run)]
     assert steps[-1] == 12 and steps == sorted(set(steps))  # continued, no step logged twice
+    assert any(d.startswith("Stage s2t: step 12/12") for d in _progress_descriptions("s2t"))
 
 
 def test_ask_answers_from_audio(s2t_run: Path, tiny_corpus: Path, tmp_path: Path) -> None:
@@ -63,11 +77,14 @@ def test_t2c_stage_trains_and_prints_units(tiny_corpus: Path, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     from echox.cli import main
     from flows.train import train
+    from tests.tasks.test_train_metrics import scalars_of
 
     out = tmp_path / "t2c"
     train(cfg=_cfg(tiny_corpus, out, "t2c", max_steps=6, workers=1, launcher="local"))
     metrics = _metrics(out)
     assert metrics[-1]["loss"] < metrics[0]["loss"]
+    # TensorBoard events beside metrics.jsonl hold the same loss at the same steps
+    assert scalars_of(out / "tb", "loss") == [(m["step"], pytest.approx(m["loss"])) for m in metrics]
     assert main(["t2c", "--model", str(out / "model"), "--text", "two plus two is four",
                  "--max-units", "12"]) == 0
     units = capsys.readouterr().out.split()

@@ -18,6 +18,7 @@ from core.errors import ConfigError, InputError, IntegrityError
 from tasks.train import TrainConfig, _fit, lr_factor, run_local, run_ray, write_loop_json
 from tests.helpers import dummy_model as dm
 from tests.helpers.dummy_model import SimulatedCrash
+from tests.tasks.test_train_metrics import scalars_of
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKS = {"save_fn": dm.save_model, "make_collator": dm.make_collator, "example_length": dm.example_length}
@@ -114,6 +115,8 @@ def test_resume_continues_the_identical_curve(corpus: Path, tmp_path: Path, log_
             assert rb[key] == pytest.approx(ra[key], abs=1e-6), (ra["step"], key)
     straight_summary = json.loads((straight / "summary.json").read_text())
     assert summary["param_checksums"] == straight_summary["param_checksums"]
+    # TensorBoard shows the resumed curve once: the steps logged after the checkpoint, then redone, are hidden
+    assert scalars_of(crashed / "tb", "loss") == [(r["step"], pytest.approx(r["loss"])) for r in b]
 
 
 def test_resume_skips_a_checkpoint_torch_refuses_to_unpickle(corpus: Path, tmp_path: Path,
@@ -186,9 +189,20 @@ def test_torchrun_entry_reports_config_errors(tmp_path: Path) -> None:
 
 @pytest.mark.integration  # about 35 s here: under the 60 s that would make it `slow`
 def test_ray_train_two_workers(corpus: Path, tmp_path: Path, ray_session: None) -> None:
+    from tests.helpers.ray_reports import RecordReports
+
     out = tmp_path / "ray"
     cfg = replace(_config(corpus, out, max_steps=20, log_every=5, ckpt_every=10), workers=2, num_threads=0)
-    _check_ddp_run(out, run_ray(cfg, dm.build, **HOOKS))
+    reports = tmp_path / "reports.jsonl"
+    _check_ddp_run(out, run_ray(cfg, dm.build, callbacks=[RecordReports(str(reports))], **HOOKS))
+    # Ray Train's controller got metrics lines from both ranks in lockstep: the first and the last always,
+    # the others as often as it takes reports (every 2 s); rank 0's are metrics.jsonl's lines
+    rounds = [json.loads(line) for line in reports.read_text().splitlines()]
+    steps = [ranks[0]["step"] for ranks in rounds]
+    assert steps[0] == 5 and steps[-1] == 20 and steps == sorted(set(steps))
+    assert all([r["step"] for r in ranks] == [ranks[0]["step"]] * 2 for ranks in rounds)
+    logged = {r["step"]: r for r in _metrics(out)}
+    assert all(ranks[0]["loss"] == ranks[1]["loss"] == logged[ranks[0]["step"]]["loss"] for ranks in rounds)
 
 
 def test_ray_worker_errors_surface_as_themselves() -> None:
