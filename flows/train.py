@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -14,8 +15,11 @@ from core.runs import record_process
 from flows.train_live import LiveTraining, publish_metrics
 from tasks.configs import TrainFlowConfig
 
+if TYPE_CHECKING:
+    from tasks.train_config import TrainConfig
 
-def train_config(cfg: TrainFlowConfig) -> object:
+
+def train_config(cfg: TrainFlowConfig) -> TrainConfig:
     """The trainer's config from the flow's parameters."""
     from tasks.train import TrainConfig
 
@@ -25,7 +29,8 @@ def train_config(cfg: TrainFlowConfig) -> object:
         warmup_steps=min(cfg.warmup_steps, cfg.max_steps), log_every=cfg.log_every,
         ckpt_every=cfg.ckpt_every, seed=cfg.seed, workers=cfg.workers if cfg.launcher == "ray" else 1,
         use_gpu=cfg.use_gpu, resume=cfg.resume, num_threads=cfg.threads_per_worker or 0,
-        max_failures=cfg.max_failures)
+        max_failures=cfg.max_failures, strategy=cfg.strategy,
+        gradient_checkpointing=cfg.gradient_checkpointing, load_dtype=cfg.load_dtype)
 
 
 @task(name="train-stage", task_run_name="train-{cfg.stage}", tags=["train"])
@@ -39,10 +44,11 @@ def train_task(cfg: TrainFlowConfig) -> dict:
     cfg = cfg.absolute()  # the workers (on a cluster: other machines) do not share this working directory
     check_stage_needs(cfg.stage, get_stage(cfg.stage).needs, cfg)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else runtime.state_dir() / "models"
+    tc = train_config(cfg)
     build = prepare_stage(cfg.stage, cfg.preset, cfg.preset_overrides, Path(cfg.corpus), cache,
                           seed=cfg.seed, s2t=cfg.s2t, t2c=cfg.t2c, init_checkpoint=cfg.init_checkpoint,
-                          unit_vocab_size=cfg.unit_vocab_size, encoder_init=cfg.encoder_init)
-    tc = train_config(cfg)
+                          unit_vocab_size=cfg.unit_vocab_size, encoder_init=cfg.encoder_init,
+                          load_dtype=tc.frozen_dtype)
     with LiveTraining(cfg):
         if cfg.launcher == "local":
             return run_local(tc, build)

@@ -25,10 +25,12 @@ def build_for_stage(
     codebook: dict[str, Any] | None = None,
     encoder_init: str | None = None,
     seed: int = 0,
+    dtype: str = "float32",
 ) -> nn.Module:
     """Fresh model of `stage` (models/stages.py), from the checkpoints it needs (echo: stage I and II).
     `unit_language` (a unit-BPE tokenizer JSON) makes a fresh T2C predict unit-words; `codebook` is the corpus
-    codebook's identity (what the vocoder records); `encoder_init` an encoder-pretraining checkpoint (s2t)."""
+    codebook's identity (what the vocoder records); `encoder_init` an encoder-pretraining checkpoint (s2t);
+    `dtype` what the base LLM's weights are loaded in."""
     from models.io import load_model
 
     spec = get_stage(stage)
@@ -43,5 +45,5 @@ def build_for_stage(
     loaded = {name: load_model(Path(str(paths[name])), expect_stage=name) for name in wanted}
     pretrained = load_model(Path(encoder_init), expect_stage="encoder") if encoder_init else None
     inputs = StageInputs(num_units=num_units, unit_language=unit_language, seed=seed, codebook=codebook,
-                         encoder_init=pretrained, **loaded)
+                         encoder_init=pretrained, dtype=dtype, **loaded)
     return spec.build(preset_from_dict(preset), Path(llm_dir), inputs)

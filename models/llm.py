@@ -96,14 +96,15 @@ def load_tokenizer(llm_dir: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(llm_dir))
 
 
-def load_llm(llm_dir: Path, *, load_weights: bool = True) -> nn.Module:
-    """The causal LM in `llm_dir` (weights loaded), or a random-init model of its config (a skeleton)."""
+def load_llm(llm_dir: Path, *, load_weights: bool = True, dtype: str = "float32") -> nn.Module:
+    """The causal LM in `llm_dir` (weights loaded in `dtype`, "float32" or "bfloat16": a bf16 load never
+    holds a float32 copy), or a random-init float32 model of its config (a skeleton)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if not (Path(llm_dir) / "config.json").is_file():
         raise CheckpointError(f"LLM directory {llm_dir} has no config.json")
     if load_weights:
-        return AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=getattr(torch, dtype))
     return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(llm_dir)))
 
 

@@ -267,12 +267,14 @@ def external_keys(model: nn.Module, preset: ModelPreset, encoder_loaded: bool) -
 
 
 def build_s2t(preset: ModelPreset, llm_dir: Path, *, load_weights: bool = True, seed: int = 0,
-              encoder_init: nn.Module | None = None) -> S2TModel:
+              encoder_init: nn.Module | None = None, dtype: str = "float32") -> S2TModel:
     """Stage-I model from the base LLM directory (load_weights=False: a random skeleton to load into);
-    `encoder_init`: a loaded encoder-pretraining model whose encoder and adapter weights it starts from."""
+    `encoder_init`: a loaded encoder-pretraining model whose encoder and adapter weights it starts from;
+    `dtype`: what the LLM's weights are loaded in (LoRA and a fully trained LLM are made float32 later, by
+    the trainer)."""
     tokenizer = load_tokenizer(llm_dir)
     chat = ChatFormat(tokenizer, preset.audio_token)
-    llm = load_llm(llm_dir, load_weights=load_weights)
+    llm = load_llm(llm_dir, load_weights=load_weights, dtype=dtype)
     encoder = build_encoder(preset, load_weights=load_weights, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)

@@ -57,6 +57,9 @@ class StageInputs:
     """Identity of the corpus codebook (num_units, sha256, features, frame_rate), beside num_units."""
     encoder_init: Any = None
     """The loaded encoder-pretraining model (stages with the "encoder_init" option), or None."""
+    dtype: str = "float32"
+    """dtype the builder loads pretrained weights in ("float32" or "bfloat16"; the trainer then casts every
+    frozen weight to it and every trained one to float32)."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def _build_s2t(preset: ModelPreset, llm_dir: Path, inputs: StageInputs) -> nn.Mo
     """Stage I from the base LLM."""
     from models.s2t import build_s2t
 
-    return build_s2t(preset, llm_dir, seed=inputs.seed, encoder_init=inputs.encoder_init)
+    return build_s2t(preset, llm_dir, seed=inputs.seed, encoder_init=inputs.encoder_init, dtype=inputs.dtype)
 
 
 def _rebuild_s2t(preset: ModelPreset, llm_dir: Path, extra: dict[str, Any], load_weights: bool) -> nn.Module:

@@ -171,6 +171,28 @@ class TrainStep(Frozen):
     ckpt_every: int = Field(100, ge=1, description="Steps between checkpoints.")
     unit_vocab_size: int = Field(0, ge=0, description="T2C target vocabulary: 0 = raw units; N > K = a BPE "
                                  "unit language of N unit-words trained on the corpus's answer units")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="How the workers hold the model: ddp = a "
+                                             "whole copy each; fsdp = parameters, gradients and optimizer "
+                                             "state sharded across them (FSDP2, one group per transformer "
+                                             "block), with sharded checkpoints. fsdp needs launcher ray and "
+                                             "workers >= 2.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each transformer block's activations in the backward pass instead of "
+        "keeping them (LLM, Whisper encoder, T2C decoder): far less activation memory for about a third more "
+        "compute.")
+    load_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="dtype of the frozen weights (the base LLM, a frozen encoder), loaded as such: "
+        "auto = bfloat16 with use_gpu, float32 on CPU. Trained parameters stay float32.")
+
+    @model_validator(mode="after")
+    def _strategy_fits(self) -> TrainStep:
+        """fsdp shards across ranks (one process has nothing to shard with); bf16 weights need a GPU."""
+        if self.strategy == "fsdp" and (self.launcher != "ray" or self.workers < 2):
+            raise ValueError(f"strategy fsdp shards across workers: it needs launcher ray and workers >= 2 "
+                             f"(got launcher {self.launcher}, workers {self.workers}); use strategy ddp")
+        if self.load_dtype == "bfloat16" and not self.use_gpu:
+            raise ValueError("load_dtype bfloat16 needs use_gpu (CPU training runs in float32)")
+        return self
 
 
 def _stage_choices(schema: dict[str, Any]) -> None:

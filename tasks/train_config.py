@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import get_args
 
 from core.errors import ConfigError
 from tasks.configs import TrainStep
 
 _STEP = TrainStep.model_fields  # the options a user sets are declared once, there (with their defaults)
+STRATEGIES: tuple[str, ...] = get_args(_STEP["strategy"].annotation)  # ("ddp", "fsdp")
+LOAD_DTYPES: tuple[str, ...] = get_args(_STEP["load_dtype"].annotation)  # ("auto", "float32", "bfloat16")
+
+
+def resolve_load_dtype(load_dtype: str, use_gpu: bool) -> str:
+    """"auto" → bfloat16 when training on GPUs, float32 on CPU; any other value as given."""
+    if load_dtype == "auto":
+        return "bfloat16" if use_gpu else "float32"
+    return load_dtype
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,12 @@ class TrainConfig:
     """Set by run_ray: lets a restarted attempt resume the checkpoints its own launch wrote."""
     find_unused_parameters: bool = False
     """Tell DDP that some trainable parameters get no gradient in a step (slower; only if needed)."""
+    strategy: str = _STEP["strategy"].default
+    """"ddp": a whole model per rank; "fsdp": FSDP2 sharding per transformer block, sharded checkpoints."""
+    gradient_checkpointing: bool = _STEP["gradient_checkpointing"].default
+    """Recompute transformer blocks' activations in backward (HF gradient checkpointing)."""
+    load_dtype: str = _STEP["load_dtype"].default
+    """dtype of the frozen weights: "auto" (bfloat16 with use_gpu, else float32), "float32", "bfloat16"."""
 
     def __post_init__(self) -> None:
         positive = ("max_steps", "batch_size", "grad_accum", "log_every", "ckpt_every", "keep_checkpoints",
@@ -80,6 +96,19 @@ class TrainConfig:
             raise ConfigError("train config: lr must be > 0; warmup_steps, clip_norm, num_threads >= 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"train config: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"train config: strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.load_dtype not in LOAD_DTYPES:
+            raise ConfigError(f"train config: load_dtype must be one of {LOAD_DTYPES}, "
+                              f"got {self.load_dtype!r}")
+        if self.frozen_dtype == "bfloat16" and not self.use_gpu:
+            raise ConfigError("train config: load_dtype bfloat16 needs use_gpu (CPU training runs in "
+                              "float32)")
+
+    @property
+    def frozen_dtype(self) -> str:
+        """The dtype frozen weights are loaded in: load_dtype with "auto" resolved by use_gpu."""
+        return resolve_load_dtype(self.load_dtype, self.use_gpu)
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:

@@ -88,8 +88,9 @@ def checkpoint_arg(path: str | None) -> str | None:
 def prepare_stage(stage: str, preset_name: str, overrides: dict[str, Any], corpus_dir: Path,
                   cache_dir: Path, *, seed: int = 0, s2t: str | None = None, t2c: str | None = None,
                   init_checkpoint: str | None = None, unit_vocab_size: int = 0,
-                  encoder_init: str | None = None) -> Callable[[], nn.Module]:
-    """A picklable factory of the stage's model; builds (or reuses) the base LLM directory first.
+                  encoder_init: str | None = None, load_dtype: str = "float32") -> Callable[[], nn.Module]:
+    """A picklable factory of the stage's model; builds (or reuses) the base LLM directory first
+    (`load_dtype`: what the base LLM's weights are loaded in, "float32" or "bfloat16").
 
     Stage t2c with `unit_vocab_size` > K trains a unit language on the corpus here, once, so every rank
     (and a resumed run: the training is deterministic) builds the same unit-word vocabulary."""
@@ -115,7 +116,8 @@ def prepare_stage(stage: str, preset_name: str, overrides: dict[str, Any], corpu
     return functools.partial(build_for_stage, stage, preset_to_dict(preset), llm_dir, num_units=units,
                              s2t_checkpoint=checkpoint_arg(s2t), t2c_checkpoint=checkpoint_arg(t2c),
                              init_checkpoint=checkpoint_arg(init_checkpoint), unit_language=language,
-                             codebook=codebook, encoder_init=checkpoint_arg(encoder_init), seed=seed)
+                             codebook=codebook, encoder_init=checkpoint_arg(encoder_init), seed=seed,
+                             dtype=load_dtype)
 
 
 def check_encoder_preset(stage: str, preset: Any) -> None:

@@ -48,6 +48,37 @@ def wrap_ddp(model: nn.Module, cfg: TrainConfig, proc: Process) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids,
                                                find_unused_parameters=cfg.find_unused_parameters)
 
+def cast_for_training(model: nn.Module, frozen_dtype: str) -> nn.Module:
+    """Frozen floating-point weights in `frozen_dtype`, trained ones in float32 (AdamW's master weights): a
+    builder may load everything in bf16, and LoRA, the adapter or a fully trained LLM must not train so."""
+    frozen = getattr(torch, frozen_dtype)
+    for p in model.parameters():
+        if p.is_floating_point():
+            wanted = torch.float32 if p.requires_grad else frozen
+            if p.dtype != wanted:
+                p.data = p.data.to(wanted)
+    return model
+
+def enable_gradient_checkpointing(model: nn.Module) -> int:
+    """HF gradient checkpointing (non-reentrant) on every transformers model inside `model` (the LLM, a
+    Whisper encoder, the T2C decoder); returns how many; ConfigError when the model has none."""
+    from transformers import PreTrainedModel
+
+    found = [m for m in model.modules()
+             if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing]
+    if not found:
+        raise ConfigError(f"gradient_checkpointing: {type(model).__name__} holds no transformers model that "
+                          "supports it")
+    for m in found:
+        if not m.is_gradient_checkpointing:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return len(found)
+
+def as_float(value: torch.Tensor | float) -> float:
+    """A scalar as a float; an FSDP grad norm is a DTensor, whose full value every rank computes."""
+    full = getattr(value, "full_tensor", None)
+    return float(full() if full is not None else value)
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over trainable parameters; no weight decay on biases, norms and other 1-d parameters."""
     trainable = [p for p in model.parameters() if p.requires_grad]
