@@ -6,6 +6,10 @@ run rebuilds those with the same factory, and a LoRA run's checkpoint stays smal
 `checkpoint.json` ({format, step, files: {name: sha256}, extra}), written last. The directory is built
 under a temp name and renamed into place, so a crash leaves either a complete checkpoint or a `.tmp-*`
 folder that the next save removes.
+
+A sharded checkpoint (strategy fsdp, tasks/fsdp.py) follows the same rules with `sharded/` (DCP files that
+every rank writes) in place of `model.safetensors` and `optimizer.pt`, and `"layout": "sharded"` in its
+checkpoint.json; each strategy resumes only its own layout (`check_layout`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core.errors import CheckpointError
+from core.errors import CheckpointError, ConfigError
 from tasks.shards import file_sha256, write_json
 
 log = logging.getLogger(__name__)
@@ -34,7 +38,12 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 META = "checkpoint.json"
 MODEL_FILE = "model.safetensors"
+SHARDED_DIR = "sharded"
+SHARDED_META = f"{SHARDED_DIR}/.metadata"
 STEP_DIR = re.compile(r"^step-(\d+)$")
+LAYOUT_OF = {"ddp": "full", "fsdp": "sharded"}
+"""What each training strategy writes: "full" (model.safetensors, optimizer.pt: rank 0 holds it all) or
+"sharded" (DCP files under sharded/, written by every rank: tasks/fsdp.py). checkpoint.json names it."""
 
 
 @dataclass(frozen=True)
@@ -74,9 +83,24 @@ def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: to
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state, tmp / "rng.pt")
         for path in tmp.iterdir():
-            _fsync(path)
+            fsync_file(path)
         files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
-        write_json(tmp / META, {"format": FORMAT, "step": step, "files": files, "extra": extra})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return publish_checkpoint(tmp, root, step, files, extra, keep=keep)
+
+
+def publish_checkpoint(tmp: Path, root: Path, step: int, files: dict[str, str], extra: dict, *,
+                       layout: str = "full", keep: int | None = None) -> Path:
+    """Write checkpoint.json (the files' sha256s; written last) into the filled temp folder `tmp`, rename
+    it to step `step` under `root`, keep the newest `keep`; return its path (`tmp` is removed on failure)."""
+    final = checkpoint_dir(root, step)
+    meta = {"format": FORMAT, "step": step, "files": files, "extra": extra}
+    if layout != "full":  # a full checkpoint's record stays what it always was
+        meta["layout"] = layout
+    try:
+        write_json(tmp / META, meta)
         _replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -106,7 +130,7 @@ def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None
         raise RuntimeError(f"missing keys {missing[:5]}, unexpected keys {sorted(unexpected)[:5]}")
 
 
-def _fsync(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     """Flush a file to disk so the rename that publishes it cannot overtake its content."""
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -144,6 +168,14 @@ def prune_checkpoints(root: str | Path, keep: int) -> None:
 
 def verify_checkpoint(path: str | Path) -> dict:
     """The checkpoint's metadata after checking every listed file's sha256; CheckpointError if off."""
+    meta = checkpoint_meta(path)
+    verify_files(Path(path), meta["files"])
+    return meta
+
+
+def checkpoint_meta(path: str | Path) -> dict:
+    """checkpoint.json, checked to name a step and the files of a full or sharded model (their sha256s
+    are not checked: verify_files does that); CheckpointError if not."""
     path = Path(path)
     meta_path = path / META
     if not meta_path.is_file():
@@ -153,15 +185,42 @@ def verify_checkpoint(path: str | Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{meta_path} is not valid JSON: {e}") from e
     files = meta.get("files") if isinstance(meta, dict) else None
-    if not isinstance(files, dict) or MODEL_FILE not in files or not isinstance(meta.get("step"), int):
+    model = SHARDED_META if isinstance(meta, dict) and meta.get("layout") == "sharded" else MODEL_FILE
+    if not isinstance(files, dict) or model not in files or not isinstance(meta.get("step"), int):
         raise CheckpointError(f"{meta_path} lacks step or the files list")
+    return meta
+
+
+def verify_files(path: Path, files: dict[str, str]) -> None:
+    """CheckpointError naming the first of `files` (name → sha256, relative to `path`) that is missing or
+    does not match."""
     for name, sha in files.items():
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{path}: {name} is missing")
         if file_sha256(file) != sha:
             raise CheckpointError(f"{path}: {name} does not match its recorded sha256 (corrupt)")
-    return meta
+
+
+def checkpoint_layout(path: str | Path) -> str | None:
+    """"full" or "sharded" as checkpoint.json says (None when it cannot be read)."""
+    try:
+        meta = json.loads((Path(path) / META).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return str(meta.get("layout", "full")) if isinstance(meta, dict) else None
+
+
+def check_layout(root: str | Path, strategy: str) -> None:
+    """ConfigError when `root` holds checkpoints another strategy wrote (DDP cannot resume a sharded
+    checkpoint, nor FSDP a full one): one line naming the strategy to resume with."""
+    wanted = LAYOUT_OF[strategy]
+    for path in list_checkpoints(root):
+        layout = checkpoint_layout(path)
+        if layout is not None and layout != wanted:
+            other = next(s for s, v in LAYOUT_OF.items() if v == layout)
+            raise ConfigError(f"{path} is a {layout} checkpoint of strategy {other}: resume it with strategy "
+                              f"{other}, or train strategy {strategy} into a new out_dir")
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
@@ -192,9 +251,11 @@ def read_checkpoint(path: str | Path, *, verify: bool = True) -> LoadedCheckpoin
     """Every file of a checkpoint, loaded without running code; CheckpointError naming a file that fails."""
     path = Path(path)
     meta = verify_checkpoint(path) if verify else _read_meta(path)
-    optional = {name: _load(path / name) if (path / name).exists() else None
+    if meta.get("layout", "full") != "full":
+        raise CheckpointError(f"{path} is a sharded checkpoint (strategy fsdp): tasks/fsdp.py resumes it")
+    optional = {name: load_safely(path / name) if (path / name).exists() else None
                 for name in ("optimizer.pt", "scheduler.pt", "rng.pt")}
-    return LoadedCheckpoint(path, meta, _load(path / MODEL_FILE), optional["optimizer.pt"],
+    return LoadedCheckpoint(path, meta, load_safely(path / MODEL_FILE), optional["optimizer.pt"],
                             optional["scheduler.pt"], optional["rng.pt"])
 
 
@@ -240,7 +301,7 @@ def _read_meta(path: Path) -> dict:
         raise CheckpointError(f"{path / META} cannot be read: {e}") from e
 
 
-def _load(path: Path) -> Any:
+def load_safely(path: Path) -> Any:
     """A checkpoint file's tensors and plain containers (never arbitrary pickles); CheckpointError naming
     the file when torch refuses it (weights_only) or it is corrupt, so resuming can skip to an older one."""
     try:

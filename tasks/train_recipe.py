@@ -7,11 +7,11 @@ overrides. What the loop does per stage (collate, example length, save) comes fr
 (models/stages.py) by `TrainConfig.stage`; a loop config may override it with callables (tests do).
 
 Each rank reads its own disjoint, length-bucketed batches from a memory-mapped corpus; DDP averages
-gradients. Rank 0 writes `out_dir/metrics.jsonl` (and its TensorBoard events in `out_dir/tb/`),
-`out_dir/checkpoints/step-*`, `out_dir/model/` and `out_dir/summary.json`; under Ray Train every rank
-also reports metrics lines to `ray.train.report` (tasks/train_metrics.py). Resume continues the same data
-order (derived from the step) and every rank's RNG state, so the resumed loss curve equals the
-uninterrupted one.
+gradients (strategy fsdp: FSDP2 shards the model across the ranks, tasks/fsdp.py). Rank 0 writes
+`out_dir/metrics.jsonl` (and its TensorBoard events in `out_dir/tb/`), `out_dir/checkpoints/step-*` (fsdp:
+every rank writes its shards), `out_dir/model/` and `out_dir/summary.json`; under Ray Train every rank also
+reports metrics lines to `ray.train.report` (tasks/train_metrics.py). Resume continues the same data order
+(derived from the step) and every rank's RNG state, so the resumed loss curve equals the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ from torch import nn
 from core.errors import ConfigError, EchoxError
 from models.stages import StageSpec, get_stage
 from tasks.checkpoint import (
+    CheckpointState,
     apply_checkpoint,
     capture_rng_state,
+    check_layout,
     checkpoint_dir,
     latest_loadable,
     list_checkpoints,
@@ -49,11 +51,15 @@ from tasks.collate import BoundCollator
 from tasks.corpus_paths import inject_fault
 from tasks.data import echo_examples, load_corpus, verify_corpus, without_ids
 from tasks.distributed import Process, all_gather, broadcast, init_distributed, local_world_size
+from tasks.fsdp import export_model, is_sharded, resume_sharded, save_sharded, shard_model
 from tasks.shards import write_json
 from tasks.train_config import TrainConfig
 from tasks.train_metrics import MetricsLog, ray_report
 from tasks.train_utils import (
     EpochBatches,
+    as_float,
+    cast_for_training,
+    enable_gradient_checkpointing,
     is_boundary,
     lr_factor,
     make_optimizer,
@@ -158,7 +164,7 @@ def train_loop(loop: dict) -> None:
             if is_boundary(progress.step, cfg.ckpt_every, cfg):
                 save(run, progress)
                 inject_fault(Path(cfg.out_dir) / ".echox", f"train-rank{proc.rank}-step-{progress.step}")
-        finish(run, progress, hooks.save_fn)
+        finish(run, progress, hooks)
     except EchoxError as e:
         record_mistake(cfg, e)
         raise
@@ -172,18 +178,22 @@ def train_loop(loop: dict) -> None:
 # ---- setup ----------------------------------------------------------------------------------------------
 
 def setup(cfg: TrainConfig, hooks: Hooks, proc: Process, launcher: str = "local") -> tuple[Run, Progress]:
-    """Build the model, data order, DDP wrapper, optimizer and schedule; resume if asked; open the metrics
-    log (Ray Train's ranks also report to Ray)."""
+    """Build the model, data order, DDP wrapper (or FSDP sharding), optimizer and schedule; resume if asked;
+    open the metrics log (Ray Train's ranks also report to Ray)."""
     torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
-    model = hooks.build().to(proc.device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    model = cast_for_training(hooks.build(), cfg.frozen_dtype)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if cfg.strategy == "ddp":
+        model = model.to(proc.device)  # fsdp moves each rank's shards there itself
+    if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"stage {cfg.stage}: the model has no trainable parameters")
     collate = hooks.make_collator(cfg.stage, model)
     examples, heldout = load_examples(cfg, proc, hooks.holdout)
     lengths = [hooks.example_length(examples.lazy_row(i), cfg.stage) for i in range(len(examples))]
     batches = EpochBatches(lengths, cfg, proc)
-    ddp = wrap_ddp(model, cfg, proc)
+    ddp = shard_model(model, cfg, proc) if cfg.strategy == "fsdp" else wrap_ddp(model, cfg, proc)
+    params = [p for p in model.parameters() if p.requires_grad]  # after sharding: FSDP's sharded ones
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
         lr_factor, warmup=cfg.warmup_steps, total=cfg.max_steps, min_ratio=cfg.min_lr_ratio))
@@ -222,28 +232,25 @@ def start_or_resume(cfg: TrainConfig, proc: Process, model: nn.Module, optimizer
                     scheduler: Any, per_epoch: int) -> Progress:
     """Load the newest verified checkpoint when resuming (else start clean) and set this rank's RNG."""
     ckpt_root = Path(cfg.out_dir) / "checkpoints"
-    # Rank 0 picks the newest checkpoint that verifies and loads safely (reading it once); the other ranks
-    # read the one it picked, and every rank applies it after the broadcast, so all fail or none do.
-    found = None
+    # A restarted attempt of this launch (Ray Train after a lost worker) resumes the checkpoints it wrote.
+    attempt = broadcast(own_attempt(cfg) if proc.rank == 0 else None, proc)
+    state = load_latest(cfg, proc, ckpt_root, model, optimizer, scheduler) if cfg.resume or attempt else None
     if proc.rank == 0:
-        found = latest_loadable(ckpt_root) if cfg.resume or own_attempt(cfg) else None
-        if found and not cfg.resume:
-            log.warning("restarted after a worker failure: resuming this launch's %s", found.path)
+        if state is not None and not cfg.resume:
+            log.warning("restarted after a worker failure: resuming this launch's %s", state.path)
         record_launch(cfg)
-    path = broadcast(found.path if found else None, proc)
-    if path is None:
+    if state is None:
         if list_checkpoints(ckpt_root) and not cfg.resume:
             raise ConfigError(f"{cfg.out_dir} already holds checkpoints; resume, or use a new out_dir")
         seed_rank(cfg.seed, proc.rank, 0)
         progress = Progress()
     else:
-        state = apply_checkpoint(found or read_checkpoint(path, verify=False), model, optimizer, scheduler)
         restore_or_reseed(state.rng_state, cfg, proc, state.step)
         extra = state.extra
         if extra.get("world_size") != proc.world_size or extra.get("batches_per_epoch") != per_epoch:
             log.warning("resuming with a different world size or batching: data order will differ")
-        progress = Progress(state.step, extra.get("elapsed_s", 0.0), extra.get("tokens", 0), str(path))
-        log.info("resumed from %s at step %d", path, state.step)
+        progress = Progress(state.step, extra.get("elapsed_s", 0.0), extra.get("tokens", 0), str(state.path))
+        log.info("resumed from %s at step %d", state.path, state.step)
     if proc.rank == 0:
         progress.last_metrics = trim_metrics(Path(cfg.out_dir) / "metrics.jsonl", progress.step)
     return progress
@@ -290,6 +297,30 @@ def raise_recorded_mistake(cfg: TrainConfig) -> None:
         kind = getattr(errors, str(record.get("kind")), None)
         known = isinstance(kind, type) and issubclass(kind, EchoxError)
         raise (kind if known else EchoxError)(record["error"])
+
+
+def load_latest(cfg: TrainConfig, proc: Process, ckpt_root: Path, model: nn.Module,
+                optimizer: torch.optim.Optimizer, scheduler: Any) -> CheckpointState | None:
+    """The newest checkpoint that verifies and loads, applied to model, optimizer and scheduler (None when
+    there is none); ConfigError when the folder holds another strategy's checkpoints."""
+    error: ConfigError | None = None
+    if proc.rank == 0:
+        try:
+            check_layout(ckpt_root, cfg.strategy)
+        except ConfigError as e:
+            error = e
+    error = broadcast(error, proc)
+    if error is not None:
+        raise error
+    if cfg.strategy == "fsdp":  # every rank reads its own shards
+        return resume_sharded(ckpt_root, model, optimizer, scheduler, proc)
+    # Rank 0 picks the newest checkpoint that verifies and loads safely (reading it once); the other ranks
+    # read the one it picked, and every rank applies it after the broadcast, so all fail or none do.
+    found = latest_loadable(ckpt_root) if proc.rank == 0 else None
+    path = broadcast(found.path if found else None, proc)
+    if path is None:
+        return None
+    return apply_checkpoint(found or read_checkpoint(path, verify=False), model, optimizer, scheduler)
 
 
 def restore_or_reseed(rng_states: Any, cfg: TrainConfig, proc: Process, step: int) -> None:
@@ -342,13 +373,15 @@ class Run:
         progress.elapsed_s += time.perf_counter() - t0
         if is_boundary(progress.step, cfg.log_every, cfg) or is_boundary(progress.step, cfg.ckpt_every, cfg):
             # Also log at checkpoints, so the token count a checkpoint saves includes every step before it.
-            self.log(progress, sums, lr, float(grad_norm))
+            self.log(progress, sums, lr, as_float(grad_norm))
 
     def forward_backward(self, indices: list[int], *, last: bool) -> dict:
         """Forward and backward one micro-batch; gradients are all-reduced only on the last micro-step."""
         batch = {k: v.to(self.proc.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                  for k, v in self.collate([self.examples[i] for i in indices]).items()}
         sync = last or not isinstance(self.ddp, nn.parallel.DistributedDataParallel)
+        if is_sharded(self.ddp):  # FSDP keeps unsharded gradients until the last micro-step reduces them
+            self.ddp.set_requires_gradient_sync(last)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (
             self.cfg.bf16 and self.proc.device.type == "cuda") else nullcontext()
         with nullcontext() if sync else self.ddp.no_sync():
@@ -386,13 +419,18 @@ class Run:
 # ---- checkpoint -----------------------------------------------------------------------------------------
 
 def save(run: Run, progress: Progress) -> None:
-    """Checkpoint from rank 0 with every rank's RNG state; the other ranks wait for it."""
+    """Checkpoint from rank 0 with every rank's RNG state; the other ranks wait for it (fsdp: every rank
+    writes its shards)."""
     rng = all_gather(capture_rng_state(), run.proc)
+    extra = {"elapsed_s": progress.elapsed_s, "tokens": progress.tokens,
+             "world_size": run.proc.world_size, "batches_per_epoch": run.batches.per_epoch,
+             "config": asdict(run.cfg)}
+    root = Path(run.cfg.out_dir) / "checkpoints"
+    if run.cfg.strategy == "fsdp":
+        save_sharded(root, progress.step, run.model, run.optimizer, run.scheduler, rng, extra, run.proc,
+                     keep=run.cfg.keep_checkpoints)
+        return
     if run.proc.rank == 0:
-        extra = {"elapsed_s": progress.elapsed_s, "tokens": progress.tokens,
-                 "world_size": run.proc.world_size, "batches_per_epoch": run.batches.per_epoch,
-                 "config": asdict(run.cfg)}
-        root = Path(run.cfg.out_dir) / "checkpoints"
         save_checkpoint(root, progress.step, run.model, run.optimizer, run.scheduler, rng, extra,
                         keep=run.cfg.keep_checkpoints)
     if run.proc.world_size > 1:
@@ -401,15 +439,21 @@ def save(run: Run, progress: Progress) -> None:
 
 # ---- teardown -------------------------------------------------------------------------------------------
 
-def finish(run: Run, progress: Progress, save_fn: Callable[[nn.Module, Path], Any]) -> None:
-    """Rank 0 saves the final model and summary.json (with every rank's parameter checksum)."""
-    checksums = all_gather(param_checksum(run.model), run.proc)
+def finish(run: Run, progress: Progress, hooks: Hooks) -> None:
+    """Rank 0 saves the final model and summary.json (with every rank's parameter checksum; fsdp: the
+    checksum of the model gathered from the shards, which is what it saves)."""
+    out = Path(run.cfg.out_dir)
+    if run.cfg.strategy == "fsdp":
+        checksums = [export_model(run.model, hooks.build, hooks.save_fn, out / "model", run.cfg, run.proc)]
+    else:
+        checksums = all_gather(param_checksum(run.model), run.proc)
     if run.proc.rank == 0:
-        out = Path(run.cfg.out_dir)
-        save_fn(run.model, out / "model")
+        if run.cfg.strategy == "ddp":
+            hooks.save_fn(run.model, out / "model")
         last = progress.last_metrics
         write_json(out / "summary.json", {
             "stage": run.cfg.stage, "steps": progress.step, "world_size": run.proc.world_size,
+            "strategy": run.cfg.strategy,
             "final_loss": last.get("loss"), "final_metrics": last, "tokens": progress.tokens,
             "elapsed_s": progress.elapsed_s, "model_dir": str(out / "model"),
             "checkpoint": str(checkpoint_dir(out / "checkpoints", progress.step)),
