@@ -32,6 +32,7 @@ from flows.pipeline_config import (
     stage_config,
 )
 from tasks.configs import EXECUTION_FIELDS, BuildCorpusConfig, PretrainCorpusConfig, TrainFlowConfig
+from tasks.train_config import resolve_load_dtype
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class Step:
         data = step_cfg.model_dump(exclude=set(self.ignored))
         if self.training:  # workers/launcher are ignored; the DDP world size they give is not
             data["world_size"] = step_cfg.workers if step_cfg.launcher == "ray" else 1
+            frozen = resolve_load_dtype(step_cfg.load_dtype, step_cfg.use_gpu)
+            if frozen != "float32":  # bf16 frozen weights change the numbers; float32 is what runs always had
+                data["frozen_dtype"] = frozen
         return data
 
 
@@ -247,6 +251,9 @@ TRAIN_IGNORED = frozenset({
     "ckpt_every",  # checkpoints resume bit-identically, so their spacing does not change the model
     "workers", "launcher",  # replaced by the DDP world size they give (which does change batches)
     "threads_per_worker", "max_failures",  # CPUs per worker and restarts: how it runs, not what it learns
+    "strategy",  # ddp and fsdp average the same gradients over the same batches (only float sums reorder)
+    "gradient_checkpointing",  # recomputes the same forward (RNG state kept), trading compute for memory
+    "load_dtype",  # replaced by the dtype it resolves to, when that is not float32 (see Step.normalised)
 })
 """Training fields that decide how a run is carried out, not the model it ends with."""
 

@@ -87,6 +87,8 @@ CASES = [
     ({"s2t.workers": 1}, expect(redo=ALL_AFTER_S2T)),  # Ray DDP: fewer ranks, other batches
     ({"s2t.log_every": 3}, expect()),
     ({"s2t.publish_every": 3}, expect()),  # live artifacts only
+    ({"s2t.strategy": "fsdp", "s2t.gradient_checkpointing": True}, expect()),  # how, not what, it trains
+    ({"s2t.load_dtype": "float32"}, expect()),  # what auto gives on CPU
     ({"s2t.ckpt_every": 4}, expect()),
     ({"t2c.max_steps": 80}, expect(resume="t2c", redo="echo-labels echo evaluate")),
     ({"t2c.max_steps": 40}, expect(redo="t2c echo-labels echo evaluate")),  # fewer steps: start over
@@ -111,6 +113,19 @@ def test_a_changed_section_reruns_its_step_and_the_steps_after_it(
         tmp_path: Path, verified: None, changes: dict, expected: dict) -> None:
     record(tiny_cfg(tmp_path))
     assert actions(tiny_cfg(tmp_path, **changes)) == expected
+
+
+def test_bf16_frozen_weights_enter_the_fingerprint_float32_ones_do_not(tmp_path: Path,
+                                                                        verified: None) -> None:
+    from flows.pipeline_plan import make_plan
+
+    def config(**changes: object) -> dict:
+        plan = make_plan(tiny_cfg(tmp_path, **changes))
+        return next(p for p in plan if p.step == "s2t").fingerprint["config"]
+
+    assert "frozen_dtype" not in config() and "load_dtype" not in config()
+    assert config(**{"s2t.use_gpu": True})["frozen_dtype"] == "bfloat16"  # auto on a GPU
+    assert "frozen_dtype" not in config(**{"s2t.use_gpu": True, "s2t.load_dtype": "float32"})
 
 
 def test_reasons_name_the_change_and_the_changed_input(tmp_path: Path, verified: None) -> None:

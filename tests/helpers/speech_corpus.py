@@ -28,7 +28,8 @@ TEXTS = [
 def speech_table(n: int, seed: int = 0) -> pa.Table:
     """`n` rows: 0.5-1 s of seeded int16 noise as the question audio, and a question/answer text pair."""
     rng = np.random.default_rng(seed)
-    audio = [(rng.standard_normal(int(rng.integers(8_000, 16_000))) * 3000).astype(np.int16) for _ in range(n)]
+    sizes = rng.integers(8_000, 16_000, size=n)
+    audio = [(rng.standard_normal(int(size)) * 3000).astype(np.int16) for size in sizes]
     return pa.table({
         "id": [f"s{i:04d}" for i in range(n)],
         "question_audio": pa.array(audio, pa.list_(pa.int16())),
