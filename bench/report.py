@@ -156,6 +156,7 @@ COMMANDS = [
     "python -m bench.run --stages baseline --stage-args '{\"baseline\": {\"all_sizes\": true}}'",
     "python -m bench.run --quick                  # harness check; writes under bench/work/quick",
     "python -m bench.baseline --source qa.jsonl --out DIR   # the plain loop on its own",
+    "python -m bench.memory                       # the training memory table alone (= --stages memory)",
 ]
 
 
@@ -171,6 +172,8 @@ def stage_sections(stages: dict[str, dict[str, Any]]) -> list[str]:
             out += [f"**Failed**: `{str(res['error'])[:500]}`", ""]
         elif res.get("skipped"):
             out += [f"**Not measured**: {res['skipped']}", ""]
+        elif res.get("markdown"):  # a stage with a table of its own (memory)
+            out += [*res["markdown"], ""]
         else:
             out += [*stage_table(res), ""]
         out += [f"- {n}" for n in res.get("notes", [])]

@@ -536,12 +536,19 @@ def corpus_build(ctx: BenchContext) -> dict[str, Any]:
         "rounds."]}
 
 
+def memory(ctx: BenchContext) -> dict[str, Any]:
+    """Training memory per preset (bench/memory.py): a table, measured on tiny models, computed for 3B/8B."""
+    from bench.memory import memory as table
+
+    return table(ctx)
+
+
 STAGES: dict[str, StageFn] = {
     "text_norm": text_norm, "tts": tts, "asr": asr, "features": features, "kmeans": kmeans, "shards": shards,
     "export": export,
     "baseline": baseline, "corpus_build": corpus_build, "train": train, "echo_labels": echo_labels,
     "streaming": streaming, "vocoder": vocoder,
-    "speech_roundtrip": speech_roundtrip,
+    "speech_roundtrip": speech_roundtrip, "memory": memory,
 }
 NEEDS_PREFECT = {"corpus_build"}
 # corpus_build runs the plain loop in its own rounds; the baseline stage alone adds the other sizes.
