@@ -36,23 +36,18 @@ from torch import nn
 from core.errors import ConfigError, EchoxError
 from models.stages import StageSpec, get_stage
 from tasks.checkpoint import (
-    CheckpointState,
-    apply_checkpoint,
     capture_rng_state,
-    check_layout,
     checkpoint_dir,
-    latest_loadable,
     list_checkpoints,
-    read_checkpoint,
     restore_rng_state,
-    save_checkpoint,
 )
 from tasks.collate import BoundCollator
 from tasks.corpus_paths import inject_fault
 from tasks.data import echo_examples, load_corpus, verify_corpus, without_ids
 from tasks.distributed import Process, all_gather, broadcast, init_distributed, local_world_size
-from tasks.fsdp import export_model, is_sharded, resume_sharded, save_sharded, shard_model
+from tasks.fsdp import is_sharded
 from tasks.shards import write_json
+from tasks.strategy import load_latest, save_final, save_step, wrap
 from tasks.train_config import TrainConfig
 from tasks.train_metrics import MetricsLog, ray_report
 from tasks.train_utils import (
@@ -63,11 +58,9 @@ from tasks.train_utils import (
     is_boundary,
     lr_factor,
     make_optimizer,
-    param_checksum,
     scalars,
     seed_rank,
     trim_metrics,
-    wrap_ddp,
 )
 
 log = logging.getLogger(__name__)
@@ -192,7 +185,7 @@ def setup(cfg: TrainConfig, hooks: Hooks, proc: Process, launcher: str = "local"
     examples, heldout = load_examples(cfg, proc, hooks.holdout)
     lengths = [hooks.example_length(examples.lazy_row(i), cfg.stage) for i in range(len(examples))]
     batches = EpochBatches(lengths, cfg, proc)
-    ddp = shard_model(model, cfg, proc) if cfg.strategy == "fsdp" else wrap_ddp(model, cfg, proc)
+    ddp = wrap(model, cfg, proc)
     params = [p for p in model.parameters() if p.requires_grad]  # after sharding: FSDP's sharded ones
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
@@ -299,30 +292,6 @@ def raise_recorded_mistake(cfg: TrainConfig) -> None:
         raise (kind if known else EchoxError)(record["error"])
 
 
-def load_latest(cfg: TrainConfig, proc: Process, ckpt_root: Path, model: nn.Module,
-                optimizer: torch.optim.Optimizer, scheduler: Any) -> CheckpointState | None:
-    """The newest checkpoint that verifies and loads, applied to model, optimizer and scheduler (None when
-    there is none); ConfigError when the folder holds another strategy's checkpoints."""
-    error: ConfigError | None = None
-    if proc.rank == 0:
-        try:
-            check_layout(ckpt_root, cfg.strategy)
-        except ConfigError as e:
-            error = e
-    error = broadcast(error, proc)
-    if error is not None:
-        raise error
-    if cfg.strategy == "fsdp":  # every rank reads its own shards
-        return resume_sharded(ckpt_root, model, optimizer, scheduler, proc)
-    # Rank 0 picks the newest checkpoint that verifies and loads safely (reading it once); the other ranks
-    # read the one it picked, and every rank applies it after the broadcast, so all fail or none do.
-    found = latest_loadable(ckpt_root) if proc.rank == 0 else None
-    path = broadcast(found.path if found else None, proc)
-    if path is None:
-        return None
-    return apply_checkpoint(found or read_checkpoint(path, verify=False), model, optimizer, scheduler)
-
-
 def restore_or_reseed(rng_states: Any, cfg: TrainConfig, proc: Process, step: int) -> None:
     """Put back this rank's saved RNG state; with a different world size, reseed from (seed, rank, step)."""
     if isinstance(rng_states, list) and len(rng_states) == proc.world_size:
@@ -425,16 +394,7 @@ def save(run: Run, progress: Progress) -> None:
     extra = {"elapsed_s": progress.elapsed_s, "tokens": progress.tokens,
              "world_size": run.proc.world_size, "batches_per_epoch": run.batches.per_epoch,
              "config": asdict(run.cfg)}
-    root = Path(run.cfg.out_dir) / "checkpoints"
-    if run.cfg.strategy == "fsdp":
-        save_sharded(root, progress.step, run.model, run.optimizer, run.scheduler, rng, extra, run.proc,
-                     keep=run.cfg.keep_checkpoints)
-        return
-    if run.proc.rank == 0:
-        save_checkpoint(root, progress.step, run.model, run.optimizer, run.scheduler, rng, extra,
-                        keep=run.cfg.keep_checkpoints)
-    if run.proc.world_size > 1:
-        dist.barrier()
+    save_step(run.cfg, run.proc, progress.step, run.model, run.optimizer, run.scheduler, rng, extra)
 
 
 # ---- teardown -------------------------------------------------------------------------------------------
@@ -443,13 +403,8 @@ def finish(run: Run, progress: Progress, hooks: Hooks) -> None:
     """Rank 0 saves the final model and summary.json (with every rank's parameter checksum; fsdp: the
     checksum of the model gathered from the shards, which is what it saves)."""
     out = Path(run.cfg.out_dir)
-    if run.cfg.strategy == "fsdp":
-        checksums = [export_model(run.model, hooks.build, hooks.save_fn, out / "model", run.cfg, run.proc)]
-    else:
-        checksums = all_gather(param_checksum(run.model), run.proc)
+    checksums = save_final(run.cfg, run.proc, run.model, hooks.build, hooks.save_fn, out / "model")
     if run.proc.rank == 0:
-        if run.cfg.strategy == "ddp":
-            hooks.save_fn(run.model, out / "model")
         last = progress.last_metrics
         write_json(out / "summary.json", {
             "stage": run.cfg.stage, "steps": progress.step, "world_size": run.proc.world_size,
