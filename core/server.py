@@ -47,9 +47,13 @@ def is_healthy(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
-def server_env(state: Path) -> dict[str, str]:
+def server_env(state: Path, port: int = DEFAULT_PORT) -> dict[str, str]:
     """Environment of the server process: SQLite under `state` unless a database URL is set."""
     env = dict(os.environ)
+    # The UI asks the API at PREFECT_UI_API_URL, which defaults to these settings, not to --port: without
+    # them the UI of a server on another port than 4200 talks to whatever answers (or not) on 4200.
+    env["PREFECT_SERVER_API_HOST"] = HOST
+    env["PREFECT_SERVER_API_PORT"] = str(port)
     env.setdefault("PREFECT_HOME", str(state / "prefect"))
     db = state / "prefect" / "server.db"
     env.setdefault("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{db}")
@@ -70,7 +74,7 @@ def start(state: Path, port: int = DEFAULT_PORT, *, log: Path | None = None,
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)]
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
     # Own session: Ctrl-C in the terminal is handled by us (stop), not delivered to the server directly.
-    proc = ServerProcess(cmd, env=server_env(state), stdout=out, stderr=subprocess.STDOUT,
+    proc = ServerProcess(cmd, env=server_env(state, port), stdout=out, stderr=subprocess.STDOUT,
                          start_new_session=True)
     if log:
         out.close()
