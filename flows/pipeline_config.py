@@ -3,10 +3,11 @@ so the CLI can refuse a bad config before it starts a server)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, create_model
 
 from core.config import Frozen, build, load_yaml
 from core.errors import ConfigError
@@ -31,6 +32,34 @@ LABELS_STEP = {"baseline": "baseline-labels"}
 """The step whose labels a section's stage reads as its echo labels (any other section: echo-labels)."""
 
 
+def section(model: type[Frozen], set_by_pipeline: set[str], name: str, doc: str) -> type[Frozen]:
+    """A pipeline section's model: the fields of a step's config (types, defaults, descriptions and choices,
+    declared once there) less those the pipeline sets itself. The step's own checks run when its config is
+    built; only the options a section gives are passed on (`given`), so the step's defaults still apply."""
+    unknown = set_by_pipeline - set(model.model_fields)
+    if unknown:
+        raise ValueError(f"{name}: {model.__name__} has no fields {sorted(unknown)}")
+    fields: dict[str, Any] = {n: (f.annotation, copy.copy(f)) for n, f in model.model_fields.items()
+                              if n not in set_by_pipeline}
+    return create_model(name, __base__=Frozen, __doc__=doc, **fields)
+
+
+def given(options: Frozen) -> dict[str, Any]:
+    """The options a section sets (in the config file or the form), without the defaults it did not."""
+    return options.model_dump(exclude_unset=True)
+
+
+CorpusOptions = section(BuildCorpusConfig, {"source", "out", "seed", "ray_address", "codebook"},
+                        "CorpusOptions", "build-corpus options of the pipeline's corpus step.")
+PretrainOptions = section(PretrainCorpusConfig, {"source", "qa_source", "out", "seed", "ray_address",
+                                                 "preset", "preset_overrides"},
+                          "PretrainOptions", "The encoder-pretraining corpus: its text and build options.")
+EchoLabelsOptions = section(EchoLabelsConfig, {"corpus", "s2t", "t2c", "out", "ray_address"},
+                            "EchoLabelsOptions", "echo-labels options of the pipeline's echo-labels step.")
+EvaluateOptions = section(EvaluateConfig, {"mode", "model", "preset", "preset_overrides", "t2c", "eval_set",
+                                           "out", "train_source"},
+                          "EvaluateOptions", "Evaluation options of the pipeline's evaluate steps.")
+
 
 class PipelineConfig(Frozen):
     """The whole DAG: corpus → units → stage I ∥ stage II → echo labels → echo training → evaluation."""
@@ -38,8 +67,9 @@ class PipelineConfig(Frozen):
     source: str = Field(description="QA source (JSONL, Parquet or datasets directory).")
     eval_set: str | None = Field(None, description="Held-out eval JSONL (id, question, answers/aliases).")
     out: str = Field(description="Pipeline output directory (one folder per step).")
-    corpus: dict = Field(default_factory=dict, description="build-corpus options (tts, num_units, "
-                         "shard_size, workers, ...).")
+    corpus: CorpusOptions = Field(default_factory=CorpusOptions,  # type: ignore[valid-type]
+                                  description="build-corpus options (tts, num_units, shard_size, workers, "
+                                  "...).")
     codebook: str | None = Field(None, description="Reuse this codebook instead of fitting one.")
     preset: str = Field("tiny", description="Model preset for all stages.")
     preset_overrides: dict = Field(default_factory=dict, description="Preset fields to override.")
@@ -53,7 +83,8 @@ class PipelineConfig(Frozen):
     encoder: TrainStep | None = Field(None, description="Encoder pretraining (CTC over the LLM's tokens) on "
                                       "a generated speech corpus, before stage I, which starts from its "
                                       "encoder and adapter. None: stage I starts from random init.")
-    pretrain: dict = Field(default_factory=dict, description="The encoder-pretraining corpus: text options "
+    pretrain: PretrainOptions = Field(  # type: ignore[valid-type]
+        default_factory=PretrainOptions, description="The encoder-pretraining corpus: text options "
                            "(words, repeats, min_words, max_words) and build-corpus options (tts, voices, "
                            "workers, ...); build options not given are the `corpus:` section's.")
     baseline: TrainStep | None = Field(None, description="The no-echo baseline of the knowledge experiment: "
@@ -61,9 +92,11 @@ class PipelineConfig(Frozen):
                                        "instead of echo pseudo-labels; set the same steps as `echo`. "
                                        "Evaluated into eval-baseline/ like the echo model. None: no baseline "
                                        "steps.")
-    echo_labels: dict = Field(default_factory=dict, description="echo-labels options (workers, "
-                              "batch_size, max_units, ...).")
-    evaluate: dict = Field(default_factory=dict, description="evaluation options (tts, limit, ...).")
+    echo_labels: EchoLabelsOptions = Field(default_factory=EchoLabelsOptions,  # type: ignore[valid-type]
+                                           description="echo-labels options (workers, batch_size, "
+                                           "max_units, ...).")
+    evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions,  # type: ignore[valid-type]
+                                      description="evaluation options (tts, limit, ...).")
     knowledge: KnowledgeConfig | None = Field(None, description="The knowledge experiment (with eval_set): "
                                               "the text LLM on the written questions (evaluate-text), the "
                                               "S2T checkpoint on the spoken ones (evaluate-s2t) and the "
@@ -94,7 +127,7 @@ def planned_outputs(cfg: PipelineConfig) -> dict[str, str]:
 def corpus_config(cfg: PipelineConfig) -> BuildCorpusConfig:
     """The corpus step's config (options from `corpus:`)."""
     data = {"source": cfg.source, "out": str(Path(cfg.out) / "corpus"), "seed": cfg.seed,
-            "ray_address": cfg.ray_address, "codebook": cfg.codebook, **cfg.corpus}
+            "ray_address": cfg.ray_address, "codebook": cfg.codebook, **given(cfg.corpus)}
     return build(BuildCorpusConfig, data, "pipeline.corpus")  # type: ignore[return-value]
 
 
@@ -111,10 +144,10 @@ encoder reads speech and text only; its corpus keeps the cheap default units) no
 
 def pretrain_corpus_config(cfg: PipelineConfig) -> PretrainCorpusConfig:
     """The encoder-pretraining corpus step's config: `pretrain:` over the `corpus:` speech options."""
-    build_options = {k: v for k, v in cfg.corpus.items() if k in PRETRAIN_INHERITS}
+    build_options = {k: v for k, v in given(cfg.corpus).items() if k in PRETRAIN_INHERITS}
     data = {**build_options, "qa_source": cfg.source, "source": str(Path(cfg.out) / PRETRAIN_TEXT),
             "out": str(Path(cfg.out) / "pretrain-corpus"), "seed": cfg.seed, "ray_address": cfg.ray_address,
-            "preset": cfg.preset, "preset_overrides": cfg.preset_overrides, **cfg.pretrain}
+            "preset": cfg.preset, "preset_overrides": cfg.preset_overrides, **given(cfg.pretrain)}
     return build(PretrainCorpusConfig, data, "pipeline.pretrain")  # type: ignore[return-value]
 
 
@@ -151,7 +184,8 @@ def stage_inputs(stage: str, done: dict[str, str], labels: str = "echo-labels") 
 def echo_labels_config(cfg: PipelineConfig, done: dict[str, str]) -> Any:
     """The echo-labels step's config (options from `echo_labels:`), on the outputs of corpus, I and II."""
     data = {"corpus": done["corpus"], "s2t": done["s2t"], "t2c": done["t2c"],
-            "out": str(Path(cfg.out) / "echo-labels"), "ray_address": cfg.ray_address, **cfg.echo_labels}
+            "out": str(Path(cfg.out) / "echo-labels"), "ray_address": cfg.ray_address,
+            **given(cfg.echo_labels)}
     return build(EchoLabelsConfig, data, "pipeline.echo_labels")
 
 
@@ -171,7 +205,7 @@ def evaluate_config(cfg: PipelineConfig, done: dict[str, str], model: str = ECHO
     folder = "eval" if model == ECHO_STAGE else f"eval-{model}"
     data = {"model": done[model], "t2c": done["t2c"], "eval_set": cfg.eval_set,
             "out": str(Path(cfg.out) / folder / "report.json"), "train_source": cfg.source,
-            **({"vocoder": done["vocoder"]} if "vocoder" in done else {}), **cfg.evaluate}
+            **({"vocoder": done["vocoder"]} if "vocoder" in done else {}), **given(cfg.evaluate)}
     return build(EvaluateConfig, data, "pipeline.evaluate")
 
 
@@ -183,7 +217,7 @@ S2T_OPTIONS = ("tts", "voices", "seed", "max_new_tokens", "limit", "device", "au
 
 
 def _options(cfg: PipelineConfig, names: tuple[str, ...]) -> dict[str, Any]:
-    return {k: v for k, v in cfg.evaluate.items() if k in names}
+    return {k: v for k, v in given(cfg.evaluate).items() if k in names}
 
 
 def evaluate_text_config(cfg: PipelineConfig, done: dict[str, str]) -> Any:

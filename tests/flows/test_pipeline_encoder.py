@@ -79,7 +79,7 @@ def test_stage_one_reads_the_encoder_and_the_encoder_the_pretraining_corpus(tmp_
     assert stage_config(cfg, "encoder", planned).corpus == str(tmp_path / "pretrain-corpus")
     pre = pretrain_corpus_config(cfg)
     assert pre.tts == "piper" and pre.words == 100  # the corpus's speech options, then pretrain's
-    assert pre.num_units == 100 and cfg.corpus["num_units"] == 16  # not its units
+    assert pre.num_units == 100 and cfg.corpus.num_units == 16  # not its units
     assert pre.source == str(tmp_path / "pretrain-text.jsonl") and pre.qa_source == cfg.source
     no_encoder = cfg_of(tmp_path, encoder=None)
     assert stage_config(no_encoder, "s2t", planned_outputs(no_encoder)).encoder_init is None
