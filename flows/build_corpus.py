@@ -16,6 +16,7 @@ from core.errors import EchoxError
 from core.runs import record_process
 from core.runtime import cluster_cpus, ray_session
 from flows.policy import RAY_OPTIONS, RETRY
+from flows.run_names import corpus_run_name
 from tasks import build_corpus as stages
 from tasks.configs import BuildCorpusConfig
 
@@ -118,9 +119,13 @@ def _report_repairs(config: BuildCorpusConfig, rebuilt: list[str]) -> None:
                           description=f"Damaged files rebuilt in {config.out}")
 
 
-@flow(name="build-corpus", flow_run_name="build-corpus", on_running=[record_process])
+@flow(name="build-corpus", flow_run_name=corpus_run_name, on_running=[record_process])
 def build_corpus(config: BuildCorpusConfig) -> str:
-    """Build a speech corpus from a QA source; returns the corpus directory."""
+    """Build a speech corpus from a QA source; returns the corpus directory.
+
+    Args:
+        config: The build: QA source, output folder, TTS, frame features and units, sharding, checks.
+    """
     out = Path(config.out)
     lock = stages.acquire_lock(out)  # refuses an --out that is a file
     try:

@@ -14,6 +14,7 @@ from prefect.artifacts import (
 
 from core.errors import InputError
 from core.runs import record_process
+from flows.run_names import evaluate_run_name
 from tasks import evaluate as ev
 from tasks.configs import EvaluateConfig
 
@@ -93,9 +94,13 @@ def publish(report: dict) -> None:
                              description="Spoken-QA evaluation summary")
 
 
-@flow(name="evaluate", flow_run_name="evaluate", on_running=[record_process])
+@flow(name="evaluate", flow_run_name=evaluate_run_name, on_running=[record_process])
 def evaluate(config: EvaluateConfig) -> str:
-    """Spoken-QA evaluation of a checkpoint; returns the path of the JSON report."""
+    """Spoken-QA evaluation of a checkpoint; returns the path of the JSON report.
+
+    Args:
+        config: The evaluation: checkpoint (or base LLM), eval set, TTS, report path and limits.
+    """
     import json
 
     # Cheap checks first, so a wrong path fails before minutes of speech synthesis.

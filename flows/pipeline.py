@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
@@ -33,11 +33,14 @@ from flows.pipeline_steps import (  # noqa: F401 - the done checks' old home
     output_path,
     training_done,
 )
+from flows.run_names import pipeline_run_name
 from tasks import fingerprint as fp
 from tasks.configs import TrainFlowConfig
 from tasks.out_dir import recover_swap, swap_in
 
 LOG_VERB = {"skip": "skipped", "resume": "resumed", "redo": "redone", "run": "run"}
+PipelineStep = Literal[tuple(step.name for step in STEPS)]  # type: ignore[valid-type]
+"""A step of the DAG: the choices of `from_step` and `only` in the Prefect form."""
 
 
 def _parallel(cfg: PipelineConfig, group: list[TrainFlowConfig]) -> bool:
@@ -160,11 +163,16 @@ def execute(cfg: PipelineConfig, plans: list[StepPlan]) -> dict[str, str]:
     return done
 
 
-@flow(name="pipeline", flow_run_name="pipeline", on_running=[record_process])
-def pipeline(config: PipelineConfig, from_step: str | None = None, only: str | None = None) -> dict:
+@flow(name="pipeline", flow_run_name=pipeline_run_name, on_running=[record_process])
+def pipeline(config: PipelineConfig, from_step: PipelineStep | None = None,
+             only: PipelineStep | None = None) -> dict:
     """Run the DAG's steps that the plan says need running; returns the paths of every step's output.
 
-    `from_step` forces that step and every step after it; `only` runs that one step on existing inputs."""
+    Args:
+        config: The whole DAG: sources, output folder, model preset and each step's section.
+        from_step: Redo this step and every step after it, whatever their fingerprints say.
+        only: Run only this step, on the existing outputs of the steps before it (which must verify).
+    """
     from prefect.artifacts import create_table_artifact
 
     log = get_run_logger()

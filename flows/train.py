@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -13,7 +13,11 @@ from prefect.artifacts import create_table_artifact
 from core import runtime
 from core.runs import record_process
 from flows.train_live import LiveTraining, publish_metrics
+from models.stages import stage_names
 from tasks.configs import TrainFlowConfig
+
+Stage = Literal[stage_names()]  # type: ignore[valid-type]
+"""A registered training stage (models/stages.py), a choice in the Prefect form."""
 
 if TYPE_CHECKING:
     from tasks.train_config import TrainConfig
@@ -108,14 +112,28 @@ def train(cfg: TrainFlowConfig) -> str:
     return model_dir
 
 
-@flow(name="retrain", flow_run_name="retrain-{stage}-{data_version}", on_running=[record_process])
-def retrain(stage: str, data_version: str, corpus: str, out_root: str = "outputs/retrain",
+@flow(name="retrain", flow_run_name="{stage}-{data_version}", on_running=[record_process])
+def retrain(stage: Stage, data_version: str, corpus: str, out_root: str = "outputs/retrain",
             init_checkpoint: str | None = None, preset: str = "tiny", max_steps: int = 200,
             workers: int = 2, use_gpu: bool = False, s2t: str | None = None, t2c: str | None = None,
             echo_labels: str | None = None) -> str:
     """Retrain one stage on a data version (optionally from a checkpoint); for deployments and the UI form.
 
     The run directory is `out_root/<stage>/<data_version>`; rerunning the same version resumes it.
+
+    Args:
+        stage: Training stage (s2t: stage I, t2c: stage II, echo: stage III, or another registered one).
+        data_version: Name of the data version; the run folder is out_root/<stage>/<data_version>.
+        corpus: Corpus directory built by build-corpus.
+        out_root: Folder of the retraining runs.
+        init_checkpoint: Start from this checkpoint of the same stage (None: fresh weights).
+        preset: Model preset: tiny, smollm2-135m, llama-3b, llama-8b.
+        max_steps: Optimizer steps.
+        workers: DDP workers.
+        use_gpu: Train on GPUs.
+        s2t: Stage-I checkpoint (stage echo).
+        t2c: Stage-II checkpoint (stage echo).
+        echo_labels: Echo pseudo-label directory (stage echo).
     """
     from core.config import build
 
