@@ -34,8 +34,19 @@ def check_parameters(spec: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"deployment {spec['name']!r}: {e}") from e
 
 
+def concurrency_limit(spec: dict[str, Any]) -> Any:
+    """A deployment's `concurrency_limit` (a number, or limit + collision_strategy) as Prefect's config."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
+    value = spec.get("concurrency_limit")
+    if value is None or isinstance(value, int):
+        return value
+    return ConcurrencyLimitConfig(**value)
+
+
 def to_deployments(path: Path) -> list[Any]:
-    """RunnerDeployments (for prefect.serve) of every entry, with their schedules and tags."""
+    """RunnerDeployments (for prefect.serve) of every entry, with their schedules, tags and concurrency
+    limits (as `prefect deploy` reads them)."""
     from prefect.client.schemas.schedules import construct_schedule
     from prefect.deployments.schedules import create_deployment_schedule_create
 
@@ -47,5 +58,6 @@ def to_deployments(path: Path) -> list[Any]:
             for s in spec.get("schedules") or []]
         out.append(load_flow(spec["entrypoint"]).to_deployment(
             name=spec["name"], description=spec.get("description"), tags=spec.get("tags"),
-            parameters=spec.get("parameters") or {}, schedules=schedules or None))
+            parameters=spec.get("parameters") or {}, schedules=schedules or None,
+            concurrency_limit=concurrency_limit(spec)))
     return out
