@@ -1,9 +1,16 @@
-"""Flow runs whose process died: each run records its process, the next start marks dead ones Crashed.
+"""Flow runs whose process died are marked Crashed: by the server when their heartbeats stop, and by the
+next echox start when their process is gone from this host.
 
 A flow run killed with SIGKILL (or on a lost machine) never reports a final state, so Prefect shows it
-Running forever. Every echox flow records `host:pid` as the run's `infrastructure_pid` (the format
-Prefect's process workers use) when it starts running; the next echox start against the same server
-asks for the Running flow runs in one query and sets those whose process is gone on this host to Crashed.
+Running forever. Two checks catch it:
+
+- Heartbeats: every flow run sends a `prefect.flow-run.heartbeat` event every HEARTBEAT_S seconds (Prefect's
+  flow engine does; runtime.configure sets the interval). An automation on the server, AUTOMATION, sets a
+  Running flow run that has sent no event for SILENCE_S seconds to Crashed: whatever host it ran on, with no
+  echox command needed afterwards. Each echox start against a server makes sure it exists.
+- Processes: every echox flow records `host:pid` as the run's `infrastructure_pid` (the format Prefect's
+  process workers use) when it starts running; the next echox start against the same server asks for the
+  Running flow runs in one query and sets those whose process is gone on this host to Crashed at once.
 """
 
 from __future__ import annotations
@@ -15,6 +22,12 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 MAX_RUNS = 200  # Running flow runs looked at per start; more than enough for one machine
+HEARTBEAT_S = 60
+"""Seconds between a flow run's heartbeats (PREFECT_FLOWS_HEARTBEAT_FREQUENCY; Prefect allows 30 or more)."""
+SILENCE_S = 300
+"""A Running flow run silent this long is Crashed: five heartbeats missed, and longer than the 180 s of
+Prefect's own default, so runs from processes that echox did not configure are never crashed alive."""
+AUTOMATION = "echox: crash flow runs whose heartbeats stopped"
 
 
 def process_id(pid: int | None = None) -> str:
@@ -52,8 +65,44 @@ def owner_gone(infrastructure_pid: str | None, started: float | None) -> bool:
         return False
 
 
+def heartbeat_automation(silence_s: int = SILENCE_S) -> Any:
+    """The automation that sets a flow run Crashed when `silence_s` seconds pass after a heartbeat of it
+    with no further event of it (another heartbeat, or any state change: completed, failed, paused...)."""
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    trigger = EventTrigger(match={"prefect.resource.id": "prefect.flow-run.*"},
+                           for_each={"prefect.resource.id"}, after={"prefect.flow-run.heartbeat"},
+                           expect={"prefect.flow-run.*"},
+                           posture=Posture.Proactive, threshold=1, within=timedelta(seconds=silence_s))
+    message = (f"no heartbeat for {silence_s} s: its process died (or lost the server); "
+               f"marked by the automation {AUTOMATION!r}")
+    return AutomationCore(name=AUTOMATION, description="Flow runs whose process died are Crashed, not "
+                          "Running forever (echox: core/runs.py).", trigger=trigger,
+                          actions=[ChangeFlowRunState(state=StateType.CRASHED, message=message)])
+
+
+def watch_heartbeats(client: Any, silence_s: int = SILENCE_S) -> bool:
+    """Make sure the server has AUTOMATION, as `heartbeat_automation(silence_s)`; True when it was created
+    or changed."""
+    wanted = heartbeat_automation(silence_s)
+    found = client.read_automations_by_name(AUTOMATION)
+    fields = {"trigger", "actions", "enabled"}
+    if found and found[0].model_dump(include=fields) == wanted.model_dump(include=fields):
+        return False
+    if found:
+        client.update_automation(found[0].id, wanted)
+    else:
+        client.create_automation(wanted)
+    return True
+
+
 def mark_crashed(api_url: str | None = None) -> list[str]:
-    """Set Running flow runs whose process is gone to Crashed; return their names. Never raises."""
+    """At a start against a server: make sure it has the heartbeat automation, and set Running flow runs
+    whose process is gone to Crashed; return their names. Never raises."""
     try:
         return _mark_crashed(api_url)
     except Exception as e:  # a bookkeeping step must not stop the run that asked for it
@@ -76,6 +125,10 @@ def _mark_crashed(api_url: str | None) -> list[str]:
     # Settings are read once at import: name the server explicitly rather than trust the environment.
     with temporary_settings({PREFECT_API_URL: url}), \
             get_client(sync_client=True) as client:
+        try:
+            watch_heartbeats(client)
+        except Exception as e:  # the process check below still runs
+            log.warning("could not set up the heartbeat automation: %s", e)
         for run in client.read_flow_runs(flow_run_filter=running, limit=MAX_RUNS):
             started = run.start_time.timestamp() if run.start_time else None
             if owner_gone(run.infrastructure_pid, started):

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from core.errors import EchoxError
+from core.runs import HEARTBEAT_S
 
 DEFAULTS = {
     "RAY_AUTH_MODE": "disabled",  # Ray 2.60 turns token auth on by default
@@ -19,6 +20,7 @@ DEFAULTS = {
     "HF_HUB_OFFLINE": "1",  # nothing is downloaded at run time
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),  # a run silent for long is Crashed (core/runs.py)
 }
 
 
@@ -43,7 +45,8 @@ def ensure_prefect_api() -> str:
     private one of its own (slow, and its task runs would not show with the flow). Instead: use
     the configured URL, else a running `echox server`, else start a temporary server for this
     process (stopped at exit, and by a watchdog if this process is killed). Flow runs left Running
-    by a dead process are marked Crashed. Call before Ray starts, so workers inherit the variable.
+    by a dead process are marked Crashed, and the server gets the automation that crashes runs whose
+heartbeats stop (core/runs.py). Call before Ray starts, so workers inherit the variable.
     """
     import atexit
 

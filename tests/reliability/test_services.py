@@ -1,5 +1,6 @@
 """Services echox starts: Prefect servers die with their owner and stop on request, dead runs are
-marked Crashed, and a Ray or Prefect server that echox starts listens on loopback only.
+marked Crashed (by the next start, and by the server when their heartbeats stop), and a Ray or Prefect
+server that echox starts listens on loopback only.
 
 Each test starts at most two Prefect servers (about 6-20 s each here) and reuses them.
 """
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from core import runtime, server
+from core import runs, runtime, server
 
 pytestmark = pytest.mark.integration
 
@@ -251,6 +253,66 @@ def test_flow_run_of_a_killed_process_is_marked_crashed(tmp_path: Path, prefect_
         state = client.read_flow_run(run.id).state  # type: ignore[attr-defined]
     assert state.type == StateType.CRASHED, state
     assert str(proc.pid) in (state.message or "")
+    with get_client(sync_client=True) as client:  # that start also gave the server the heartbeat automation
+        (automation,) = client.read_automations_by_name(runs.AUTOMATION)
+    assert automation.trigger.within.total_seconds() == runs.SILENCE_S  # type: ignore[union-attr]
+
+
+def _heartbeats(api_url: str, run_id: str) -> int:
+    """How many heartbeat events of flow run `run_id` the server has stored."""
+    body = {"filter": {"event": {"name": ["prefect.flow-run.heartbeat"]},
+                       "resource": {"id": [f"prefect.flow-run.{run_id}"]}}, "limit": 10}
+    req = urllib.request.Request(f"{api_url}/events/filter", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return len(json.load(resp)["events"])
+
+
+def test_a_run_whose_heartbeats_stop_is_crashed_by_the_server(tmp_path: Path) -> None:
+    """With no echox start afterwards, the server's automation (core/runs.py) sets a Running flow run whose
+    heartbeats stopped to Crashed. On a private server, with 30 s heartbeats and 45 s of silence (echox's
+    are 60 s and SILENCE_S), so that the test takes about a minute."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    prefect_default = 180  # s between heartbeats of a process that echox did not configure
+    assert max(3 * runs.HEARTBEAT_S, prefect_default) < runs.SILENCE_S
+    srv, url = server.start_temporary(tmp_path / "server")
+    try:
+        with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+            assert runs.watch_heartbeats(client, silence_s=45)
+            env = {**_env(tmp_path / "state"), "PREFECT_API_URL": url,
+                   "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+            log = tmp_path / "flow.log"
+            proc = _python("""
+                import time
+                from prefect import flow
+                from prefect.runtime import flow_run
+
+                @flow(name="silent")
+                def silent() -> None:
+                    print("RUN", flow_run.id, flush=True)
+                    time.sleep(600)
+
+                silent()
+            """, env, log)
+            try:
+                ids = _wait(lambda: [line.split()[1] for line in log.read_text().splitlines()
+                                     if line.startswith("RUN ")], 120, "the flow run", log)
+                run_id = ids[0]  # type: ignore[index]
+                _wait(lambda: _heartbeats(url, run_id), 60, "its first heartbeat", log)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+            state = _wait(lambda: (s := client.read_flow_run(uuid.UUID(run_id)).state).is_crashed() and s,
+                          45 + 60, "the automation to crash the run")
+        assert state.type == StateType.CRASHED  # type: ignore[attr-defined]
+        assert "no heartbeat for 45 s" in (state.message or "")  # type: ignore[attr-defined]
+    finally:
+        server.stop(srv)
 
 
 def test_every_echox_flow_records_its_process() -> None:
