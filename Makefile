@@ -8,12 +8,19 @@ export RAY_USAGE_STATS_ENABLED := 0
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: demo experiment test test-all lint server bench sysdeps venv clean
+.PHONY: demo experiment test test-all lint server bench sysdeps browser venv clean
+
+# Debian packages, installed when their command is missing (as root, or through sudo).
+APT_INSTALL = SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq
 
 sysdeps:
-	@command -v espeak-ng >/dev/null || { \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng; }
+	@command -v espeak-ng >/dev/null || { $(APT_INSTALL) espeak-ng; }
+
+# The tests' browser: headless chromium renders the Prefect UI of a finished pipeline run
+# (tests/flows/test_pipeline_e2e.py). About 70 s to install, once.
+browser:
+	@command -v chromium >/dev/null || { $(APT_INSTALL) chromium; }
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(PY) || python3.11 -m venv .venv || python3 -m venv .venv
@@ -35,10 +42,10 @@ experiment: venv
 	$(PY) -m echox.cli pipeline --config configs/experiment-smollm2.yaml
 	$(PY) -m echox.cli knowledge --run outputs/experiment-smollm2 --results RESULTS.md --config configs/experiment-smollm2.yaml
 
-test: venv
+test: venv browser
 	$(PY) -m pytest -q -m "not slow" --timeout=1500
 
-test-all: venv
+test-all: venv browser
 	$(PY) -m pytest -q --timeout=3000
 
 lint: venv

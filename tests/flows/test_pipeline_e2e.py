@@ -1,10 +1,12 @@
-"""The whole DAG on configs/tiny.yaml against a real Prefect server; checked through its API and UI."""
+"""The whole DAG on configs/tiny.yaml against a real Prefect server; checked through its API and its UI
+(rendered by headless Debian chromium, which `make test` installs)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -70,18 +72,61 @@ def test_rerun_skips_verified_steps(pipeline_run: tuple[dict, Path]) -> None:
     assert model.stat().st_mtime_ns == before
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
-def test_ui_renders_the_finished_run(pipeline_run: tuple[dict, Path], prefect_server: str,
-                                     tmp_path: Path) -> None:
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+class _Text(HTMLParser):
+    """The text of an HTML document, without its scripts and styles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self._skip += tag in ("script", "style")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._skip -= tag in ("script", "style") and self._skip > 0
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip and data.strip():
+            self.parts.append(data.strip())
+
+
+def _browse(url: str, png: Path) -> str:
+    """Open `url` in headless Debian chromium, let its scripts render it (virtual time), save a screenshot
+    to `png`; returns the text the page shows."""
+    res = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                          "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                          "--disable-sync", f"--user-data-dir={png.parent / 'profile'}",
+                          "--window-size=1400,1000", "--virtual-time-budget=15000", f"--screenshot={png}",
+                          "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert png.exists() and png.stat().st_size > 20_000, res.stderr[-2000:]  # a rendered page, not blank
+    text = _Text()
+    text.feed(res.stdout)
+    return " ".join(text.parts)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed "
+                    "(`make test` installs it)")
+def test_ui_shows_the_finished_run_and_its_artifacts(pipeline_run: tuple[dict, Path], prefect_server: str,
+                                                     tmp_path: Path) -> None:
+    """What a user sees in the Prefect UI, rendered by a browser: the pipeline run's page says Completed, its
+    plan artifact's page shows the run's name and steps, and the corpus-counts artifact's page its table."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     with _client() as client:
-        run = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["pipeline"])))[0]
-    png = tmp_path / "run.png"
-    url = f"{prefect_server.removesuffix('/api')}/runs/flow-run/{run.id}"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000",
-                    "--virtual-time-budget=15000", f"--screenshot={png}", url],
-                   capture_output=True, timeout=120, check=False)
-    assert png.exists() and png.stat().st_size > 20_000  # a rendered page, not a blank one
+        plan, counts = (client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[k])),
+                                              sort=ArtifactSort.CREATED_DESC, limit=1)[0]
+                        for k in ("pipeline-plan", "corpus-counts"))
+        run, counts_run = client.read_flow_run(plan.flow_run_id), client.read_flow_run(counts.flow_run_id)
+    assert run.state.is_completed()
+    ui = prefect_server.removesuffix("/api")
+    page = _browse(f"{ui}/runs/flow-run/{run.id}", tmp_path / "run.png")
+    assert "Can't connect" not in page, page[:500]  # the UI reached this server's API
+    assert run.name in page and "pipeline" in page and "Completed" in page, page[:2000]
+    page = _browse(f"{ui}/artifacts/artifact/{plan.id}", tmp_path / "plan.png")
+    assert "pipeline-plan" in page and run.name in page and "echo-labels" in page, page[:2000]
+    page = _browse(f"{ui}/artifacts/artifact/{counts.id}", tmp_path / "counts.png")
+    assert "corpus-counts" in page and counts_run.name in page, page[:2000]
+    assert "source records" in page and "audio hours" in page, page[:2000]  # the table's rows
