@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,15 @@ def test_build_corpus_schedule_is_inactive_by_default() -> None:
     deps = {d.name: d for d in to_deployments(ROOT / "prefect.yaml")}
     (schedule,) = deps["build-corpus"].schedules
     assert schedule.active is False and schedule.schedule.cron == "0 2 * * *"
+
+
+def test_echox_serve_takes_the_concurrency_limits() -> None:
+    """`echox serve` reads concurrency_limit as `prefect deploy` does: one build, one pipeline at a time."""
+    deps = {d.name: d for d in to_deployments(ROOT / "prefect.yaml")}
+    for name in ("build-corpus", "pipeline"):
+        assert deps[name].concurrency_limit == 1
+        assert deps[name].concurrency_options.collision_strategy.value == "ENQUEUE"
+    assert deps["retrain"].concurrency_limit is None
 
 
 def test_a_bad_parameter_is_named() -> None:
@@ -70,27 +78,16 @@ def _prefect(args: list[str], api_url: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture
-def api(prefect_server: str) -> Iterator[str]:
-    """The session's server as this process's Prefect API (this module imports prefect before the server
-    starts, and prefect reads its settings at import)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: prefect_server}):
-        yield prefect_server
-
-
 @pytest.fixture(scope="module")
 def deployed(prefect_server: str) -> dict:
     """The deployments of prefect.yaml, as `prefect deploy --all` registers them after the one documented
     set-up command (README: `prefect work-pool create echox --type process`)."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     for args in (["work-pool", "create", "echox", "--type", "process"], ["deploy", "--all"]):
         res = _prefect(args, prefect_server)
         assert res.returncode == 0, f"prefect {' '.join(args)}:\n{res.stdout[-3000:]}{res.stderr[-3000:]}"
-    with temporary_settings({PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client:
         return {d.name: d for d in client.read_deployments()}
 
 
@@ -138,7 +135,7 @@ def test_every_deployment_form_is_typed_and_described(deployed: dict) -> None:
 
 
 @pytest.mark.integration
-def test_a_second_build_corpus_run_waits_for_the_first(deployed: dict, api: str) -> None:
+def test_a_second_build_corpus_run_waits_for_the_first(deployed: dict) -> None:
     """Under the concurrency limit a second run is held back (AwaitingConcurrencySlot), not started beside
     the first to fail on the output folder's lock, and it gets the slot once the first one ends. The
     states are proposed as a worker proposes them."""
@@ -169,7 +166,7 @@ def _failed_run_name(flow_fn: object, **params: object) -> str:
 
 
 @pytest.mark.integration
-def test_flow_run_names_say_what_the_run_is(tmp_path: Path, api: str) -> None:
+def test_flow_run_names_say_what_the_run_is(tmp_path: Path, prefect_server: str) -> None:
     """build-corpus/<source>-<date>, retrain/<stage>-<data version>, pipeline/<output>-<date>,
     evaluate/<model>-on-<eval set>: the names the runs get on the server."""
     from flows.build_corpus import build_corpus
