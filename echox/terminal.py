@@ -1,0 +1,101 @@
+"""What a command that runs flows shows in its terminal: progress, what echox says, a summary.
+
+Once a command has validated its options and its work starts (`begin(run_folder)`), the chatter of Ray,
+Gloo and Prefect's engine goes to `RUN_FOLDER/logs/echox-<time>.log` (core/run_log.py), progress is shown
+live on a terminal and as plain lines elsewhere (echox/progress_view.py), and the log is named at the end.
+`--verbose` (or ECHOX_VERBOSE=1) streams the chatter as before instead. Handlers print through `say`, so
+that their output reaches the terminal either way. One command per process at a time: this is
+process-wide state, as the file descriptors it redirects are.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core import progress
+from core.progress import duration
+from core.run_log import RunLog
+from echox.progress_view import LiveSink, PlainSink
+
+VERBOSE_ENV = "ECHOX_VERBOSE"
+
+
+@dataclass
+class _Run:
+    """The command running in this process, and its log and display once its work has begun."""
+
+    command: str = "echox"
+    verbose: bool = False
+    log: RunLog | None = None
+    sink: LiveSink | PlainSink | None = None
+    previous: progress.Sink | None = None
+    failed: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+_run = _Run()
+
+
+def configure(command: str, *, verbose: bool = False) -> None:
+    """A command starts: stream its chatter if `verbose` (or ECHOX_VERBOSE=1), else keep it for a log."""
+    global _run
+    _run = _Run(command, verbose or os.environ.get(VERBOSE_ENV, "") not in ("", "0"))
+
+
+def begin(folder: str | Path) -> None:
+    """The work starts: unless verbose, chatter goes to a log under `folder` and progress is shown."""
+    if _run.verbose or _run.log is not None:
+        return
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # the log is a file: no colour codes in Ray's prefixes
+    _run.log = RunLog.open(Path(folder))
+    out = _run.log.out
+    _run.sink = LiveSink(out) if out.isatty() else PlainSink(out)
+    _run.previous = progress.install(_run.sink)
+    say(f"echox {_run.command}: Ray and Prefect output goes to {_run.log.path} (--verbose shows it here)")
+
+
+def say(text: str = "", *, err: bool = False) -> None:
+    """Print `text` on the terminal (stderr if `err`), whether or not the chatter goes to a log."""
+    log, sink = _run.log, _run.sink
+    if log is None:
+        print(text, file=sys.stderr if err else sys.stdout, flush=True)
+        return
+    if isinstance(sink, LiveSink) and not err:
+        sink.print(text)  # above the live display
+    else:
+        stream = log.err if err else log.out
+        stream.write(text + "\n")
+        stream.flush()
+    log.write(text + "\n")
+
+
+def _stop_display() -> None:
+    if _run.sink is not None:
+        _run.sink.close()
+        progress.install(_run.previous or progress.NullSink())
+        _run.sink = None
+
+
+def error(message: str) -> None:
+    """The run failed with `message` (one line, on stderr)."""
+    _run.failed = True
+    _stop_display()
+    say(message, err=True)
+
+
+def end(error: BaseException | None = None) -> None:
+    """The command is over: stop the display, put the terminal back, name the log (and the time taken)."""
+    _stop_display()
+    log, _run.log = _run.log, None
+    if log is None:
+        return
+    log.close(error if isinstance(error, Exception) else None)
+    if _run.failed or error is not None:
+        print(f"full log: {log.path}", file=sys.stderr, flush=True)
+    else:
+        print(f"echox {_run.command}: done in {duration(time.monotonic() - _run.started)}; "
+              f"full log: {log.path}", flush=True)
