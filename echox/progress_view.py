@@ -42,9 +42,13 @@ class Row:
             fields["eta_s"] = eta_s(now - self.started, self.done, self.total)
         return fields_text(fields)
 
+    def status(self, now: float) -> str:
+        """`3/6 shards · ETA 12s`."""
+        return " · ".join(p for p in (self.count(), self.info(now)) if p)
+
     def line(self, name: str, now: float) -> str:
         """`name: 3/6 shards · ETA 12s`."""
-        return f"{name}: " + " · ".join(p for p in (self.count(), self.info(now)) if p)
+        return f"{name}: {self.status(now)}"
 
     def ended(self, name: str, ok: bool, summary: str, now: float) -> str:
         """The line a finished row leaves: `✓ name: summary in 12s` (✗ and `stopped after` if it failed)."""
@@ -123,17 +127,16 @@ class LiveSink:
         self.console = Console(file=out)
         # redirect_*=False: while the display runs, what goes to sys.stdout/err is chatter for the log.
         self.progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), Bar(bar_width=24),
-                                 TextColumn("{task.fields[count]}"), TextColumn("{task.fields[info]}"),
-                                 TimeElapsedColumn(), console=self.console, transient=True,
-                                 redirect_stdout=False, redirect_stderr=False, refresh_per_second=4)
+                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                                 console=self.console, transient=True, redirect_stdout=False,
+                                 redirect_stderr=False, refresh_per_second=4)
         self.rows: dict[str, tuple[Row, Any]] = {}
         self.lock = threading.Lock()
         self.running = False
 
     def _show(self, name: str) -> None:
         row, task = self.rows[name]
-        self.progress.update(task, total=row.total, completed=row.done, count=row.count(),
-                             info=row.info(time.monotonic()))
+        self.progress.update(task, total=row.total, completed=row.done, status=row.status(time.monotonic()))
 
     def start(self, row: str, total: int | None, unit: str) -> None:
         """Add the row to the display (started with the first row)."""
@@ -142,7 +145,7 @@ class LiveSink:
                 self.progress.start()
                 self.running = True
             state = Row(total, unit, time.monotonic())
-            self.rows[row] = (state, self.progress.add_task(row, total=total, count=state.count(), info=""))
+            self.rows[row] = (state, self.progress.add_task(row, total=total, status=state.count()))
 
     def update(self, row: str, done: int, fields: dict[str, Any]) -> None:
         """Move the row's bar and fields."""

@@ -22,6 +22,10 @@ from core.run_log import RunLog
 from echox.progress_view import LiveSink, PlainSink
 
 VERBOSE_ENV = "ECHOX_VERBOSE"
+# The log is a file that keeps every line: Ray neither colours its prefixes nor folds repeated lines
+# (its "[repeated 3x across cluster]" notes are coloured too). Set before Ray is imported: it reads the
+# second one then.
+LOG_ENV = {"RAY_COLOR_PREFIX": "0", "RAY_DEDUP_LOGS": "0"}
 
 
 @dataclass
@@ -34,6 +38,7 @@ class _Run:
     sink: LiveSink | PlainSink | None = None
     previous: progress.Sink | None = None
     failed: bool = False
+    environ: dict[str, str | None] = field(default_factory=dict)  # LOG_ENV's values before the log
     started: float = field(default_factory=time.monotonic)
 
 
@@ -50,7 +55,8 @@ def begin(folder: str | Path) -> None:
     """The work starts: unless verbose, chatter goes to a log under `folder` and progress is shown."""
     if _run.verbose or _run.log is not None:
         return
-    os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # the log is a file: no colour codes in Ray's prefixes
+    _run.environ = {k: os.environ.get(k) for k in LOG_ENV}
+    os.environ.update(LOG_ENV)
     _run.log = RunLog.open(Path(folder))
     out = _run.log.out
     _run.sink = LiveSink(out) if out.isatty() else PlainSink(out)
@@ -94,6 +100,11 @@ def end(error: BaseException | None = None) -> None:
     if log is None:
         return
     log.close(error if isinstance(error, Exception) else None)
+    for key, value in _run.environ.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     if _run.failed or error is not None:
         print(f"full log: {log.path}", file=sys.stderr, flush=True)
     else:

@@ -78,7 +78,7 @@ def _run_jobs(config: EchoLabelsConfig, jobs: list[dict], names: list[str], arti
     """Submit shard tasks round-robin over the actors, at most two per actor in flight; entries by shard."""
     pending, running, entries = list(jobs), {}, {}
     limit = 2 * len(names)
-    with progress.row("echo labels", len(jobs), "shards", show=config.progress) as row:
+    with progress.row("echo-label shards", len(jobs), "shards", show=config.progress) as row:
         while pending or running:
             # num_cpus=0: the task only waits on its actor, so it must not take the CPUs the actors hold.
             with remote_options(num_cpus=0):

@@ -147,10 +147,16 @@ def _ready(cfg: PipelineConfig, plans: list[StepPlan], finished: set[str]) -> li
 @contextlib.contextmanager
 def _rows(plans: list[StepPlan]) -> Iterator[None]:
     """A progress row per step of `plans` while the block runs them (failed if it raises)."""
-    with contextlib.ExitStack() as stack:
-        for p in plans:
-            stack.enter_context(progress.row(p.step)).summary = ROW_VERB.get(p.action, "")
+    for p in plans:
+        progress.start(p.step)
+    try:
         yield
+    except BaseException:
+        for p in plans:
+            progress.finish(p.step, ok=False)
+        raise
+    for p in plans:
+        progress.finish(p.step, ROW_VERB.get(p.action, ""))
 
 
 def execute(cfg: PipelineConfig, plans: list[StepPlan]) -> dict[str, str]:
