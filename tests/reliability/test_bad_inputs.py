@@ -1,9 +1,10 @@
 """User mistakes through the `echox` CLI: exit code 2, one `error:` message naming the problem, no traceback.
 
-The table runs `echox.cli.main` in-process (the same code path, with stderr captured at the file
-descriptor, so Prefect's and Ray's log output is checked too); a few cases also run as a real child
-process. Per-record problems (malformed JSON, wrong types, missing fields, duplicate ids, empty text,
-text that normalises to nothing) are tabled in tests/tasks/test_source.py and
+The table runs `echox.cli.main --verbose` in-process (the same code path, with stderr captured at the file
+descriptor, and Prefect's and Ray's log output streamed there, so it is checked too); a few cases also run
+as a real child process, as a user runs it (that output then goes to the run's log:
+tests/echox/test_quiet_cli.py). Per-record problems (malformed JSON, wrong types, missing fields, duplicate
+ids, empty text, text that normalises to nothing) are tabled in tests/tasks/test_source.py and
 tests/flows/test_build_corpus.py; here the remaining ones go through a whole build.
 """
 
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 
 def _main(argv: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Run the CLI in this process; (exit code, everything written to stderr)."""
+    """Run the CLI in this process, --verbose; (exit code, everything written to stderr)."""
     import sys
 
     from prefect.logging.handlers import PrefectConsoleHandler
@@ -38,7 +39,7 @@ def _main(argv: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str]
     try:
         for c in consoles:
             c.file = sys.stderr
-        rc = main(argv)
+        rc = main([*argv, "--verbose"])
     finally:
         for c, f in zip(consoles, saved, strict=True):
             c.file = f
