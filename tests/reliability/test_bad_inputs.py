@@ -25,12 +25,13 @@ pytestmark = pytest.mark.integration
 
 
 def _main(argv: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Run the CLI in this process, --verbose; (exit code, everything written to stderr)."""
+    """Run the CLI in this process (--verbose, for a command that runs flows); (exit code, everything
+    written to stderr)."""
     import sys
 
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    from echox.cli import main
+    from echox.cli import COMMANDS, main
 
     # Prefect's console handler keeps the stream it was set up with (an earlier test's capture).
     consoles = [h.console for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
@@ -39,7 +40,8 @@ def _main(argv: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str]
     try:
         for c in consoles:
             c.file = sys.stderr
-        rc = main([*argv, "--verbose"])
+        streams = next(c.verbose for c in COMMANDS if c.name == argv[0])  # a command that runs flows
+        rc = main([*argv, "--verbose"] if streams else argv)
     finally:
         for c, f in zip(consoles, saved, strict=True):
             c.file = f
