@@ -10,13 +10,14 @@ process-wide state, as the file descriptors it redirects are.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core import progress
+from core import progress, runtime
 from core.progress import duration
 from core.run_log import RunLog
 from echox.progress_view import LiveSink, PlainSink
@@ -28,6 +29,50 @@ VERBOSE_ENV = "ECHOX_VERBOSE"
 LOG_ENV = {"RAY_COLOR_PREFIX": "0", "RAY_DEDUP_LOGS": "0"}
 
 
+# Where echox's own warnings are logged: its packages' module loggers (a handler there; Prefect configures
+# none of them) and the flows' run loggers (a filter there: Prefect replaces those loggers' handlers when it
+# is imported, which is after `begin`, but keeps their filters).
+OWN_LOGGERS = ("core", "models", "tasks", "flows")
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+
+class _OwnWarnings(logging.Handler):
+    """Warnings (and errors) logged by echox's own code, shown on the terminal too: a damaged file rebuilt,
+    a checkpoint skipped. Prefect's and Ray's, logged from their code, stay in the log."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.root = str(runtime.project_root())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Show the record if echox's code logged it."""
+        try:
+            if record.pathname.startswith(self.root):
+                progress.note(f"{record.levelname.lower()}: {record.getMessage()}")
+        except Exception:
+            self.handleError(record)
+
+    def tap(self, record: logging.LogRecord) -> bool:
+        """As a logger's filter: show what `emit` shows, and keep every record."""
+        if record.levelno >= self.level:
+            self.emit(record)
+        return True
+
+    def attach(self) -> None:
+        """Listen on echox's loggers."""
+        for name in OWN_LOGGERS:
+            logging.getLogger(name).addHandler(self)
+        for name in RUN_LOGGERS:
+            logging.getLogger(name).addFilter(self.tap)
+
+    def detach(self) -> None:
+        """Stop listening."""
+        for name in OWN_LOGGERS:
+            logging.getLogger(name).removeHandler(self)
+        for name in RUN_LOGGERS:
+            logging.getLogger(name).removeFilter(self.tap)
+
+
 @dataclass
 class _Run:
     """The command running in this process, and its log and display once its work has begun."""
@@ -37,6 +82,7 @@ class _Run:
     log: RunLog | None = None
     sink: LiveSink | PlainSink | None = None
     previous: progress.Sink | None = None
+    warnings: _OwnWarnings | None = None
     failed: bool = False
     environ: dict[str, str | None] = field(default_factory=dict)  # LOG_ENV's values before the log
     started: float = field(default_factory=time.monotonic)
@@ -61,6 +107,8 @@ def begin(folder: str | Path) -> None:
     out = _run.log.out
     _run.sink = LiveSink(out) if out.isatty() else PlainSink(out)
     _run.previous = progress.install(_run.sink)
+    _run.warnings = _OwnWarnings()
+    _run.warnings.attach()
     say(f"echox {_run.command}: Ray and Prefect output goes to {_run.log.path} (--verbose shows it here)")
 
 
@@ -80,6 +128,9 @@ def say(text: str = "", *, err: bool = False) -> None:
 
 
 def _stop_display() -> None:
+    if _run.warnings is not None:
+        _run.warnings.detach()
+        _run.warnings = None
     if _run.sink is not None:
         _run.sink.close()
         progress.install(_run.previous or progress.NullSink())

@@ -4,6 +4,7 @@ for a flow here; tests/echox/test_quiet_cli.py runs real ones."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -37,6 +38,13 @@ def _noisy(opts: NoisyOptions) -> int:
     with progress.row("work", 2, "items") as row:
         row.update(1)
         row.update(2)
+    logging.getLogger("tasks.noisy").warning("skipping checkpoint step-3: rng.pt is refused")  # echox's own
+    logging.getLogger("tasks.noisy").info("an info line")
+    run_logger = logging.getLogger("prefect.flow_runs")  # a flow's get_run_logger(), without its handlers
+    for path in (__file__, "/venv/site-packages/prefect/task_engine.py"):  # echox's flow, Prefect's engine
+        run_logger.filter(logging.makeLogRecord({"name": run_logger.name, "levelno": logging.WARNING,
+                                                 "levelname": "WARNING", "pathname": path,
+                                                 "msg": f"rebuilt 1 damaged file (from {Path(path).name})"}))
     if opts.fail == "user":
         raise InputError("the input is wrong")
     if opts.fail == "bug":
@@ -71,12 +79,18 @@ def test_a_run_shows_progress_and_a_summary_and_logs_the_chatter(
     lines = out.splitlines()
     assert lines[0].startswith("echox noisy: Ray and Prefect output goes to ")
     assert "work: 1/2 items" in lines and "✓ work: 2/2 items in 0s" in lines and "result written" in lines
+    assert "warning: skipping checkpoint step-3: rng.pt is refused" in lines  # echox's warnings are shown
+    assert "warning: rebuilt 1 damaged file (from test_terminal.py)" in lines
+    assert "task_engine" not in out and "an info line" not in out  # not Prefect's, nor echox's info
     assert re.match(r"echox noisy: done in \d+s; full log: ", lines[-1])
     log = _log_named(out)
     assert log.parent == tmp_path / "run" / "logs"
     text = log.read_text()
     assert all(c in text for c in CHATTER) and "result written" in text
-    assert isinstance(progress._sink, progress.NullSink)  # the display is gone with the command
+    assert isinstance(progress._sink, progress.NullSink)  # the display is gone with the command,
+    assert not logging.getLogger("tasks").handlers  # and so are its listeners on echox's loggers
+    assert not any(isinstance(getattr(f, "__self__", None), terminal._OwnWarnings)
+                   for f in logging.getLogger("prefect.flow_runs").filters)
 
 
 def test_a_user_mistake_is_one_line_and_the_log_path(noisy: None, tmp_path: Path,
