@@ -33,8 +33,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 venv: sysdeps $(STAMP)
 
+# The terminal shows progress and a summary; Ray's and Prefect's output goes to outputs/demo/logs/ (named at
+# the end). `make demo VERBOSE=1` streams it instead.
 demo: venv
-	$(PY) -m echox.cli demo --config configs/demo.yaml
+	$(PY) -m echox.cli demo --config configs/demo.yaml $(if $(VERBOSE),--verbose)
 
 # The knowledge experiment (README: "Knowledge experiment"): the SmolLM2 DAG with its knowledge steps, then
 # RESULTS.md (table with intervals, goals, loss curves in results/, commands, hashes, machine).

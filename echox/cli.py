@@ -19,6 +19,7 @@ from typing import Any
 from core import runtime
 from core.config import build
 from core.errors import EchoxError
+from echox import terminal
 from echox.cli_echo import ECHO_COMMANDS, run_vocode
 from echox.cli_eval import EVAL_COMMANDS
 from echox.cli_options import Command, Flag, add_commands, given
@@ -38,11 +39,12 @@ def _run_build_corpus(cfg: BuildCorpusConfig) -> int:
     from tasks.build_corpus import inspect_build
 
     inspect_build(cfg)  # every mistake the input shows, in about a second, before Prefect or Ray start
+    terminal.begin(cfg.out)
     runtime.ensure_prefect_api()
     from flows.build_corpus import build_corpus
 
     out = build_corpus(config=cfg)
-    print(f"corpus written to {out} (manifest: {Path(out) / 'manifest.json'})")
+    terminal.say(f"corpus written to {out} (manifest: {Path(out) / 'manifest.json'})")
     return 0
 
 
@@ -50,10 +52,11 @@ def _run_train(cfg: TrainFlowConfig) -> int:
     from tasks.train_stage import check_train_inputs
 
     check_train_inputs(cfg)
+    terminal.begin(cfg.out)
     runtime.ensure_prefect_api()
     from flows.train import train  # after validation: a bad option fails without importing Prefect
 
-    print(f"model written to {train(cfg=cfg)}")
+    terminal.say(f"model written to {train(cfg=cfg)}")
     return 0
 
 
@@ -102,6 +105,7 @@ def _run_pipeline(opts: PipelineOptions) -> int:
     if opts.dry_run:
         print(f"plan for {cfg.out}:\n{format_plan(plans)}")
         return 0
+    terminal.begin(cfg.out)
     runtime.ensure_prefect_api()  # after validation, before prefect is imported (it reads settings then)
     from flows.pipeline import pipeline
 
@@ -112,21 +116,19 @@ def _run_pipeline(opts: PipelineOptions) -> int:
 def _print_outputs(paths: dict) -> None:
     import json
 
-    print("\noutputs:")
     width = max((len(name) for name in paths), default=0)
-    for name, path in paths.items():
-        print(f"  {name:{width}s} {path}")
+    terminal.say("\noutputs:\n" + "\n".join(f"  {name:{width}s} {path}" for name, path in paths.items()))
     if "report" in paths:
         from tasks.evaluate import answer_wav_line, format_report
 
         report = json.loads(Path(paths["report"]).read_text())
-        print("\n" + format_report(report))
-        print(answer_wav_line(Path(paths["report"]), report))
+        terminal.say("\n" + format_report(report))
+        terminal.say(answer_wav_line(Path(paths["report"]), report))
     if "knowledge" in paths:  # the text LLM's row beside the trained models': the knowledge kept
         from tasks.knowledge import build_table
         from tasks.knowledge_format import terminal_text
 
-        print("\n" + terminal_text(build_table(Path(paths["knowledge"]).parent)), end="")
+        terminal.say("\n" + terminal_text(build_table(Path(paths["knowledge"]).parent)).rstrip("\n"))
 
 
 def _run_demo(opts: DemoOptions) -> int:
@@ -136,6 +138,7 @@ def _run_demo(opts: DemoOptions) -> int:
     from flows.pipeline_config import load_pipeline_config
 
     cfg = load_pipeline_config(Path(opts.config))
+    terminal.begin(cfg.out)
     # Before prefect is imported: its settings are read once, at import.
     external = None if opts.no_server else runtime.use_local_server()  # a server that outlives the demo
     left_running = not (opts.no_server or external)
@@ -146,10 +149,10 @@ def _run_demo(opts: DemoOptions) -> int:
     from flows.pipeline import pipeline
 
     ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
-    print(f"echox demo: the whole DAG on {cfg.source} → {cfg.out}\nPrefect UI: {ui}", flush=True)
+    terminal.say(f"echox demo: the whole DAG on {cfg.source} → {cfg.out}\nPrefect UI: {ui}")
     _print_outputs(pipeline(config=cfg))
     if left_running or external:  # a per-run server (--no-server) is gone by now
-        print(f"\nPrefect UI (runs, logs, artifacts): {ui}  — stop it: echox server --stop")
+        terminal.say(f"\nPrefect UI (runs, logs, artifacts): {ui}  — stop it: echox server --stop")
     return 0
 
 
@@ -207,14 +210,14 @@ COMMANDS = [
             description="Build a speech corpus from a QA source: spoken forms, TTS, frame features, k-means "
                         "units, Arrow shards, rejects and a manifest. A rerun resumes; --overwrite replaces "
                         "only a previous build's own files.",
-            flags={"progress": Flag(negate="--quiet", help="no per-shard progress")}),
+            flags={"progress": Flag(negate="--quiet", help="no per-shard progress")}, verbose=True),
     Command("train", TrainFlowConfig, _run_train,  # type: ignore[arg-type]
             help="train stage I (s2t), II (t2c), III (echo) or the unit vocoder under DDP",
             description="Train one stage under DDP (Ray Train, or one local process). Checkpoints, metrics "
                         "and the final model go to --out; --resume continues from the last verified "
                         "checkpoint.",
             flags={"preset_overrides": Flag(flag="--set", help="override a preset field, e.g. --set "
-                                            "llm_path=/models/llama (repeatable)")}),
+                                            "llm_path=/models/llama (repeatable)")}, verbose=True),
     Command("export", ExportConfig, _run_export,  # type: ignore[arg-type]
             help="copy a corpus into hf-audio (datasets + Audio), lhotse or webdataset form",
             description="Export a verified corpus for speech libraries: a datasets copy whose audio columns "
@@ -233,9 +236,9 @@ COMMANDS = [
                         "fingerprint of its config and inputs; an unchanged step whose outputs verify is "
                         "skipped, a larger max_steps resumes, any other change redoes the step and the "
                         "steps after it. --dry-run prints that plan.",
-            flags={"from_step": Flag(flag="--from")}),
+            flags={"from_step": Flag(flag="--from")}, verbose=True),
     Command("demo", DemoOptions, _run_demo,  # type: ignore[arg-type]
-            help="the whole DAG on the bundled sample (configs/demo.yaml), with the UI"),
+            help="the whole DAG on the bundled sample (configs/demo.yaml), with the UI", verbose=True),
     Command("server", ServerOptions, _run_server,  # type: ignore[arg-type]
             help="start a local Prefect server (UI + API) on 127.0.0.1"),
     Command("serve", ServeOptions, _run_serve,  # type: ignore[arg-type]
@@ -316,13 +319,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     runtime.configure()
     quiet_user_errors()
+    terminal.configure(args.command, verbose=args.verbose)
+    failure: BaseException | None = None
+    try:
+        return _run(args)
+    except BaseException as e:  # not a user mistake: its traceback follows, and goes to the run's log too
+        failure = e
+        raise
+    finally:
+        terminal.end(failure)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; a user mistake, an interrupt or a lost server is one line on stderr."""
     try:
         return args.handler(options(args))  # each handler validates its inputs before it starts Prefect
     except EchoxError as e:
-        print(f"echox {args.command}: error: {e}", file=sys.stderr)
+        terminal.error(f"echox {args.command}: error: {e}")
         return 2
     except KeyboardInterrupt:
-        print(f"echox {args.command}: interrupted", file=sys.stderr)
+        terminal.error(f"echox {args.command}: interrupted")
         return 130
     except Exception as e:
         lost = lost_prefect_api(e)
@@ -331,8 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The server went away mid-run (Prefect gave up after its retries): finished work is on disk.
         api = os.environ.get("PREFECT_API_URL", "the Prefect API")
         reason = f"{type(lost).__name__}: " + " ".join(str(lost).split())  # one line, whatever it said
-        print(f"echox {args.command}: error: lost the Prefect server at {api} ({reason}); finished work is "
-              "kept: start a server (or unset PREFECT_API_URL) and rerun the same command", file=sys.stderr)
+        terminal.error(f"echox {args.command}: error: lost the Prefect server at {api} ({reason}); finished "
+                       "work is kept: start a server (or unset PREFECT_API_URL) and rerun the same command")
         return 2
 
 

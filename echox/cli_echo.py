@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from core import runtime
 from core.errors import InputError
+from echox import terminal
 from echox.cli_options import Command, Flag
 from echox.commands import EchoEvalOptions, SpeakOptions, VocodeOptions
 from tasks.configs import BaselineLabelsConfig, EchoLabelsConfig
@@ -20,11 +21,13 @@ def _run_echo_labels(cfg: EchoLabelsConfig) -> int:
     from tasks.echo_labels import check_inputs
 
     check_inputs(cfg.corpus, cfg.s2t, cfg.t2c, cfg.out)
+    terminal.begin(cfg.out)
     runtime.ensure_prefect_api()  # after validation, before prefect is imported (it reads settings then)
     from flows.echo_labels import echo_labels
 
     out = echo_labels(config=cfg)
-    print(f"echo labels written to {out} (manifest: {out}/manifest.json, rejects: {out}/rejects.jsonl)")
+    terminal.say(f"echo labels written to {out} (manifest: {out}/manifest.json, rejects: "
+                 f"{out}/rejects.jsonl)")
     return 0
 
 
@@ -32,11 +35,13 @@ def _run_baseline_labels(cfg: BaselineLabelsConfig) -> int:
     from tasks.echo_labels import check_inputs
 
     check_inputs(cfg.corpus, cfg.s2t, cfg.t2c, cfg.out)
+    terminal.begin(cfg.out)
     runtime.ensure_prefect_api()  # after validation, before prefect is imported (it reads settings then)
     from flows.baseline_labels import baseline_labels
 
     out = baseline_labels(config=cfg)
-    print(f"baseline labels written to {out} (manifest: {out}/manifest.json, rejects: {out}/rejects.jsonl)")
+    terminal.say(f"baseline labels written to {out} (manifest: {out}/manifest.json, rejects: "
+                 f"{out}/rejects.jsonl)")
     return 0
 
 
@@ -152,7 +157,7 @@ ECHO_COMMANDS = [
             help="echo pseudo-labels: Y′ of the S2T states, T2C units per segment",
             description="Echo pseudo-labels of a corpus: Y′ from the stage-I hidden states, segmented into "
                         "sentences, T2C units per segment; model-holding Ray actors, one task a shard.",
-            flags={"progress": Flag(negate="--quiet", help="no per-shard progress")}),
+            flags={"progress": Flag(negate="--quiet", help="no per-shard progress")}, verbose=True),
     Command("baseline-labels", BaselineLabelsConfig, _run_baseline_labels,  # type: ignore[arg-type]
             help="the no-echo baseline's labels: the corpus's own answer units, in the echo-label format",
             description="Labels for the no-echo baseline: each corpus row's gold answer tokens and its own "
@@ -160,7 +165,7 @@ ECHO_COMMANDS = [
                         "so `echox train --stage echo --echo-labels DIR` trains the same Echo decoder on "
                         "them. No model runs: the S2T checkpoint gives the tokenizer, the T2C's config the "
                         "length guard.",
-            flags={"progress": Flag(negate="--quiet", help="no summary line")}),
+            flags={"progress": Flag(negate="--quiet", help="no summary line")}, verbose=True),
     Command("speak", SpeakOptions, _run_speak,  # type: ignore[arg-type]
             help="stream a spoken answer: text and units segment by segment (--vocoder: a WAV too)"),
     Command("echo-eval", EchoEvalOptions, _run_echo_eval,  # type: ignore[arg-type]

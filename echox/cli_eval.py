@@ -7,6 +7,7 @@ from pathlib import Path
 
 from core import runtime
 from core.errors import InputError
+from echox import terminal
 from echox.cli_options import Command, Flag
 from echox.commands import KnowledgeOptions
 from tasks.configs import EvaluateConfig
@@ -31,13 +32,14 @@ def run_evaluate(cfg: EvaluateConfig) -> int:
         from tasks.eval_text import check_text_llm
 
         check_text_llm(model=cfg.model, preset=cfg.preset, overrides=cfg.preset_overrides)
+    terminal.begin(Path(cfg.out).parent)  # the report's folder: the questions manifest is written there too
     runtime.ensure_prefect_api()  # after validation, before prefect is imported (it reads settings then)
     from flows.evaluate import evaluate
     from tasks.evaluate import format_report
 
     out = evaluate(config=cfg)
-    print(format_report(json.loads(Path(out).read_text())))
-    print(f"report written to {out}")
+    terminal.say(format_report(json.loads(Path(out).read_text())))
+    terminal.say(f"report written to {out}")
     return 0
 
 
@@ -73,7 +75,8 @@ EVAL_COMMANDS = [
                         "Prefect artifacts. --mode text asks a base instruct LLM the written questions: the "
                         "knowledge a speech model built on it can keep.",
             flags={"preset_overrides": Flag(flag="--set", help="override a preset field (--mode text "
-                                            "--preset), e.g. --set llm_path=/models/llama (repeatable)")}),
+                                            "--preset), e.g. --set llm_path=/models/llama (repeatable)")},
+            verbose=True),
     Command("knowledge", KnowledgeOptions, run_knowledge,  # type: ignore[arg-type]
             help="the knowledge table of a pipeline run: text LLM, S2T, echo (text, speech), baseline",
             description="Read a pipeline run folder's evaluation reports and print the knowledge table: each "

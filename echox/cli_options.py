@@ -21,6 +21,10 @@ PATH_NAMES = {"source", "out", "corpus", "codebook", "feature_checkpoint", "echo
               "out_wav", "config", "file", "encoder_init"}
 
 
+VERBOSE_HELP = ("stream Ray's, Gloo's and Prefect's output here as it comes (default: progress and a summary "
+                "here, that output in RUN_FOLDER/logs/echox-<time>.log, named at the end; ECHOX_VERBOSE=1)")
+
+
 @dataclass(frozen=True)
 class Flag:
     """How one model field appears on the command line when the plain `--field-name VALUE` does not fit."""
@@ -42,6 +46,7 @@ class Command:
     description: str = ""
     flags: dict[str, Flag] = field(default_factory=dict)
     hidden: frozenset[str] = frozenset()  # fields not offered on the command line
+    verbose: bool = False  # runs flows: offers --verbose (stream Ray's and Prefect's output, no run log)
 
 
 def _unwrap_optional(annotation: Any) -> Any:
@@ -124,9 +129,14 @@ def add_commands(sub: argparse._SubParsersAction, commands: Iterable[Command]) -
         p = sub.add_parser(command.name, help=command.help, description=command.description or command.help,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         add_model_options(p, command)
-        p.set_defaults(handler=command.handler, options_model=command.model)
+        if command.verbose:
+            p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+        p.set_defaults(handler=command.handler, options_model=command.model, verbose=False)
+
+
+PARSER_ENTRIES = ("handler", "command", "options_model", "verbose")
 
 
 def given(args: argparse.Namespace) -> dict[str, Any]:
     """The options the user gave (argparse's own entries dropped; defaults stay the model's)."""
-    return {k: v for k, v in vars(args).items() if k not in ("handler", "command", "options_model")}
+    return {k: v for k, v in vars(args).items() if k not in PARSER_ENTRIES}

@@ -12,6 +12,7 @@ from prefect.futures import as_completed
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
+from core import progress
 from core.errors import EchoxError
 from core.runs import record_process
 from core.runtime import cluster_cpus, ray_session
@@ -43,20 +44,25 @@ def label_shard_task(shard: stages.ShardPaths, codebook: Path, codebook_sha: str
     return stages.label_shard(shard, codebook, codebook_sha)
 
 
-def _report(config: BuildCorpusConfig, msg: str) -> None:
-    """Progress to the run's log (terminal and UI) unless quiet."""
+def _report(config: BuildCorpusConfig, msg: str, *, note: bool = False) -> None:
+    """Progress to the run's log (UI; the terminal with --verbose) unless quiet; a `note` to the terminal's
+    progress too."""
     if config.progress:
         get_run_logger().info(msg)
+        if note:
+            progress.note(msg)
 
 
 def _gather(futures: list, config: BuildCorpusConfig, what: str, artifact_id: object) -> list:
     """Wait for shard futures in completion order, reporting progress; results in shard order."""
     results: dict[int, dict] = {}
-    for done, fut in enumerate(as_completed(futures), start=1):
-        res = fut.result()
-        results[res["shard"]] = res
-        update_progress_artifact(artifact_id, progress=100.0 * done / len(futures))
-        _report(config, f"  {what}: {done}/{len(futures)} shards")
+    with progress.row(what, len(futures), "shards", show=config.progress) as row:
+        for done, fut in enumerate(as_completed(futures), start=1):
+            res = fut.result()
+            results[res["shard"]] = res
+            update_progress_artifact(artifact_id, progress=100.0 * done / len(futures))
+            row.update(done)
+            _report(config, f"  {what}: {done}/{len(futures)} shards")
     return [results[k] for k in sorted(results)]
 
 
@@ -79,7 +85,7 @@ def corpus_shards_flow(config: BuildCorpusConfig, num_shards: int) -> dict:
         codebook = stages.CodebookOptions.of(config.model_copy(update={"threads_per_worker": fit}))
         with remote_options(num_cpus=fit):
             codebook_sha = fit_codebook_task.submit(paths, num_shards, codebook).result()
-        _report(config, f"  codebook: {codebook_sha[:12]}")
+        _report(config, f"codebook: {codebook_sha[:12]}", note=True)
         labelled = create_progress_artifact(progress=0.0, key="corpus-labelling",
                                             description="Shards labelled and written")
         entries = _gather([label_shard_task.submit(shard, paths.codebook, codebook_sha) for shard in shards],
@@ -135,9 +141,10 @@ def build_corpus(config: BuildCorpusConfig) -> str:
         raise
     try:
         _report(config, f"build-corpus: {identity['num_source_records']} records → "
-                        f"{identity['num_shards']} shards in {out}")
+                        f"{identity['num_shards']} shards in {out}", note=True)
         if config.ray_address:
             get_run_logger().info(f"Connecting to an existing Ray instance at {config.ray_address}")
+            progress.note(f"Connecting to an existing Ray instance at {config.ray_address}")
         # A caller's Ray (tests, notebooks, the pipeline) is used and left running.
         cpus = os.cpu_count() or 1  # a local Ray gets the CPUs the shard tasks will reserve
         local = stages.task_threads(config.workers, config.threads_per_worker, cpus, cpus)
@@ -154,6 +161,10 @@ def build_corpus(config: BuildCorpusConfig) -> str:
                           description=f"Corpus build counts for {out}")
     _report_repairs(config, stages.rebuilt_files(parts["stage1"], parts["entries"]))
     _report(config, "build-corpus: " + json.dumps(manifest["totals"]))
+    if config.progress:
+        t = manifest["totals"]
+        progress.note(f"build-corpus: {t['rows']} rows of {t['source_records']} records ({t['rejected']} "
+                      f"rejected), {t['audio_hours'] * 60:.1f} min of audio")
     if manifest.get("status") == "failed":
         kept = (" (the previous build is kept in .echox-previous)"
                 if (out / ".echox-previous").exists() else "")

@@ -13,6 +13,7 @@ from prefect.futures import as_completed
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
+from core import progress
 from core.errors import EchoxError
 from core.runs import record_process
 from core.runtime import ray_session
@@ -23,10 +24,13 @@ from tasks.configs import EchoLabelsConfig
 NAMESPACE = "echox-echo-labels"
 
 
-def _report(config: EchoLabelsConfig, msg: str) -> None:
-    """Progress to the run's log (terminal and UI) unless quiet."""
+def _report(config: EchoLabelsConfig, msg: str, *, note: bool = False) -> None:
+    """Progress to the run's log (UI; the terminal with --verbose) unless quiet; a `note` to the terminal's
+    progress too."""
     if config.progress:
         get_run_logger().info(msg)
+        if note:
+            progress.note(msg)
 
 
 # Untagged, like the corpus build's shard tasks (see flows.build_corpus).
@@ -70,33 +74,35 @@ def stop_actors(actors: dict[str, object]) -> None:
             ray.kill(actor)
 
 
-def _run_jobs(config: EchoLabelsConfig, jobs: list[dict], names: list[str], progress: object) -> list[dict]:
+def _run_jobs(config: EchoLabelsConfig, jobs: list[dict], names: list[str], artifact: object) -> list[dict]:
     """Submit shard tasks round-robin over the actors, at most two per actor in flight; entries by shard."""
     pending, running, entries = list(jobs), {}, {}
     limit = 2 * len(names)
-    while pending or running:
-        # num_cpus=0: the task only waits on its actor, so it must not take the CPUs the actors hold.
-        with remote_options(num_cpus=0):
-            while pending and len(running) < limit:
-                job = pending.pop(0)
-                running[label_shard_task.submit(names[job["shard"] % len(names)], job)] = job["shard"]
-        done = next(as_completed(list(running)))
-        shard = running.pop(done)
-        entries[shard] = {**done.result(), "shard": shard}
-        update_progress_artifact(progress, progress=100.0 * len(entries) / len(jobs))
-        state = "verified, skipped" if entries[shard]["skipped"] else f"{entries[shard]['num_rows']} rows"
-        _report(config, f"  echo labels: {len(entries)}/{len(jobs)} shards (shard {shard}: {state})")
+    with progress.row("echo-label shards", len(jobs), "shards", show=config.progress) as row:
+        while pending or running:
+            # num_cpus=0: the task only waits on its actor, so it must not take the CPUs the actors hold.
+            with remote_options(num_cpus=0):
+                while pending and len(running) < limit:
+                    job = pending.pop(0)
+                    running[label_shard_task.submit(names[job["shard"] % len(names)], job)] = job["shard"]
+            done = next(as_completed(list(running)))
+            shard = running.pop(done)
+            entries[shard] = {**done.result(), "shard": shard}
+            update_progress_artifact(artifact, progress=100.0 * len(entries) / len(jobs))
+            row.update(len(entries))
+            state = "verified, skipped" if entries[shard]["skipped"] else f"{entries[shard]['num_rows']} rows"
+            _report(config, f"  echo labels: {len(entries)}/{len(jobs)} shards (shard {shard}: {state})")
     return [entries[k] for k in sorted(entries)]
 
 
 @flow(name="echo-label-shards", flow_run_name="echo-label-shards", on_running=[record_process])
 def echo_shards_flow(config: EchoLabelsConfig, jobs: list[dict]) -> list[dict]:
     """The Ray-parallel part: start the actors, label every shard through them, stop the actors."""
-    progress = create_progress_artifact(progress=0.0, key="echo-labelling",
+    artifact = create_progress_artifact(progress=0.0, key="echo-labelling",
                                         description="Corpus shards labelled with echo pseudo-labels")
     actors = start_actors(config, uuid.uuid4().hex[:8])
     try:
-        entries = _run_jobs(config, jobs, list(actors), progress)
+        entries = _run_jobs(config, jobs, list(actors), artifact)
     finally:
         stop_actors(actors)
     return entries
@@ -118,15 +124,16 @@ def echo_labels(config: EchoLabelsConfig) -> str:
         raise
     try:
         if plan["done"]:
-            _report(config, f"echo-labels: {out} already holds this run's verified labels; skipped")
+            _report(config, f"echo-labels: {out} already holds this run's verified labels; skipped",
+                    note=True)
             manifest = json.loads((out / "manifest.json").read_text())
         else:
             rate = stages.check_t2c_ends(config.corpus, config.t2c, max_units=config.max_units,
                                          min_rate=config.min_t2c_end_rate, samples=config.t2c_check_samples)
             _report(config, f"echo-labels: the T2C ends {100 * rate:.0f} % of sampled answer segments "
-                            f"within {config.max_units} units")
+                            f"within {config.max_units} units", note=True)
             _report(config, f"echo-labels: {plan['corpus']['rows']} rows in {len(plan['jobs'])} shards "
-                            f"→ {out} ({config.workers} actors)")
+                            f"→ {out} ({config.workers} actors)", note=True)
             with ray_session(config.ray_address, num_cpus=config.workers * config.cpus_per_actor):
                 entries = echo_shards_flow.with_options(task_runner=RayTaskRunner())(
                     config=config, jobs=plan["jobs"])
@@ -136,4 +143,8 @@ def echo_labels(config: EchoLabelsConfig) -> str:
     create_table_artifact(key="echo-label-stats", table=stages.stats_rows(manifest),
                           description=f"Echo pseudo-label statistics for {out}")
     _report(config, "echo-labels: " + json.dumps(manifest["totals"]))
+    if config.progress:
+        t = manifest["totals"]
+        progress.note(f"echo-labels: {t['rows']} rows ({t['rejected']} rejected), {t['segments']} segments, "
+                      f"Y′ token accuracy {t['token_accuracy']:.3f}")
     return str(out)

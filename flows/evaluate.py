@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -12,6 +13,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from core import progress
 from core.errors import InputError
 from core.runs import record_process
 from flows.run_names import evaluate_run_name
@@ -34,30 +36,37 @@ def synthesize_questions_task(config: EvaluateConfig) -> str:
 def answer_questions_task(config: EvaluateConfig, questions: str) -> str:
     """Answer and score every question with the checkpoint; returns the report path."""
     extra = {} if not config.train_source else {"train_overlap": overlap_with_training(config)}
-    progress = create_progress_artifact(progress=0.0, key="evaluation-progress",
+    artifact = create_progress_artifact(progress=0.0, key="evaluation-progress",
                                         description="Eval questions answered")
     step = {"last": 0.0}
+    with progress.row("answer questions", None, "questions") as row:
 
-    def report_progress(done: int, total: int) -> None:
-        pct = 100.0 * done / total
-        if pct - step["last"] >= 10 or done == total:  # a handful of API calls, not one per question
-            update_progress_artifact(progress, progress=pct)
-            step["last"] = pct
+        def report_progress(done: int, total: int) -> None:
+            row.update(done, total=total)
+            pct = 100.0 * done / total
+            if pct - step["last"] >= 10 or done == total:  # a handful of API calls, not one per question
+                update_progress_artifact(artifact, progress=pct)
+                step["last"] = pct
 
+        answer(config, questions, extra, report_progress)
+    return config.out
+
+
+def answer(config: EvaluateConfig, questions: str, extra: dict, report: Callable[[int, int], None]) -> None:
+    """Answer and score the questions in the config's mode, reporting (done, total) to `report`."""
     if config.mode == "text":
         ev.answer_text_questions(Path(config.eval_set), Path(questions), Path(config.out),
                                  system_prompt=config.system_prompt, max_new_tokens=config.max_new_tokens,
                                  limit=config.limit, device=config.device,
                                  max_reject_fraction=config.max_reject_fraction,
                                  model_name=config.model or f"preset {config.preset}",
-                                 extra=extra, progress=report_progress)
+                                 extra=extra, progress=report)
     else:
         ev.answer_questions(Path(questions), Path(config.model), Path(config.out),  # type: ignore[arg-type]
                             t2c=Path(config.t2c) if config.t2c else None, device=config.device,
                             max_new_tokens=config.max_new_tokens, max_units=config.max_units,
                             vocoder=Path(config.vocoder) if config.vocoder else None, asr=config.asr,
-                            tts=config.tts_choice(), extra=extra, progress=report_progress)
-    return config.out
+                            tts=config.tts_choice(), extra=extra, progress=report)
 
 
 def overlap_with_training(config: EvaluateConfig) -> int:

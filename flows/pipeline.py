@@ -8,14 +8,17 @@ resources allow, each step taking its inputs' output paths, recording its finger
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
+from core import progress
 from core.runs import record_process
 from flows.pipeline_config import (  # noqa: F401 - load_pipeline_config is part of this module's interface
     PipelineConfig,
@@ -41,6 +44,7 @@ from tasks.out_dir import recover_swap, swap_in
 LOG_VERB = {"skip": "skipped", "resume": "resumed", "redo": "redone", "run": "run"}
 PipelineStep = Literal[tuple(step.name for step in STEPS)]  # type: ignore[valid-type]
 """A step of the DAG: the choices of `from_step` and `only` in the Prefect form."""
+ROW_VERB = {"resume": "resumed", "redo": "redone"}  # what a step's finished progress row says (else: done)
 
 
 def _parallel(cfg: PipelineConfig, group: list[TrainFlowConfig]) -> bool:
@@ -143,6 +147,21 @@ def _ready(cfg: PipelineConfig, plans: list[StepPlan], finished: set[str]) -> li
     return [p for p in plans if set(inputs_of(get_step(p.step), cfg)) <= finished]
 
 
+@contextlib.contextmanager
+def _rows(plans: list[StepPlan]) -> Iterator[None]:
+    """A progress row per step of `plans` while the block runs them (failed if it raises)."""
+    for p in plans:
+        progress.start(p.step)
+    try:
+        yield
+    except BaseException:
+        for p in plans:
+            progress.finish(p.step, ok=False)
+        raise
+    for p in plans:
+        progress.finish(p.step, ROW_VERB.get(p.action, ""))
+
+
 def execute(cfg: PipelineConfig, plans: list[StepPlan]) -> dict[str, str]:
     """Run the plan's steps in DAG order; returns every step's output (name → path later steps read)."""
     done = input_outputs(cfg)
@@ -154,10 +173,11 @@ def execute(cfg: PipelineConfig, plans: list[StepPlan]) -> dict[str, str]:
             raise RuntimeError(f"no step of {[p.step for p in todo]} has its inputs ready")
         training = [p for p in ready if get_step(p.step).training]
         batch = training if len(training) > 1 else ready[:1]
-        if get_step(batch[0].step).training:
-            done |= train_stages(cfg, batch, done)
-        else:
-            done[batch[0].step] = run_step(cfg, batch[0], done)
+        with _rows(batch):
+            if get_step(batch[0].step).training:
+                done |= train_stages(cfg, batch, done)
+            else:
+                done[batch[0].step] = run_step(cfg, batch[0], done)
         finished |= {p.step for p in batch}
         todo = [p for p in todo if p not in batch]
     return done
@@ -184,6 +204,7 @@ def pipeline(config: PipelineConfig, from_step: PipelineStep | None = None,
     create_table_artifact(key="pipeline-plan", table=plan_rows(plans),
                           description=f"Pipeline plan for {config.out}")
     log.info("plan:\n" + format_plan(plans))
+    progress.note(f"plan for {config.out}:\n" + format_plan(plans))
     for p in plans:
         log.info(f"{p.step}: {LOG_VERB[p.action]} ({p.reason})")
     done = execute(config, plans)

@@ -4,7 +4,8 @@ The ranks (Ray Train workers or one local process) have no Prefect run context; 
 `LiveTraining` is a thread of the driver (the train task) that reads that file every few seconds: the
 progress artifact `train-<stage>-progress` follows every metrics line (step / max_steps, loss, tokens/s,
 ETA), and the loss-curve and metrics-table artifacts are refreshed every `publish_every` steps under the
-keys that the final `publish_metrics` writes.
+keys that the final `publish_metrics` writes. The same reads move the stage's row of the terminal's progress
+(core/progress.py).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from core import progress
 from tasks.configs import TrainFlowConfig
 from tasks.plots import loss_curve_markdown, read_metrics
-from tasks.train_metrics import METRICS_FILE, progress_text
+from tasks.train_metrics import METRICS_FILE, progress_fields, progress_text
 
 
 def loss_keys(stage: str) -> tuple[str, ...]:
@@ -52,6 +54,13 @@ def publish_metrics(cfg: TrainFlowConfig, metrics: list[dict] | None = None) -> 
     create_table_artifact(key=f"{key}-metrics", table=rows, description=f"Stage {cfg.stage}: {cfg.out}")
 
 
+def row_name(cfg: TrainFlowConfig) -> str:
+    """The stage's row in the terminal's progress: `train s2t`, with the run folder when it is named
+    otherwise (`train echo (baseline)`: two rows of one stage can run at once in a pipeline)."""
+    folder = Path(cfg.out).name.removesuffix(".new")
+    return f"train {cfg.stage}" + ("" if folder == cfg.stage else f" ({folder})")
+
+
 class LiveTraining:
     """`with LiveTraining(cfg): train(...)`: the stage's progress artifact and its refreshed loss curve while
     the `with` block trains. A Prefect API error is logged once and never stops the training."""
@@ -64,11 +73,14 @@ class LiveTraining:
         self.step = 0  # the newest step the progress artifact shows
         self.published = 0  # the step of the last live loss-curve refresh
         self.warned = False
+        self.row = row_name(cfg)
+        self.shown: list[dict] = []  # the metrics lines the terminal's row shows
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
 
     def __enter__(self) -> LiveTraining:
         self.logger = get_run_logger()
+        progress.start(self.row, self.cfg.max_steps, "steps")
         try:
             self.progress_id = create_progress_artifact(
                 progress=0.0, key=f"train-{self.cfg.stage}-progress",
@@ -87,6 +99,13 @@ class LiveTraining:
         if self.thread is not None:
             self.thread.join()
         self.poll(final=True, failed=error)
+        progress.finish(self.row, self._summary(error), ok=error is None)
+
+    def _summary(self, error: BaseException | None) -> str:
+        """What the terminal's row leaves: the last step and loss (and what stopped it)."""
+        rows = self.shown
+        text = f"{rows[-1]['step']}/{self.cfg.max_steps} steps · loss {rows[-1]['loss']:.4f}" if rows else ""
+        return f"{text} · {type(error).__name__}".lstrip(" ·") if error is not None else text
 
     def _watch(self) -> None:
         """Poll until stopped."""
@@ -100,6 +119,7 @@ class LiveTraining:
             rows = self._read(changed_only=failed is None)
             if rows is None:
                 return
+            self._show_terminal(rows)
             self._show_progress(rows, failed)
             step = rows[-1]["step"] if rows else 0
             every = self.cfg.publish_every
@@ -126,6 +146,12 @@ class LiveTraining:
             return None
         self.seen = (st.st_size, st.st_mtime_ns)
         return [r for r in read_metrics(self.path) if "step" in r and "loss" in r]
+
+    def _show_terminal(self, rows: list[dict]) -> None:
+        """The terminal's row: step / max_steps, loss, tokens/s, ETA (when a new step came)."""
+        if rows and (not self.shown or rows[-1]["step"] != self.shown[-1]["step"]):
+            progress.update(self.row, rows[-1]["step"], **progress_fields(rows, self.cfg.max_steps))
+        self.shown = rows or self.shown
 
     def _show_progress(self, rows: list[dict], failed: BaseException | None) -> None:
         """step / max_steps as the progress, the progress line (and a failure) as its description."""

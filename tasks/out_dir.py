@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from core.errors import InputError
+from core.run_log import LOG_DIR
 
 WORK = ".echox"
 PREVIOUS = ".echox-previous"
@@ -79,7 +80,8 @@ def plan_out_dir(out: Path, build_hash: str, overwrite: bool) -> OutDirPlan:
     if existing == build_hash:
         return OutDirPlan("resume")
     owned = owned_files(out) if existing else []
-    foreign = [p.name for p in out.iterdir() if p.name not in (WORK, PREVIOUS) and p not in owned]
+    # The logs of the CLI runs that wrote here (core/run_log.py) are echox's too, and kept.
+    foreign = [p.name for p in out.iterdir() if p.name not in (WORK, PREVIOUS, LOG_DIR) and p not in owned]
     if existing is None and not foreign:
         return OutDirPlan("fresh")
     if existing is None:

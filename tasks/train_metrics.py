@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.progress import duration, fields_text  # noqa: F401 - duration is re-exported (its old home)
+
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
 ETA_WINDOW = 5
@@ -104,24 +106,18 @@ def seconds_per_step(rows: Sequence[dict]) -> float | None:
     return last["elapsed_s"] / last["step"]
 
 
-def duration(seconds: float) -> str:
-    """3h 05m, 4m 20s, 12s."""
-    s = max(0, round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
+def progress_fields(rows: Sequence[dict], max_steps: int) -> dict[str, float | None]:
+    """The newest line's loss and tokens/s, and the ETA at the recent pace (None once done or unknown)."""
+    last = rows[-1]
+    pace = seconds_per_step(rows)
+    eta = pace * (max_steps - last["step"]) if pace is not None and last["step"] < max_steps else None
+    return {"loss": last["loss"], "tokens_per_s": last.get("tokens_per_s", 0.0), "eta_s": eta}
 
 
 def progress_text(stage: str, rows: Sequence[dict], max_steps: int) -> str:
     """One line for the progress artifact: step / max_steps, loss, tokens/s and the ETA."""
     if not rows:
         return f"Stage {stage}: starting (0/{max_steps} steps)"
-    last = rows[-1]
-    parts = [f"Stage {stage}: step {last['step']}/{max_steps}", f"loss {last['loss']:.4f}",
-             f"{last.get('tokens_per_s', 0.0):,.0f} tokens/s"]
-    pace = seconds_per_step(rows)
-    if last["step"] >= max_steps:
-        parts.append("done")
-    elif pace is not None:
-        parts.append(f"ETA {duration(pace * (max_steps - last['step']))}")
-    return " · ".join(parts)
+    step = rows[-1]["step"]
+    text = f"Stage {stage}: step {step}/{max_steps} · " + fields_text(progress_fields(rows, max_steps))
+    return text + (" · done" if step >= max_steps else "")

@@ -1,9 +1,10 @@
 """User mistakes through the `echox` CLI: exit code 2, one `error:` message naming the problem, no traceback.
 
-The table runs `echox.cli.main` in-process (the same code path, with stderr captured at the file
-descriptor, so Prefect's and Ray's log output is checked too); a few cases also run as a real child
-process. Per-record problems (malformed JSON, wrong types, missing fields, duplicate ids, empty text,
-text that normalises to nothing) are tabled in tests/tasks/test_source.py and
+The table runs `echox.cli.main --verbose` in-process (the same code path, with stderr captured at the file
+descriptor, and Prefect's and Ray's log output streamed there, so it is checked too); a few cases also run
+as a real child process, as a user runs it (that output then goes to the run's log:
+tests/echox/test_quiet_cli.py). Per-record problems (malformed JSON, wrong types, missing fields, duplicate
+ids, empty text, text that normalises to nothing) are tabled in tests/tasks/test_source.py and
 tests/flows/test_build_corpus.py; here the remaining ones go through a whole build.
 """
 
@@ -24,12 +25,13 @@ pytestmark = pytest.mark.integration
 
 
 def _main(argv: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Run the CLI in this process; (exit code, everything written to stderr)."""
+    """Run the CLI in this process (--verbose, for a command that runs flows); (exit code, everything
+    written to stderr)."""
     import sys
 
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    from echox.cli import main
+    from echox.cli import COMMANDS, main
 
     # Prefect's console handler keeps the stream it was set up with (an earlier test's capture).
     consoles = [h.console for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
@@ -38,7 +40,8 @@ def _main(argv: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str]
     try:
         for c in consoles:
             c.file = sys.stderr
-        rc = main(argv)
+        streams = next(c.verbose for c in COMMANDS if c.name == argv[0])  # a command that runs flows
+        rc = main([*argv, "--verbose"] if streams else argv)
     finally:
         for c, f in zip(consoles, saved, strict=True):
             c.file = f
