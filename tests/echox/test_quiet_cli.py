@@ -71,7 +71,7 @@ def test_build_corpus_shows_progress_and_a_summary_and_logs_the_chatter(built: t
     log = _log_named(printed)
     assert log.parent == out / "logs"
     text = log.read_text()
-    assert "Beginning flow run 'build-corpus'" in text and "(synthesize-shard pid=" in text
+    assert "for flow 'build-corpus'" in text and "(synthesize-shard pid=" in text
     assert "\x1b[" not in text  # Ray's prefixes uncoloured in a file
     source = args[args.index("--source") + 1]
     check = subprocess.run([sys.executable, str(CHECK_CORPUS), str(out), "--source", source],
@@ -84,7 +84,7 @@ def test_verbose_streams_the_chatter_and_writes_no_log(built: tuple, env: dict[s
     logs = sorted((out / "logs").iterdir())
     res = _echox([*args, "--verbose"], env)  # the same build: a resume, every shard verified
     streamed = res.stdout + res.stderr
-    assert "Beginning flow run 'build-corpus'" in streamed and "full log" not in streamed
+    assert "for flow 'build-corpus'" in streamed and "full log" not in streamed
     assert sorted((out / "logs").iterdir()) == logs
 
 
