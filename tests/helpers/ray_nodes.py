@@ -47,14 +47,20 @@ def start_node(*args: str, cwd: Path | None = None, settle_s: float = 8.0) -> Ra
     ray_bin = Path(sys.executable).with_name("ray")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("PYTHONPATH", None)  # a node has the venv, not this checkout: the job ships the code
-    proc = subprocess.Popen([str(ray_bin), "start", "--block", "--node-ip-address=127.0.0.1",
-                             "--disable-usage-stats", f"--temp-dir={temp}", *args],
-                            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    # A test session's own local Ray sets Ray's single-machine switch in os.environ (core.runtime); a
+    # node of a multi-node cluster must not inherit it (`ray start --address` refuses to join then).
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    log = temp / "ray-start.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(ray_bin), "start", "--block", "--node-ip-address=127.0.0.1",
+                                 "--disable-usage-stats", f"--temp-dir={temp}", *args],
+                                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     time.sleep(settle_s)
     if proc.poll() is not None:
+        said = log.read_text(errors="replace")[-2000:]
         shutil.rmtree(temp, ignore_errors=True)
-        raise RuntimeError(f"ray start {' '.join(args)} exited with {proc.returncode}")
+        raise RuntimeError(f"ray start {' '.join(args)} exited with {proc.returncode}:\n{said}")
     return RayNode(proc, temp)
 
 
