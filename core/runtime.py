@@ -183,6 +183,14 @@ def job_runtime_env(address: str | None, runtime_env: dict | None) -> dict:
     return env
 
 
+def task_threads(workers: int, given: int | None, total_cpus: int, node_cpus: int) -> int:
+    """Threads of one of `workers` parallel Ray tasks or training workers, which are also the CPUs it
+    reserves: `given` when set, else the cluster's CPUs shared among the workers, at most one node's."""
+    if given:
+        return given
+    return max(1, min(node_cpus, total_cpus // workers))
+
+
 def cluster_cpus() -> tuple[int, int]:
     """(all CPUs, CPUs of the largest alive node) of the Ray this process is connected to."""
     import ray

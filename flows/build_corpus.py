@@ -15,7 +15,7 @@ from prefect_ray.context import remote_options
 from core import progress
 from core.errors import EchoxError
 from core.runs import record_process
-from core.runtime import cluster_cpus, ray_session
+from core.runtime import cluster_cpus, ray_session, task_threads
 from flows.policy import RAY_OPTIONS, RETRY
 from flows.run_names import corpus_run_name
 from tasks import build_corpus as stages
@@ -74,7 +74,7 @@ def corpus_shards_flow(config: BuildCorpusConfig, num_shards: int) -> dict:
     paths = stages.BuildPaths(Path(config.out))
     shards = [paths.of_shard(i) for i in range(num_shards)]
     total, node = cluster_cpus()
-    threads = stages.task_threads(config.workers, config.threads_per_worker, total, node)
+    threads = task_threads(config.workers, config.threads_per_worker, total, node)
     config = config.model_copy(update={"threads_per_worker": threads})  # each task runs what it reserves
     synthesis = stages.SynthesisOptions.of(config)
     with remote_options(num_cpus=threads, **RAY_OPTIONS):
@@ -147,7 +147,7 @@ def build_corpus(config: BuildCorpusConfig) -> str:
             progress.note(f"Connecting to an existing Ray instance at {config.ray_address}")
         # A caller's Ray (tests, notebooks, the pipeline) is used and left running.
         cpus = os.cpu_count() or 1  # a local Ray gets the CPUs the shard tasks will reserve
-        local = stages.task_threads(config.workers, config.threads_per_worker, cpus, cpus)
+        local = task_threads(config.workers, config.threads_per_worker, cpus, cpus)
         with ray_session(config.ray_address, num_cpus=config.workers * local) as ray:
             # The workers get absolute paths: on a cluster they do not share the driver's working directory.
             parts = corpus_shards_flow.with_options(task_runner=RayTaskRunner())(

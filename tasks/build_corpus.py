@@ -79,14 +79,6 @@ class Compute:
         return self.threads_per_worker or max(1, (os.cpu_count() or 1) // self.workers)
 
 
-def task_threads(workers: int, threads_per_worker: int | None, total_cpus: int, node_cpus: int) -> int:
-    """Threads of one shard task, which are also the CPUs it reserves from Ray: the configured count, else
-    the cluster's CPUs shared among the workers, never more than its largest node has."""
-    if threads_per_worker:
-        return threads_per_worker
-    return max(1, min(node_cpus, total_cpus // workers))
-
-
 def fit_threads(workers: int, threads: int, node_cpus: int) -> int:
     """Threads (and reserved CPUs) of the codebook fit: every CPU the build's workers use, within one node."""
     return max(1, min(node_cpus, workers * threads))

@@ -83,14 +83,6 @@ def _repo_pythonpath() -> str:
     root = str(Path(__file__).resolve().parents[1])
     return os.pathsep.join([root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
-def worker_threads(workers: int, num_threads: int, total_cpus: int, node_cpus: int) -> int:
-    """Threads of one training worker, which are also the CPUs it reserves from Ray: num_threads when set,
-    else the cluster's CPUs shared among the workers, never more than its largest node has."""
-    if num_threads:
-        return num_threads
-    return max(1, min(node_cpus, total_cpus // workers))
-
-
 def run_ray(config: TrainConfig, build: Callable[[], nn.Module] | str, *, ray_address: str | None = None,
             object_store_mb: int = 256, name: str = "train", callbacks: Sequence[Any] = (),
             **hooks: Any) -> dict:
@@ -110,10 +102,10 @@ def run_ray(config: TrainConfig, build: Callable[[], nn.Module] | str, *, ray_ad
         from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
-        from core.runtime import cluster_cpus
+        from core.runtime import cluster_cpus, task_threads
 
         total, node = cluster_cpus()
-        threads = worker_threads(config.workers, config.num_threads, total, node)
+        threads = task_threads(config.workers, config.num_threads, total, node)
         if config.workers * threads > total and not ray_address:
             raise ConfigError(f"{config.workers} workers × {threads} threads need {config.workers * threads} "
                               f"CPUs; this Ray has {total}: lower workers or num_threads")

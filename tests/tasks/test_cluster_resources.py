@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from core import runtime
-from tasks.build_corpus import fit_threads, task_threads
+from core.runtime import task_threads
+from tasks.build_corpus import fit_threads
 from tasks.configs import BuildCorpusConfig
-from tasks.launch import worker_threads
 
 
 @pytest.mark.parametrize(("workers", "given", "total", "node", "expected"), [
@@ -23,7 +23,7 @@ from tasks.launch import worker_threads
 ])
 def test_task_threads(workers: int, given: int | None, total: int, node: int, expected: int) -> None:
     assert task_threads(workers, given, total, node) == expected
-    assert worker_threads(workers, given or 0, total, node) == expected
+    assert task_threads(workers, given or 0, total, node) == expected  # training's "unset" is num_threads 0
 
 
 def test_fit_threads_use_the_builds_cpus_within_a_node() -> None:
