@@ -17,14 +17,15 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> tuple[dict, Path]:
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> tuple[dict, Path, str]:
     from flows.pipeline import load_pipeline_config, pipeline
 
     out = tmp_path_factory.mktemp("pipeline") / "tiny"
     cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml", out=str(out),
                                source=str(ROOT / "data/tiny/qa.jsonl"),
                                eval_set=str(ROOT / "data/tiny/eval.jsonl"))
-    return pipeline(config=cfg), out
+    state = pipeline(config=cfg, return_state=True)
+    return state.result(), out, str(state.state_details.flow_run_id)
 
 
 def _client():
@@ -33,10 +34,10 @@ def _client():
     return get_client(sync_client=True)
 
 
-def test_every_step_produced_its_output(pipeline_run: tuple[dict, Path]) -> None:
+def test_every_step_produced_its_output(pipeline_run: tuple[dict, Path, str]) -> None:
     import sys
 
-    paths, out = pipeline_run
+    paths, out, _ = pipeline_run
     res = subprocess.run([sys.executable, str(CHECK_CORPUS), str(out / "corpus"),
                           "--source", str(ROOT / "data/tiny/qa.jsonl")], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout
@@ -47,22 +48,24 @@ def test_every_step_produced_its_output(pipeline_run: tuple[dict, Path]) -> None
     assert report
 
 
-def test_flow_run_and_artifacts_are_in_the_server(pipeline_run: tuple[dict, Path]) -> None:
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowFilter, FlowFilterName
+def test_flow_run_and_artifacts_are_in_the_server(pipeline_run: tuple[dict, Path, str]) -> None:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+    _, _, run_id = pipeline_run
     with _client() as client:
-        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["pipeline"])))
-        assert runs and runs[0].state.is_completed()
+        run = client.read_flow_run(run_id)  # this run: other tests' pipeline runs share the server
+        assert run.state.is_completed()
+        assert client.read_flow(run.flow_id).name == "pipeline"
         keys = ["corpus-counts", "train-s2t-loss", "train-t2c-metrics", "train-echo-loss"]
         for key in keys:
             arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
             assert arts, f"no artifact {key}"
 
 
-def test_rerun_skips_verified_steps(pipeline_run: tuple[dict, Path]) -> None:
+def test_rerun_skips_verified_steps(pipeline_run: tuple[dict, Path, str]) -> None:
     from flows.pipeline import load_pipeline_config, pipeline
 
-    _, out = pipeline_run
+    _, out, _ = pipeline_run
     model = out / "s2t" / "model" / "model.safetensors"
     before = model.stat().st_mtime_ns
     cfg = load_pipeline_config(ROOT / "configs" / "tiny.yaml", out=str(out),
@@ -108,17 +111,20 @@ def _browse(url: str, png: Path) -> str:
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed "
                     "(`make test` installs it)")
-def test_ui_shows_the_finished_run_and_its_artifacts(pipeline_run: tuple[dict, Path], prefect_server: str,
-                                                     tmp_path: Path) -> None:
+def test_ui_shows_the_finished_run_and_its_artifacts(pipeline_run: tuple[dict, Path, str],
+                                                     prefect_server: str, tmp_path: Path) -> None:
     """What a user sees in the Prefect UI, rendered by a browser: the pipeline run's page says Completed, its
     plan artifact's page shows the run's name and steps, and the corpus-counts artifact's page its table."""
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
-    with _client() as client:
-        plan, counts = (client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[k])),
-                                              sort=ArtifactSort.CREATED_DESC, limit=1)[0]
-                        for k in ("pipeline-plan", "corpus-counts"))
+    _, _, run_id = pipeline_run
+    with _client() as client:  # this run's plan: other tests' pipeline runs share the server
+        mine = ArtifactFilter(key=ArtifactFilterKey(any_=["pipeline-plan"]),
+                              flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        plan = client.read_artifacts(artifact_filter=mine)[0]
+        latest = ArtifactFilter(key=ArtifactFilterKey(any_=["corpus-counts"]))
+        counts = client.read_artifacts(artifact_filter=latest, sort=ArtifactSort.CREATED_DESC, limit=1)[0]
         run, counts_run = client.read_flow_run(plan.flow_run_id), client.read_flow_run(counts.flow_run_id)
     assert run.state.is_completed()
     ui = prefect_server.removesuffix("/api")
