@@ -14,6 +14,7 @@ from core.errors import ConfigError
 from tasks.configs import (
     BuildCorpusConfig,
     EchoLabelsConfig,
+    EchoStep,
     EvaluateConfig,
     KnowledgeConfig,
     KnowledgeTableConfig,
@@ -75,7 +76,9 @@ class PipelineConfig(Frozen):
     preset_overrides: dict = Field(default_factory=dict, description="Preset fields to override.")
     s2t: TrainStep = Field(default_factory=TrainStep, description="Stage I (speech → text).")
     t2c: TrainStep = Field(default_factory=TrainStep, description="Stage II (text → units).")
-    echo: TrainStep = Field(default_factory=TrainStep, description="Stage III (echo training).")
+    echo: EchoStep = Field(default_factory=EchoStep, description="Stage III (echo training); `targets` says "
+                           "whether its units are the echo-labels step's (offline) or made in each step "
+                           "(online).")
     vocoder: TrainStep | None = Field(None, description="The unit vocoder (units → speech), trained on the "
                                       "corpus beside stages I and II; the evaluation then scores the spoken "
                                       "answers (speech-to-speech accuracy with the ASR ceiling). None: no "
@@ -111,7 +114,7 @@ def training_sections(cfg: PipelineConfig | None = None) -> list[str]:
     """The PipelineConfig sections that configure a training stage (its `TrainStep` fields; with `cfg`,
     only those it sets: an optional stage such as the vocoder is left out when its section is None)."""
     names = [name for name, f in PipelineConfig.model_fields.items()
-             if f.annotation in (TrainStep, TrainStep | None)]
+             if f.annotation in (TrainStep, TrainStep | None, EchoStep)]
     return names if cfg is None else [n for n in names if getattr(cfg, n) is not None]
 
 
@@ -159,11 +162,12 @@ def stage_config(cfg: PipelineConfig, section: str, done: dict[str, str]) -> Tra
     """The training step's config for `section` (a stage's name, or a section in SECTION_STAGE), its inputs
     taken from the steps `done` (name → output); it resumes the checkpoints a killed run of the step left."""
     step: TrainStep = getattr(cfg, section)
-    stage = SECTION_STAGE.get(section, section)
+    stage = step.stage() if isinstance(step, EchoStep) else SECTION_STAGE.get(section, section)
     out = Path(cfg.out) / section
     data = {"stage": stage, "corpus": done[CORPUS_OF.get(section, "corpus")], "out": str(out),
             "preset": cfg.preset, "preset_overrides": cfg.preset_overrides, "seed": cfg.seed,
-            "ray_address": cfg.ray_address, "resume": (out / "checkpoints").is_dir(), **step.model_dump(),
+            "ray_address": cfg.ray_address, "resume": (out / "checkpoints").is_dir(),
+            **step.model_dump(exclude={"targets"}),
             **stage_inputs(stage, done, labels=LABELS_STEP.get(section, "echo-labels"))}
     return build(TrainFlowConfig, data, f"pipeline.{section}")  # type: ignore[return-value]
 

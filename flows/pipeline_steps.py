@@ -314,7 +314,8 @@ STEPS: tuple[Step, ...] = (
     training_step("t2c", ("corpus",)),
     training_step("vocoder", ("corpus",), enabled=lambda cfg: cfg.vocoder is not None),
     Step("echo-labels", ("corpus", "s2t", "t2c"), echo_labels_config, _run_labels,
-         lambda c: labels_done(Path(c.out)), LABELS_IGNORED, _schema("echo_labels")),
+         lambda c: labels_done(Path(c.out)), LABELS_IGNORED, _schema("echo_labels"),
+         enabled=lambda cfg: cfg.echo.targets == "offline"),  # online targets are made in the echo step
     training_step("echo", ("corpus", "s2t", "t2c", "echo-labels")),
     Step("evaluate", ("echo", "t2c", "vocoder"), evaluate_config, _run_evaluate,
          lambda c: report_done(Path(c.out)), EVALUATE_IGNORED, _schema("eval_results"),

@@ -98,7 +98,7 @@ def _units(row: dict[str, Any], column: str, num_units: int) -> list[int]:
     return units
 
 
-def _fit(text: list[int], units: list[int], max_positions: int) -> tuple[list[int], list[int], bool]:
+def fit_units(text: list[int], units: list[int], max_positions: int) -> tuple[list[int], list[int], bool]:
     """Cut text/units so text + SEP + units + EOS fits max_positions; the bool says whether EOS is kept."""
     text = text[: max(1, max_positions // 2)] if len(text) + 2 > max_positions else text
     room = max_positions - len(text) - 1  # positions left after text + SEP
@@ -107,7 +107,7 @@ def _fit(text: list[int], units: list[int], max_positions: int) -> tuple[list[in
     return text, units[: max(0, room)], False
 
 
-def _units_batch(fitted: list[tuple[list[int], list[int], bool]], decoder: Any, prefix: str) -> Batch:
+def units_batch(fitted: list[tuple[list[int], list[int], bool]], decoder: Any, prefix: str) -> Batch:
     """Padded text / target tensors of fitted rows under names `<prefix>...`."""
     # decoder.num_units is its target vocabulary N (units or unit-words): PAD = N + 2.
     unit_ids, unit_lengths = _pad([f[1] for f in fitted], decoder.num_units + 2)
@@ -123,8 +123,8 @@ def collate_t2c(rows: list[dict[str, Any]], model: Any) -> Batch:
     """Stage-II batch (see module docstring)."""
     texts = [model.encode(str(_column(r, "answer_text"))) for r in rows]
     units = [model.unit_targets(_units(r, "answer_units", model.num_units)) for r in rows]
-    fitted = [_fit(t, u, model.max_positions) for t, u in zip(texts, units, strict=True)]
-    return _units_batch(fitted, model.decoder, "")
+    fitted = [fit_units(t, u, model.max_positions) for t, u in zip(texts, units, strict=True)]
+    return units_batch(fitted, model.decoder, "")
 
 
 # ----------------------------------------------------------------------------- echo
@@ -145,9 +145,9 @@ def collate_echo(rows: list[dict[str, Any]], model: Any) -> Batch:
     dec = model.echo_decoder
     units = [model.unit_targets(_units(r, "segment_units", model.num_units)) for r in rows]
     spans = [[0] * n for n in (ends - starts).tolist()]
-    fitted = [_fit(t, u, dec.max_positions) for t, u in zip(spans, units, strict=True)]
+    fitted = [fit_units(t, u, dec.max_positions) for t, u in zip(spans, units, strict=True)]
     ends = starts + torch.tensor([len(f[0]) for f in fitted], dtype=torch.long)  # a cut prefix cuts the span
-    batch |= _units_batch(fitted, dec, "segment_")
+    batch |= units_batch(fitted, dec, "segment_")
     return batch | {"segment_start": starts, "segment_end": ends}
 
 

@@ -6,10 +6,17 @@ pseudo-label units. h_t is the state that PREDICTS answer token t (see models/s2
 y′_t = argmax lm_head(h_t) is the model's echo of that token; the denoising target is E(y′_t), the Echo
 decoder's frozen text embedding. Loss = L_S2T + L_echo + w·L_denoise, and once L_S2T < 1,
 0.2·L_S2T + 2.0·(L_echo + w·L_denoise).
+
+The segments' unit targets come either from a batch (offline: echo-labels made them once, from the
+stage-I model) or, with a frozen T2C teacher, from the current step itself (online, as the paper trains):
+Y′ of the current S2T states is cut with `sentence_segments` and the teacher generates each segment's
+units, batched and without gradient; a row whose segment hits the teacher's length guard gives no echo
+targets that step (its S2T loss still counts) and is counted in `guard_masked`.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -89,6 +96,46 @@ def gather_segments(hidden: Tensor, start: Tensor, end: Tensor) -> tuple[Tensor,
     return seg * mask[:, :, None].to(seg.dtype), mask
 
 
+SENTENCE_ENDS = (".", "?", "!")
+
+
+def sentence_segments(token_texts: Sequence[str]) -> list[tuple[int, int]]:
+    """[start, end) spans of a token sequence cut at sentence ends.
+
+    A token whose decoded text, trailing whitespace stripped, ends with ".", "?" or "!" closes a segment
+    (so "3.5" or "Dr." also cut: the rule is per token and knows no abbreviations); whatever follows the
+    last closing token is the final segment. The spans tile 0..len(token_texts).
+    """
+    spans, start = [], 0
+    for t, text in enumerate(token_texts):
+        if text.rstrip().endswith(SENTENCE_ENDS):
+            spans.append((start, t + 1))
+            start = t + 1
+    if start < len(token_texts):
+        spans.append((start, len(token_texts)))
+    return spans
+
+
+@dataclass(frozen=True)
+class EchoTargets:
+    """One batch's echo segments: the batch row and answer-token span of each, and its unit targets."""
+
+    rows: Tensor | None
+    """(P,) batch row of each segment; None: one segment per batch row, in order (offline batches)."""
+    start: Tensor
+    """(P,) first answer token of each segment."""
+    end: Tensor
+    """(P,) exclusive end."""
+    units: Tensor
+    """(P, U) the Echo decoder's target ids, padded."""
+    unit_lengths: Tensor
+    """(P,)."""
+    unit_eos: Tensor
+    """(P,) bool: the targets end with EOS (not cut at the decoder's positions)."""
+    masked_rows: int = 0
+    """Rows left without echo targets: a segment hit the teacher's length guard."""
+
+
 class EchoModel(nn.Module):
     """S2T model + Echo decoder + denoising adapter; `forward(**batch)` gives the stage-III losses."""
 
@@ -104,6 +151,8 @@ class EchoModel(nn.Module):
         echo_weight_low: float = 2.0,
         num_units: int | None = None,
         unit_language: UnitLanguage | None = None,
+        teacher: T2CModel | None = None,
+        max_units: int = 1000,
     ) -> None:
         super().__init__()
         self.s2t = s2t
@@ -115,27 +164,93 @@ class EchoModel(nn.Module):
         self.reweight = reweight
         self.low_s2t, self.s2t_weight_low, self.echo_weight_low = low_s2t, s2t_weight_low, echo_weight_low
         self.build_info: BuildInfo | None = None
+        # The frozen T2C of online targets sits outside the module tree (object.__setattr__): it is not a
+        # parameter, not in the state dict or the checkpoint, and DDP/FSDP leave it alone.
+        object.__setattr__(self, "teacher", teacher.requires_grad_(False).eval() if teacher else None)
+        self.max_units = max_units
 
     def forward(self, **batch: Tensor) -> dict[str, Tensor]:
-        """Losses of one echo batch (S2T keys + segment_start/end, segment_units/_lengths/_eos)."""
+        """Losses of one echo batch: the S2T keys plus either one segment and its units per row
+        (segment_start/end, segment_units/_lengths/_eos: offline labels) or nothing more (online: the
+        teacher makes every segment's units from this step's states)."""
         s2t_out, hidden, _ = self.s2t.losses(batch)  # hidden (B, A, H)
-        seg, mask = gather_segments(hidden, batch["segment_start"], batch["segment_end"])  # (B, S, H), (B, S)
-        with torch.no_grad():
-            echo_ids = self.s2t.lm_head()(seg).argmax(-1)  # (B, S) y′ of the segment
-            target = self.echo_decoder.embed_text(echo_ids)  # (B, S, H) frozen E(y′)
-        adapted = self.adapter(seg)  # (B, S, H)
-        l_denoise = denoise_loss(adapted, target, mask)
-        units, lengths = batch["segment_units"], batch["segment_unit_lengths"]
-        echo = self.echo_decoder(adapted, mask.sum(1), units, lengths, batch["segment_unit_eos"])
-        l_s2t, l_echo = s2t_out["loss"], echo["loss"]
+        if "segment_start" in batch:
+            targets = EchoTargets(None, batch["segment_start"], batch["segment_end"], batch["segment_units"],
+                                  batch["segment_unit_lengths"], batch["segment_unit_eos"])
+        else:
+            targets = self.online_targets(hidden, batch["answer_lengths"])
+        l_echo, l_denoise, echo_tokens = self._echo_losses(hidden, targets)
+        l_s2t = s2t_out["loss"]
         w = echo_loss_weight(l_echo, l_denoise)
         loss = echo_total_loss(l_s2t, l_echo, l_denoise, w, low_s2t=self.low_s2t if self.reweight else None,
                                s2t_weight_low=self.s2t_weight_low, echo_weight_low=self.echo_weight_low)
-        return {
+        out = {
             "loss": loss, "s2t": l_s2t.detach(), "echo": l_echo.detach(), "denoise": l_denoise.detach(),
             "w": torch.tensor(w), "ce": s2t_out["ce"], "ctc": s2t_out["ctc"],
-            "num_tokens": s2t_out["num_tokens"] + echo["num_tokens"],
+            "num_tokens": s2t_out["num_tokens"] + echo_tokens,
         }
+        if self.teacher is not None and "segment_start" not in batch:
+            out["guard_masked"] = torch.tensor(targets.masked_rows / hidden.shape[0])
+        return out
+
+    def _echo_losses(self, hidden: Tensor, targets: EchoTargets) -> tuple[Tensor, Tensor, Tensor]:
+        """L_echo, L_denoise and the echo target count of the segments (zero losses, still reaching every
+        trained echo parameter so DDP's gradient hooks fire, when there are none)."""
+        if targets.rows is not None and targets.rows.numel() == 0:
+            trained = [p for m in (self.adapter, self.echo_decoder) for p in m.parameters()]
+            zero = torch.stack([p.sum() for p in trained if p.requires_grad]).sum() * 0.0
+            return zero, zero, torch.zeros((), dtype=torch.long, device=hidden.device)
+        source = hidden if targets.rows is None else hidden[targets.rows]  # (P, A, H)
+        seg, mask = gather_segments(source, targets.start, targets.end)  # (P, S, H), (P, S)
+        with torch.no_grad():
+            echo_ids = self.s2t.lm_head()(seg).argmax(-1)  # (P, S) y′ of the segment
+            target = self.echo_decoder.embed_text(echo_ids)  # (P, S, H) frozen E(y′)
+        adapted = self.adapter(seg)  # (P, S, H)
+        l_denoise = denoise_loss(adapted, target, mask)
+        echo = self.echo_decoder(adapted, mask.sum(1), targets.units, targets.unit_lengths, targets.unit_eos)
+        return echo["loss"], l_denoise, echo["num_tokens"]
+
+    @torch.no_grad()
+    def online_targets(self, hidden: Tensor, answer_lengths: Tensor) -> EchoTargets:
+        """This step's echo segments: Y′ = argmax lm_head(h) of each row's answer states, cut at sentence
+        ends, each segment's units generated by the frozen teacher (one batched greedy call). A row with a
+        segment that hit the length guard keeps no segment; the Echo decoder's targets are cut to its
+        positions as the offline collator cuts them."""
+        from models.collate import fit_units, units_batch
+
+        if self.teacher is None:
+            raise CheckpointError("online echo targets need a T2C teacher (build_echo(..., online=True)); "
+                                  "offline batches carry segment_start/segment_units")
+        teacher = self._teacher_on(hidden.device)
+        ids = self.s2t.lm_head()(hidden).argmax(-1).tolist()  # (B, A)
+        pieces = []  # (row, start, end, Y′ of the segment)
+        for b, n in enumerate(answer_lengths.tolist()):
+            y = ids[b][:n]
+            spans = sentence_segments([self.s2t.chat.decode([t]) for t in y])
+            pieces += [(b, a, e, y[a:e]) for a, e in spans]
+        generated = teacher.generate_units([p[3] for p in pieces], max_units=self.max_units) if pieces else []
+        guarded = {p[0] for p, g in zip(pieces, generated, strict=True) if g.truncated}
+        kept = [(p, g) for p, g in zip(pieces, generated, strict=True) if p[0] not in guarded]
+        dev = hidden.device
+        if not kept:
+            none = torch.zeros(0, dtype=torch.long, device=dev)
+            return EchoTargets(none, none, none, none[:, None], none, none.bool(), masked_rows=len(guarded))
+        fitted = [fit_units([0] * (e - a), self.unit_targets(g.units), self.echo_decoder.max_positions)
+                  for (_, a, e, _), g in kept]
+        batch = {k: v.to(dev) for k, v in units_batch(fitted, self.echo_decoder, "segment_").items()}
+        start = torch.tensor([p[1] for p, _ in kept], dtype=torch.long, device=dev)
+        end = start + torch.tensor([len(f[0]) for f in fitted], dtype=torch.long, device=dev)
+        rows = torch.tensor([p[0] for p, _ in kept], dtype=torch.long, device=dev)
+        return EchoTargets(rows, start, end, batch["segment_units"], batch["segment_unit_lengths"],
+                           batch["segment_unit_eos"], masked_rows=len(guarded))
+
+    def _teacher_on(self, device: torch.device) -> T2CModel:
+        """The teacher, moved to `device` the first time a batch arrives there (it is outside .to())."""
+        teacher = self.teacher
+        assert teacher is not None
+        if next(teacher.parameters()).device != device:
+            teacher.to(device)
+        return teacher
 
     def unit_targets(self, units: Sequence[int]) -> list[int]:
         """Raw units → the Echo decoder's target ids (identity without a unit language)."""
@@ -292,8 +407,9 @@ def segments_from_boundaries(ends: Sequence[int], length: int) -> list[tuple[int
 # ----------------------------------------------------------------------------- build
 
 
-def build_echo(s2t: S2TModel, t2c: T2CModel, *, seed: int = 0) -> EchoModel:
-    """Stage-III model from a stage-I model and a stage-II model (its decoder becomes the Echo decoder)."""
+def build_echo(s2t: S2TModel, t2c: T2CModel, *, seed: int = 0, online: bool = False) -> EchoModel:
+    """Stage-III model from a stage-I model and a stage-II model (its decoder becomes the Echo decoder);
+    `online` keeps a frozen copy of the stage-II model as the teacher of online echo targets."""
     if s2t.build_info is None or t2c.build_info is None:
         raise ValueError("build_echo needs models made by build_s2t / build_t2c or load_model")
     preset = s2t.build_info.preset
@@ -301,8 +417,9 @@ def build_echo(s2t: S2TModel, t2c: T2CModel, *, seed: int = 0) -> EchoModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 3)
         adapter = DenoisingAdapter(hidden, llm_ffn_width(s2t.llm))
+    teacher = copy.deepcopy(t2c) if online else None  # before its decoder becomes the (trained) Echo decoder
     model = EchoModel(s2t, t2c.decoder, adapter, reweight=preset.echo_reweight, num_units=t2c.num_units,
-                      unit_language=t2c.unit_language)
+                      unit_language=t2c.unit_language, teacher=teacher, max_units=preset.online_max_units)
     external = {f"s2t.{k}" for k in s2t.build_info.external}
     external |= {f"echo_decoder.{k.removeprefix('decoder.')}" for k in t2c.build_info.external}
     extra = dict(t2c.build_info.extra)

@@ -103,6 +103,8 @@ class ModelPreset:
     # --- echo training ---
     echo_reweight: bool = True
     """Once L_S2T < 1, weight S2T by 0.2 and echo by 2.0 (the reference recipe)."""
+    online_max_units: int = 1000
+    """Online echo targets: the teacher's length guard per segment (greedy steps; echo-labels' max_units)."""
 
     # --- checkpoints ---
     self_contained_checkpoints: bool = False
@@ -174,7 +176,7 @@ _POSITIVE = (
     "num_mel_bins", "encoder_dim", "encoder_layers", "encoder_heads", "encoder_ffn", "max_audio_seconds",
     "adapter_heads", "llm_dim", "llm_layers", "llm_heads", "llm_kv_heads", "llm_ffn",
     "tokenizer_vocab_size", "lora_alpha", "t2c_layers", "t2c_dim", "t2c_heads", "t2c_ffn",
-    "t2c_max_positions",
+    "t2c_max_positions", "online_max_units",
 )
 
 

@@ -152,6 +152,13 @@ def _rebuild_echo(preset: ModelPreset, llm_dir: Path, extra: dict[str, Any], loa
     return build_echo(_rebuild_s2t(preset, llm_dir, extra, load_weights), t2c)  # type: ignore[arg-type]
 
 
+def _build_echo_online(preset: ModelPreset, llm_dir: Path, inputs: StageInputs) -> nn.Module:
+    """Stage III with online targets: the echo model plus a frozen copy of stage II as the teacher."""
+    from models.echo import build_echo
+
+    return build_echo(inputs.s2t, inputs.t2c, seed=inputs.seed, online=True)
+
+
 def _build_vocoder(preset: ModelPreset, llm_dir: Path, inputs: StageInputs) -> nn.Module:
     """The unit vocoder over the corpus codebook (K, frame rate and identity from its manifest)."""
     from models.vocoder import build_vocoder, vocoder_config
@@ -233,6 +240,13 @@ def _collate_echo(rows: list[dict[str, Any]], model: Any) -> dict[str, Any]:
     return collate_echo(rows, model)
 
 
+def _collate_echo_online(rows: list[dict[str, Any]], model: Any) -> dict[str, Any]:
+    """The stage-I batch of the echo model's S2T: online targets come from the step itself."""
+    from models.collate import collate_s2t
+
+    return collate_s2t(rows, model.s2t)
+
+
 def _length_s2t(row: dict[str, Any]) -> int:
     """models.collate.s2t_length."""
     from models.collate import s2t_length
@@ -266,6 +280,14 @@ ECHO = StageSpec(
     name="echo", description="stage III: echo training (Echo decoder from T2C reads the S2T's states)",
     build=_build_echo, rebuild=_rebuild_echo, collate=_collate_echo, example_length=_length_echo,
     loss_keys=("loss", "s2t", "echo", "denoise"), needs=frozenset({"echo_labels", "s2t", "t2c"}))
+# The same stage III as the paper trains it: its units are made in each step from the current S2T's Y′ by
+# a frozen stage-II teacher, so they always describe the text the denoising target does. It trains on the
+# corpus (no echo labels) and saves an ordinary "echo" checkpoint (the teacher is not part of it).
+ECHO_ONLINE = StageSpec(
+    name="echo-online", description="stage III with online echo targets (a frozen T2C makes each step's "
+    "units from the current Y′)",
+    build=_build_echo_online, rebuild=_rebuild_echo, collate=_collate_echo_online, example_length=_length_s2t,
+    loss_keys=("loss", "s2t", "echo", "denoise"), needs=frozenset({"s2t", "t2c"}))
 
 VOCODER = StageSpec(
     name="vocoder", description="unit vocoder: units → durations → log-mel (L1) → waveform (Griffin-Lim)",
@@ -277,7 +299,7 @@ ENCODER = StageSpec(
     build=_build_encoder, rebuild=_rebuild_encoder, collate=_collate_encoder, example_length=_length_encoder,
     loss_keys=("loss",), needs=frozenset({"base_llm"}), holdout=holdout_ids)
 
-_STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (S2T, T2C, ECHO, VOCODER, ENCODER)}
+_STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (S2T, T2C, ECHO, ECHO_ONLINE, VOCODER, ENCODER)}
 
 
 # ---- the registry ---------------------------------------------------------------------------------------

@@ -195,6 +195,23 @@ class TrainStep(Frozen):
         return self
 
 
+ECHO_TARGET_STAGES = {"offline": "echo", "online": "echo-online"}
+"""Stage III's registered stage for each kind of echo targets."""
+
+
+class EchoStep(TrainStep):
+    """Training options of stage III, and where its unit targets come from."""
+
+    targets: Literal["offline", "online"] = Field(
+        "offline", description="offline = echo pseudo-labels made once from the stage-I model (the "
+        "echo-labels step), the fast option; online = made in every step from the current S2T's Y′ by a "
+        "frozen copy of the stage-II model, as the paper trains (no echo-labels step; slower steps).")
+
+    def stage(self) -> str:
+        """The registered stage these options train."""
+        return ECHO_TARGET_STAGES[self.targets]
+
+
 def _stage_choices(schema: dict[str, Any]) -> None:
     """The registered stages as the field's JSON-schema enum (the Prefect form), read when it is made."""
     from models.stages import stage_names

@@ -17,29 +17,7 @@ import torch
 
 from core.errors import InputError
 from data_specs import echo_labels as spec
-
-SENTENCE_ENDS = (".", "?", "!")
-
-
-# ----------------------------------------------------------------------------- segments
-
-
-def sentence_segments(token_texts: Sequence[str]) -> list[tuple[int, int]]:
-    """[start, end) spans of a token sequence cut at sentence ends.
-
-    A token whose decoded text, trailing whitespace stripped, ends with ".", "?" or "!" closes a segment
-    (so "3.5" or "Dr." also cut: the rule is per token and knows no abbreviations); whatever follows the
-    last closing token is the final segment. The spans tile 0..len(token_texts).
-    """
-    spans, start = [], 0
-    for t, text in enumerate(token_texts):
-        if text.rstrip().endswith(SENTENCE_ENDS):
-            spans.append((start, t + 1))
-            start = t + 1
-    if start < len(token_texts):
-        spans.append((start, len(token_texts)))
-    return spans
-
+from models.echo import sentence_segments  # the segmenting rule, shared with online echo targets
 
 # ----------------------------------------------------------------------------- pure labelling
 

@@ -26,7 +26,6 @@ from core.errors import CheckpointError, EchoxError, InputError, IntegrityError
 from data_specs import echo_labels as spec
 from data_specs.rejects import Reject
 from tasks.echo_labelling import (  # noqa: F401 - re-exported: the labelling functions' old home
-    SENTENCE_ENDS,
     LabelResult,
     LabelStats,
     echo_token_ids,

@@ -100,6 +100,7 @@ CASES = [
     ({"echo_labels.min_t2c_end_rate": 0.9}, expect()),
     ({"echo.max_steps": 10}, expect(resume="echo", redo="evaluate")),
     ({"echo.lr": 1e-3}, expect(redo="echo evaluate")),
+    ({"echo.targets": "online"}, expect(redo="echo evaluate", absent="echo-labels")),  # another stage
     ({"evaluate.limit": 5}, expect(redo="evaluate")),
     ({"vocoder.max_steps": 10}, expect(resume="vocoder", redo="evaluate")),
     ({"vocoder.lr": 1e-3}, expect(redo="vocoder evaluate")),
@@ -475,6 +476,26 @@ def test_the_baseline_is_stage_iii_on_the_baseline_labels(tmp_path: Path) -> Non
     report = get_step("evaluate-baseline").config(cfg, done)
     assert report.model == str(tmp_path / "baseline" / "model")
     assert report.out == done["evaluate-baseline"] == str(tmp_path / "eval-baseline" / "report.json")
+
+
+def test_online_echo_targets_train_stage_echo_online_without_labels(tmp_path: Path) -> None:
+    from flows.pipeline_plan import input_outputs, make_plan
+    from flows.pipeline_steps import get_step
+
+    cfg = tiny_cfg(tmp_path, **{"echo.targets": "online", "echo.max_steps": 7})
+    assert "echo-labels" not in [p.step for p in make_plan(cfg)]
+    echo = get_step("echo").config(cfg, input_outputs(cfg))
+    assert echo.stage == "echo-online" and echo.echo_labels is None and echo.max_steps == 7
+    assert (echo.s2t, echo.t2c) == (str(tmp_path / "s2t" / "model"), str(tmp_path / "t2c" / "model"))
+    offline = get_step("echo").config(tiny_cfg(tmp_path), input_outputs(tiny_cfg(tmp_path)))
+    assert offline.stage == "echo" and offline.echo_labels == str(tmp_path / "echo-labels")
+
+
+def test_the_echo_targets_are_a_choice(tmp_path: Path) -> None:
+    from core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="targets"):
+        tiny_cfg(tmp_path, **{"echo.targets": "sometimes"})
 
 
 def test_dry_run_lists_the_baseline_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -238,3 +238,106 @@ def test_stream_speech_covers_all_tokens(tiny_base: Path, rows: list[dict]) -> N
     assert all(a.end == b.start for a, b in pairwise(segments))
     assert all(len(s.units) <= 4 for s in segments) and len(segments) >= 3
     assert model.training  # mode restored
+
+
+# ----------------------------------------------------------------------------- online echo targets
+
+
+def _online(tiny_base: Path):
+    torch.manual_seed(0)
+    preset = resolve_preset("tiny")
+    return build_echo(build_s2t(preset, tiny_base), build_t2c(preset, tiny_base, K), online=True)
+
+
+def test_online_teacher_is_a_frozen_copy_outside_the_model(tiny_base: Path) -> None:
+    online, offline = _online(tiny_base), _echo(tiny_base)
+    assert online.state_dict().keys() == offline.state_dict().keys()  # the checkpoint holds no teacher
+    assert sum(p.numel() for p in online.parameters()) == sum(p.numel() for p in offline.parameters())
+    teacher = online.teacher
+    assert teacher is not None and offline.teacher is None
+    assert teacher.decoder is not online.echo_decoder and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    pairs = zip(teacher.decoder.named_parameters(), online.echo_decoder.parameters(), strict=True)
+    for (name, p), q in pairs:
+        assert torch.equal(p, q), name  # stage II's weights, as the Echo decoder starts from them
+    online.train()
+    assert not teacher.training  # train() does not reach it
+
+
+def _fake_teacher_generation(model, guard: bool = True) -> None:
+    """The teacher's generation replaced by a rule (units from the segment's token ids; with `guard`, a
+    segment whose ids sum to an odd number hits the guard), so the test controls what a random T2C cannot:
+    where it ends."""
+    from models.t2c import GeneratedUnits
+
+    def generate(texts: list[list[int]], max_units: int = 1000) -> list[GeneratedUnits]:
+        return [GeneratedUnits([t % K for t in ids] * 2, guard and sum(ids) % 2 == 1) for ids in texts]
+
+    model.teacher.generate_units = generate
+
+
+@pytest.mark.parametrize("fake", [True, False], ids=["rule-teacher", "random-t2c"])
+def test_online_targets_at_step_0_are_the_offline_labels(tiny_base: Path, rows: list[dict],
+                                                         fake: bool) -> None:
+    """Before any update, the targets made in the step equal what echo-labels writes from the same
+    stage-I and stage-II models: the same Y′, the same sentence segments, the same teacher units, the same
+    rows lost to the length guard."""
+    from tasks.echo_labelling import label_rows
+
+    model = _online(tiny_base).eval()
+    model.max_units = 24
+    if fake:
+        _fake_teacher_generation(model)
+    batch = make_collator("echo-online", model)(rows)
+    assert "segment_start" not in batch
+    with torch.no_grad():
+        _, hidden, _ = model.s2t.losses(batch)
+        got = model.online_targets(hidden, batch["answer_lengths"])
+    offline = label_rows(model.s2t, model.teacher, rows, max_units=24)
+    kept = {rows[int(i)]["id"] for i in set(got.rows.tolist())}
+    assert kept == {r["id"] for r in offline.records}
+    assert got.masked_rows == len(offline.rejects) == len(rows) - len(kept)
+    want = [(r["id"], a, b, u) for r in offline.records
+            for a, b, u in zip(r["segment_start"], r["segment_end"], r["segment_units"], strict=True)]
+    have = [(rows[int(b)]["id"], int(s), int(e), got.units[p, : int(got.unit_lengths[p])].tolist())
+            for p, (b, s, e) in enumerate(zip(got.rows, got.start, got.end, strict=True))]
+    assert have == want  # raw units = targets without a unit language
+    if fake:  # the rule keeps short segments and guards long ones: both cases are exercised
+        assert want and 0 < got.masked_rows < len(rows), (len(want), got.masked_rows)
+
+
+def test_online_forward_trains_the_echo_parts_not_the_teacher(tiny_base: Path, rows: list[dict]) -> None:
+    model = _online(tiny_base)
+    _fake_teacher_generation(model, guard=False)
+    out = model(**make_collator("echo-online", model)(rows))
+    assert {"loss", "s2t", "echo", "denoise", "w", "guard_masked", "num_tokens"} <= set(out)
+    assert float(out["guard_masked"]) == 0.0 and float(out["echo"]) > 0 and float(out["denoise"]) > 0
+    expected = out["s2t"] + out["echo"] + out["w"] * out["denoise"]
+    assert torch.isclose(out["loss"], expected, rtol=1e-5)
+    out["loss"].backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    assert model.echo_decoder.text_embed.weight.grad is None
+    dec = model.echo_decoder
+    for part in (model.adapter, dec.unit_embed, dec.text_proj, model.s2t.adapter):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+
+
+def test_online_rows_that_hit_the_guard_are_masked_and_counted(tiny_base: Path, rows: list[dict]) -> None:
+    """A guard no segment can meet: no echo targets, the loss is the S2T loss alone, and the echo
+    parameters still get (zero) gradients, so DDP's reducer sees every parameter."""
+    model = _online(tiny_base)
+    model.max_units = 0
+    out = model(**make_collator("echo-online", model)(rows))
+    assert float(out["guard_masked"]) == 1.0 and float(out["echo"]) == 0.0 and float(out["denoise"]) == 0.0
+    assert torch.isclose(out["loss"], out["s2t"]) and int(out["num_tokens"]) > 0
+    out["loss"].backward()
+    assert all(p.grad is not None and not p.grad.any() for p in model.adapter.parameters())
+
+
+def test_offline_batch_needs_no_teacher_and_online_needs_one(tiny_base: Path, rows: list[dict]) -> None:
+    from core.errors import CheckpointError
+
+    model = _echo(tiny_base)
+    batch = make_collator("echo-online", model)(rows)  # no segments: it would need online targets
+    with pytest.raises(CheckpointError, match="online echo targets need a T2C teacher"):
+        model(**batch)

@@ -95,7 +95,8 @@ def test_registry_names_drive_train_flow_config(counter_stage: StageSpec) -> Non
     paths = {"corpus": "c", "out": "o"}
     assert build(TrainFlowConfig, {"stage": NAME, **paths}, "train").stage == NAME  # type: ignore[attr-defined]
     assert NAME in TrainFlowConfig.model_json_schema()["properties"]["stage"]["enum"]
-    known = r"stage: Input should be 's2t', 't2c', 'echo', 'vocoder', 'encoder' or 'counter-test'"
+    known = (r"stage: Input should be 's2t', 't2c', 'echo', 'echo-online', 'vocoder', 'encoder' or "
+             r"'counter-test'")
     with pytest.raises(ConfigError, match=known):
         build(TrainFlowConfig, {"stage": "nope", **paths}, "train")
     with pytest.raises(ConfigError, match=r"unit_vocab_size .* is a stage t2c option, not counter-test"):
@@ -103,12 +104,13 @@ def test_registry_names_drive_train_flow_config(counter_stage: StageSpec) -> Non
 
 
 def test_unknown_stage_names_the_known_ones() -> None:
-    assert stage_names()[:4] == ("s2t", "t2c", "echo", "vocoder")
-    known = "stage: Input should be 's2t', 't2c', 'echo', 'vocoder' or 'encoder'"
+    assert stage_names()[:5] == ("s2t", "t2c", "echo", "echo-online", "vocoder")
+    known = "stage: Input should be 's2t', 't2c', 'echo', 'echo-online', 'vocoder' or 'encoder'"
     with pytest.raises(ConfigError, match=known):
         build(TrainFlowConfig, {"stage": "s3t", "corpus": "c", "out": "o"}, "train")
     assert TrainFlowConfig.model_json_schema()["properties"]["stage"]["enum"] == list(stage_names())
-    with pytest.raises(ConfigError, match="unknown stage 's3t'; expected one of: s2t, t2c, echo, vocoder, "):
+    with pytest.raises(ConfigError, match="unknown stage 's3t'; expected one of: s2t, t2c, echo, "
+                                          "echo-online, vocoder, "):
         get_stage("s3t")
     from tasks.collate import make_collator
 
