@@ -136,3 +136,28 @@ def test_ui_shows_the_finished_run_and_its_artifacts(pipeline_run: tuple[dict, P
     page = _browse(f"{ui}/artifacts/artifact/{counts.id}", tmp_path / "counts.png")
     assert "corpus-counts" in page and counts_run.name in page, page[:2000]
     assert "source records" in page and "audio hours" in page, page[:2000]  # the table's rows
+
+
+def test_echo_targets_bench_trains_both_modes_from_the_run(pipeline_run: tuple[dict, Path, str],
+                                                           tmp_path: Path) -> None:
+    """bench/echo_targets.py on the finished run: stage III offline (the run's labels) and online (the
+    run's T2C as teacher), then both answer the run's held-out questions; the table has a row per mode."""
+    from bench.echo_targets import main
+
+    _, out, _ = pipeline_run
+    report = tmp_path / "echo_targets.json"
+    assert main(["--run", str(out), "--steps", "2", "--threads", "1", "--work", str(tmp_path / "work"),
+                 "--json", str(report)]) == 0
+    rows = {r["mode"]: r for r in json.loads(report.read_text())["rows"]}
+    assert set(rows) == {"offline", "online"}
+    assert rows["offline"]["guard_masked"] is None and 0.0 <= rows["online"]["guard_masked"] <= 1.0
+    for row in rows.values():
+        assert row["steps"] == 2 and row["s_per_step"] > 0 and row["eval"]["items"] > 0
+        assert (tmp_path / "work" / row["mode"] / "model" / "config.json").exists()
+
+
+def test_echo_targets_bench_names_what_a_run_lacks(tmp_path: Path) -> None:
+    from bench.echo_targets import main
+
+    with pytest.raises(SystemExit, match=r"not a finished offline pipeline run .* missing: .*echo-labels"):
+        main(["--run", str(tmp_path)])
