@@ -1,22 +1,26 @@
 """Online vs offline echo targets: the cost of a stage-III step and the held-out unit accuracy each gives.
 
     python -m bench.echo_targets --run outputs/demo [--steps N] [--work DIR] [--json FILE]
+    python -m bench.run --stages echo_targets --stage-args '{"echo_targets": {"run": "outputs/demo"}}'
 
 From a finished pipeline run (its corpus, stage-I and stage-II models, echo labels and the evaluation's
 spoken questions), trains stage III twice from the same models, seed and options (the run's `echo:`
 section; one local process, so the two are timed alike): offline on the run's echo labels, online with
 the frozen T2C making each step's targets. Then both models answer the evaluation's held-out questions
 (tasks.evaluate.answer_questions, the evaluate step's own scoring): the unit accuracy and edit distance
-against T2C(reference answer). Prints the markdown table; `--json` keeps the figures.
+against T2C(reference answer). Prints the markdown table; `--json` keeps the figures (in the bench
+harness's stage format, so BENCHMARKS.md renders it like the harness's own run).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,18 +88,48 @@ def held_out(model: Path, paths: dict[str, Path], out: Path) -> dict[str, Any]:
             "unit_edit_distance": s["unit_edit_distance"]}
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]]) -> list[str]:
     """The markdown table of both modes."""
-    lines = ["| targets | steps | s/step | tokens/s | guard-masked rows | final L_echo | held-out unit "
-             "accuracy | unit edit distance | correct answers |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| Targets | Steps | s/step | tokens/s | Rows the guard masked | Final L_echo | Held-out unit "
+             "accuracy | Unit edit distance | Correct answers |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         e = r["eval"]
-        masked = "—" if r["guard_masked"] is None else f"{100 * r['guard_masked']:.1f} %"
-        lines.append(f"| {r['mode']} | {r['steps']} | {r['s_per_step']:.2f} | {r['tokens_per_s']:.0f} | "
+        masked = "–" if r["guard_masked"] is None else f"{100 * r['guard_masked']:.1f} %"
+        lines.append(f"| {r['mode']} | {r['steps']} | {r['s_per_step']:.2f} | {r['tokens_per_s']:,.0f} | "
                      f"{masked} | {r['final'].get('echo', float('nan')):.3f} | {e['unit_accuracy']:.3f} | "
                      f"{e['unit_edit_distance']:.3f} | {e['correct']}/{e['items']} |")
-    return "\n".join(lines)
+    return lines
+
+
+NOTES = [
+    "Both modes train stage III from the same stage-I and stage-II models, seed and options (the run's echo "
+    "section's batch, lr and warm-up), in one local process with the same threads; s/step and tokens/s from "
+    "metrics.jsonl (tokens/s: the median of the metrics windows after the first; tokens are S2T answer "
+    "tokens plus echo unit targets, so a masked row lowers them).",
+    "Online's extra cost is the frozen T2C's batched greedy generation of every segment's units in every "
+    "step; offline paid it once, in the echo-labels step, which online does not run.",
+    "Held-out: the evaluation's spoken questions of the run (never trained on), scored as the evaluate step "
+    "scores them: the Echo decoder teacher-forced on R = T2C(reference answer) (unit accuracy) and "
+    "generating freely (edit distance to R, lower is better).",
+    "Final L_echo is the training loss on the step's own targets: offline targets stay fixed and are fitted "
+    "closely; online ones follow the S2T as it trains.",
+]
+
+
+def compare(run: Path, *, steps: int | None, work: Path, threads: int) -> dict[str, Any]:
+    """Both modes trained and scored; the harness's stage result (rows, markdown, notes)."""
+    paths = run_paths(run)
+    options = echo_options(paths["fingerprint"])
+    steps = steps or json.loads(paths["fingerprint"].read_text())["config"]["max_steps"]
+    rows = []
+    for mode in MODES:
+        row = train(mode, paths, options, steps, work / mode, threads)
+        row["eval"] = held_out(work / mode / "model", paths, work / f"eval-{mode}.json")
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    return {"cases": [], "run": str(run), "options": options, "rows": rows, "markdown": table(rows),
+            "notes": NOTES}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,22 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("bench/work/echo_targets"))
     p.add_argument("--json", type=Path, default=None, help="write the figures here too")
     args = p.parse_args(argv)
-    paths = run_paths(args.run)
-    options = echo_options(paths["fingerprint"])
-    steps = args.steps or json.loads(paths["fingerprint"].read_text())["config"]["max_steps"]
-    rows = []
-    for mode in MODES:
-        row = train(mode, paths, options, steps, args.work / mode, args.threads)
-        row["eval"] = held_out(args.work / mode / "model", paths, args.work / f"eval-{mode}.json")
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr)
-    result = {"run": str(args.run), "options": options, "rows": rows}
+    load = [round(x, 2) for x in os.getloadavg()]
+    result = compare(args.run, steps=args.steps, work=args.work, threads=args.threads)
     if args.json:
+        command = " ".join(["python -m bench.echo_targets", *(argv if argv is not None else sys.argv[1:])])
+        result |= {"stage": "echo_targets", "run_id": time.strftime("%Y%m%d-%H%M%S"), "command": command,
+                   "load_avg_start": load}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(rows))
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print("\n".join([*result["markdown"], "", *[f"- {n}" for n in result["notes"]]]))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -543,12 +543,24 @@ def memory(ctx: BenchContext) -> dict[str, Any]:
     return table(ctx)
 
 
+def echo_targets(ctx: BenchContext) -> dict[str, Any]:
+    """Online vs offline echo targets (bench/echo_targets.py) from a finished pipeline run."""
+    from bench.echo_targets import compare
+
+    run = ctx.arg("echo_targets", "run", None)
+    if not run:
+        return skipped('needs a finished pipeline run with offline echo labels and an evaluation: '
+                       '--stage-args \'{"echo_targets": {"run": "outputs/demo"}}\'')
+    return compare(Path(run), steps=ctx.arg("echo_targets", "steps", ctx.pick(None, 2)),
+                   work=Path(ctx.dir("echo_targets")), threads=ctx.cores)
+
+
 STAGES: dict[str, StageFn] = {
     "text_norm": text_norm, "tts": tts, "asr": asr, "features": features, "kmeans": kmeans, "shards": shards,
     "export": export,
     "baseline": baseline, "corpus_build": corpus_build, "train": train, "echo_labels": echo_labels,
     "streaming": streaming, "vocoder": vocoder,
-    "speech_roundtrip": speech_roundtrip, "memory": memory,
+    "speech_roundtrip": speech_roundtrip, "memory": memory, "echo_targets": echo_targets,
 }
 NEEDS_PREFECT = {"corpus_build"}
 # corpus_build runs the plain loop in its own rounds; the baseline stage alone adds the other sizes.
