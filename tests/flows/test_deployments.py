@@ -55,6 +55,8 @@ def test_shipped_pipeline_configs_validate() -> None:
         assert cfg.out
         if name.startswith("paper-"):  # the paper's unit language: more unit-words than K units
             assert cfg.t2c.unit_vocab_size > cfg.corpus.num_units == 1000
+        if name.startswith("paper-") or name == "demo":  # stage III as the paper trains it
+            assert cfg.echo.targets == "online" and cfg.echo.stage() == "echo-online"
 
 
 def test_pipeline_config_errors_name_the_field(tmp_path: Path) -> None:
