@@ -95,6 +95,12 @@ def bind_host() -> str:
     return os.environ.get("ECHOX_BIND_HOST", "").strip() or "127.0.0.1"
 
 
+IDLE_WORKER_KEEP_MS = 60_000
+"""How long a local Ray keeps an idle worker process (Ray's default: 1 s). The corpus build's codebook fit
+reserves every CPU of the build, and Ray then stopped the idle shard workers, so the labelling tasks after
+it waited about 3 s for fresh workers to import torch; the same workers now label."""
+
+
 def ray_init_kwargs(num_cpus: int | None, *, object_store_mb: int = 512) -> dict:
     """Arguments for a local ray.init: bounded CPUs and object store, no dashboard, loopback only.
 
@@ -102,7 +108,8 @@ def ray_init_kwargs(num_cpus: int | None, *, object_store_mb: int = 512) -> dict
     ECHOX_BIND_HOST=<this machine's IP> (or 0.0.0.0: Ray's own choice) lets other machines reach it.
     """
     kwargs: dict = {"include_dashboard": False, "object_store_memory": object_store_mb << 20,
-                    "log_to_driver": True, "configure_logging": False}
+                    "log_to_driver": True, "configure_logging": False,
+                    "_system_config": {"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS}}
     if num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     host = bind_host()

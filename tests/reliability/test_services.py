@@ -358,6 +358,36 @@ def test_local_ray_listens_on_loopback_only(tmp_path: Path) -> None:
     assert not wide, f"listening beyond loopback: {wide}"
 
 
+def test_local_ray_keeps_its_workers_across_a_task_that_takes_every_cpu(tmp_path: Path) -> None:
+    """The corpus build's shape: one-CPU tasks, then one task reserving both CPUs (the codebook fit), then
+    one-CPU tasks again (labelling). The later tasks run in the same worker processes as the first (with
+    Ray's 1 s idle-worker timeout it stopped them and the labels waited for fresh workers)."""
+    env = _env(tmp_path / "state")
+    env.pop("RAY_ADDRESS", None)
+    code = """
+        import json, os, time
+        from core import runtime
+        runtime.configure()
+        import ray
+        ray.init(**runtime.ray_init_kwargs(2, object_store_mb=128))
+        def pid(wait):
+            time.sleep(wait)
+            return os.getpid()
+        one, both = ray.remote(num_cpus=1)(pid), ray.remote(num_cpus=2)(pid)
+        first = set(ray.get([one.remote(1.0) for _ in range(4)]))
+        ray.get(both.remote(3.0))  # longer than Ray's default idle timeout
+        later = set(ray.get([one.remote(0.5) for _ in range(4)]))
+        print("PIDS " + json.dumps([sorted(first), sorted(later)]), flush=True)
+        ray.shutdown()
+    """
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=240)
+    lines = [line for line in res.stdout.splitlines() if line.startswith("PIDS ")]
+    assert res.returncode == 0 and lines, res.stdout[-3000:] + res.stderr[-3000:]
+    first, later = (set(pids) for pids in json.loads(lines[-1].removeprefix("PIDS ")))
+    assert len(first) == 2 and later <= first, (first, later)
+
+
 def test_bind_host_option(monkeypatch: pytest.MonkeyPatch) -> None:
     """ECHOX_BIND_HOST widens the local Ray on request; by default it is pinned to 127.0.0.1."""
     monkeypatch.delenv("ECHOX_BIND_HOST", raising=False)
