@@ -42,10 +42,11 @@ def run_paths(run: Path) -> dict[str, Path]:
 
 
 def echo_options(fingerprint: Path) -> dict[str, Any]:
-    """The run's stage-III training options (preset, batch, lr, ...), from its recorded fingerprint."""
+    """The run's stage-III training options (preset, steps, batch, lr, ...), from its recorded fingerprint."""
     config = json.loads(fingerprint.read_text())["config"]
-    return {k: config[k] for k in ("preset", "preset_overrides", "batch_size", "grad_accum", "lr",
-                                   "warmup_steps", "seed", "log_every") if k in config}
+    keys = ("preset", "preset_overrides", "max_steps", "batch_size", "grad_accum", "lr", "warmup_steps",
+            "seed", "log_every")
+    return {k: config[k] for k in keys if k in config}
 
 
 def train(mode: str, paths: dict[str, Path], options: dict[str, Any], steps: int, out: Path,
@@ -121,7 +122,7 @@ def compare(run: Path, *, steps: int | None, work: Path, threads: int) -> dict[s
     """Both modes trained and scored; the harness's stage result (rows, markdown, notes)."""
     paths = run_paths(run)
     options = echo_options(paths["fingerprint"])
-    steps = steps or json.loads(paths["fingerprint"].read_text())["config"]["max_steps"]
+    steps = steps or options["max_steps"]
     rows = []
     for mode in MODES:
         row = train(mode, paths, options, steps, work / mode, threads)

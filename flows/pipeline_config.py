@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import Field, create_model
 
@@ -110,11 +110,15 @@ class PipelineConfig(Frozen):
     seed: int = Field(0, description="Seed for every step.")
 
 
+def _is_train_step(annotation: Any) -> bool:
+    """A section annotated `TrainStep`, a subclass of it (`EchoStep`), or either `| None`."""
+    return any(isinstance(t, type) and issubclass(t, TrainStep) for t in (annotation, *get_args(annotation)))
+
+
 def training_sections(cfg: PipelineConfig | None = None) -> list[str]:
     """The PipelineConfig sections that configure a training stage (its `TrainStep` fields; with `cfg`,
     only those it sets: an optional stage such as the vocoder is left out when its section is None)."""
-    names = [name for name, f in PipelineConfig.model_fields.items()
-             if f.annotation in (TrainStep, TrainStep | None, EchoStep)]
+    names = [name for name, f in PipelineConfig.model_fields.items() if _is_train_step(f.annotation)]
     return names if cfg is None else [n for n in names if getattr(cfg, n) is not None]
 
 
@@ -167,7 +171,8 @@ def stage_config(cfg: PipelineConfig, section: str, done: dict[str, str]) -> Tra
     data = {"stage": stage, "corpus": done[CORPUS_OF.get(section, "corpus")], "out": str(out),
             "preset": cfg.preset, "preset_overrides": cfg.preset_overrides, "seed": cfg.seed,
             "ray_address": cfg.ray_address, "resume": (out / "checkpoints").is_dir(),
-            **step.model_dump(exclude={"targets"}),
+            # Only the TrainStep options: a section's own fields (echo's `targets`) chose the stage above.
+            **step.model_dump(include=set(TrainStep.model_fields)),
             **stage_inputs(stage, done, labels=LABELS_STEP.get(section, "echo-labels"))}
     return build(TrainFlowConfig, data, f"pipeline.{section}")  # type: ignore[return-value]
 
