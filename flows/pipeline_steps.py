@@ -64,10 +64,13 @@ class Step:
     so the previous output stays usable until then; False: redone in place (a single report file)."""
     enabled: Callable[[PipelineConfig], bool] = lambda cfg: True
     """Whether this pipeline runs the step at all (evaluation needs an eval set)."""
+    reduce: Callable[[dict], dict] = lambda data: data
+    """Narrows the fingerprint's config further, after `ignored` (the pretraining corpus keeps only the
+    preset fields that decide its base LLM)."""
 
     def normalised(self, step_cfg: Any) -> dict:
         """The step config's fields that decide its output (its fingerprint's `config`)."""
-        data = step_cfg.model_dump(exclude=set(self.ignored))
+        data = self.reduce(step_cfg.model_dump(exclude=set(self.ignored)))
         if self.training:  # workers/launcher are ignored; the DDP world size they give is not
             data["world_size"] = step_cfg.workers if step_cfg.launcher == "ray" else 1
             frozen = resolve_load_dtype(step_cfg.load_dtype, step_cfg.use_gpu)
@@ -158,6 +161,17 @@ def _run_pretrain_corpus(c: PretrainCorpusConfig) -> str:
                           seed=c.seed)
     write_pretraining_text(Path(c.qa_source), load_tokenizer(llm_dir), Path(c.source), options)
     return build_corpus(config=c.corpus_config())
+
+
+def _base_llm_only(data: dict) -> dict:
+    """The pretraining corpus reads the preset only through its base LLM's tokenizer: its fingerprint keeps
+    the fields that build that LLM (models/llm.py `base_llm_key`) instead of the preset and its overrides, so a
+    change of the encoder or adapter sizes keeps the synthesized speech."""
+    from models.llm import base_llm_key
+    from models.presets import resolve_preset
+
+    preset = resolve_preset(data.pop("preset"), **data.pop("preset_overrides"))
+    return {**data, "base_llm": base_llm_key(preset)}
 
 
 def _pretrain_version() -> str:
@@ -308,7 +322,8 @@ STEPS: tuple[Step, ...] = (
          _schema("corpus"), files=lambda c: {"source": _sha(c.source), "codebook": _sha(c.codebook)}),
     Step("pretrain-corpus", (), lambda cfg, done: pretrain_corpus_config(cfg), _run_pretrain_corpus,
          lambda c: corpus_done(c.corpus_config()), PRETRAIN_IGNORED, _pretrain_version,
-         files=lambda c: {"qa_source": _sha(c.qa_source)}, enabled=lambda cfg: cfg.encoder is not None),
+         files=lambda c: {"qa_source": _sha(c.qa_source)}, enabled=lambda cfg: cfg.encoder is not None,
+         reduce=_base_llm_only),
     training_step("encoder", ("pretrain-corpus",), enabled=lambda cfg: cfg.encoder is not None),
     training_step("s2t", ("corpus", "encoder")),
     training_step("t2c", ("corpus",)),

@@ -51,12 +51,15 @@ def _column(row: dict[str, Any], name: str) -> Any:
 # ----------------------------------------------------------------------------- s2t
 
 
-def _s2t_text(row: dict[str, Any], chat: Any) -> tuple[list[int], list[int], int, list[int]]:
+def _s2t_text(row: dict[str, Any], model: Any) -> tuple[list[int], list[int], int, list[int]]:
     """(input ids, labels, answer-text length, CTC targets) of one row."""
+    from models.speech import ctc_target_ids
+
+    chat = model.chat
     answer = chat.encode(str(_column(row, "answer_text")))
     ids = [*chat.prompt_ids, *answer, *chat.suffix_ids]
     labels = [-100] * len(chat.prompt_ids) + answer + list(chat.suffix_ids)
-    ctc = chat.encode(str(_column(row, "question_text")))
+    ctc = ctc_target_ids(model.adapter, chat, str(_column(row, "question_text")))
     return ids, labels, len(answer), ctc
 
 
@@ -69,7 +72,7 @@ def collate_s2t(rows: list[dict[str, Any]], model: Any) -> Batch:
     for r, a in zip(rows, audios, strict=True):
         if a.size == 0 or int(r.get("sample_rate", SAMPLE_RATE)) != SAMPLE_RATE:
             raise InputError(f"row {r.get('id', '?')!r}: question_audio must be non-empty 16 kHz audio")
-    parts = [_s2t_text(r, chat) for r in rows]
+    parts = [_s2t_text(r, model) for r in rows]
     input_ids, lengths = _pad([p[0] for p in parts], chat.pad_id)
     labels, _ = _pad([p[1] for p in parts], -100)
     ctc_targets, ctc_lengths = _pad([p[3] for p in parts], 0)

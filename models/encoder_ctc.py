@@ -1,10 +1,12 @@
-"""Encoder pretraining: the stage-I speech encoder and adapter learn to hear, by CTC over the LLM's tokens.
+"""Encoder pretraining: the stage-I speech encoder and adapter learn to hear, by CTC over the LLM's tokens
+or (preset `ctc_target: chars`) over characters.
 
 No pretrained speech encoder ships offline, so a small preset's encoder must learn from synthetic speech.
 This stage trains exactly the modules stage I uses — the Whisper encoder and the adapter's projection,
 time layer and CTC head (models/speech.py) — on transcribed speech, with the loss stage I already has
-(CTC of the transcript over the LLM vocabulary, blank = the audio placeholder), but without running the
-LLM, so each step is cheap. Stage I then starts from these weights (`build_s2t(encoder_init=...)`).
+(CTC of the transcript over the LLM vocabulary, blank = the audio placeholder; or over characters through
+the character adapter), but without running the LLM, so each step is cheap. Stage I then starts from
+these weights (`build_s2t(encoder_init=...)`).
 
 Every corpus row gives two examples: its question audio with `question_text` and its answer audio with
 `answer_text` (the spoken forms the TTS read).
@@ -26,10 +28,13 @@ from models.build_info import BuildInfo
 from models.llm import ChatFormat, load_tokenizer
 from models.presets import ModelPreset
 from models.speech import (
-    SpeechAdapter,
+    AdapterOutput,
+    build_adapter,
     build_encoder,
     build_feature_extractor,
+    ctc_decode,
     ctc_loss,
+    ctc_target_ids,
     encoder_frames,
     log_mel,
     run_encoder,
@@ -42,9 +47,9 @@ PRETRAINED_PREFIXES = ("encoder.", "adapter.")
 
 
 class EncoderCTC(nn.Module):
-    """Speech encoder + adapter trained by CTC of the transcript over the LLM's tokens."""
+    """Speech encoder + adapter trained by CTC of the transcript (the LLM's tokens, or characters)."""
 
-    def __init__(self, encoder: nn.Module, adapter: SpeechAdapter, chat: ChatFormat, feature_extractor: Any,
+    def __init__(self, encoder: nn.Module, adapter: nn.Module, chat: ChatFormat, feature_extractor: Any,
                  *, trim_audio_window: bool = True) -> None:
         super().__init__()
         self.encoder = encoder
@@ -63,7 +68,7 @@ class EncoderCTC(nn.Module):
         self.build_info: BuildInfo | None = None
 
     def ctc_log_probs(self, input_features: Tensor, audio_lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, T', V) CTC log-probabilities at 25 Hz and their valid lengths (B,)."""
+        """(B, T', V) CTC log-probabilities (25 Hz tokens or 50 Hz characters) and valid lengths (B,)."""
         enc = run_encoder(self.encoder, input_features, audio_lengths, trim=self.trim_audio_window)
         _, logits, lengths, _ = self.adapter.ctc_frames(enc, audio_lengths)  # (B, T', V), (B,)
         return torch.log_softmax(logits.float(), dim=-1), lengths
@@ -72,16 +77,14 @@ class EncoderCTC(nn.Module):
                 ctc_lengths: Tensor) -> dict[str, Tensor]:
         """CTC loss of one batch (the adapter's shrink and attention are not needed to hear)."""
         log_probs, lengths = self.ctc_log_probs(input_features, audio_lengths)
-        from models.speech import AdapterOutput
-
         out = AdapterOutput(log_probs.new_zeros(0), log_probs.new_zeros(0, dtype=torch.bool), log_probs,
                             lengths)
-        loss = ctc_loss(out, ctc_targets, ctc_lengths, self.chat.audio_id)
+        loss = ctc_loss(out, ctc_targets, ctc_lengths, self.adapter.blank_id)
         return {"loss": loss, "num_tokens": ctc_lengths.sum().detach()}
 
     @torch.no_grad()
     def transcribe(self, audios: list[np.ndarray]) -> list[str]:
-        """Greedy CTC transcripts (argmax, runs collapsed, blanks dropped, detokenised) of 16 kHz clips."""
+        """Greedy CTC transcripts (argmax, runs collapsed, blanks dropped, as text) of 16 kHz clips."""
         was_training = self.training
         self.eval()
         try:
@@ -90,7 +93,7 @@ class EncoderCTC(nn.Module):
             best = log_probs.argmax(-1)  # (B, T')
         finally:
             self.train(was_training)
-        return [self.chat.decode(collapse(best[i, : int(valid[i])].tolist(), self.chat.audio_id))
+        return [ctc_decode(self.adapter, self.chat, best[i, : int(valid[i])].tolist())
                 for i in range(len(audios))]
 
     def features(self, audios: list[np.ndarray]) -> tuple[Tensor, Tensor]:
@@ -101,25 +104,15 @@ class EncoderCTC(nn.Module):
         return feats, encoder_frames(n, self.max_frames)
 
 
-def collapse(ids: list[int], blank: int) -> list[int]:
-    """Greedy CTC decoding of frame argmaxes: merge repeats, then drop blanks."""
-    out: list[int] = []
-    prev = None
-    for i in ids:
-        if i != prev and i != blank:
-            out.append(i)
-        prev = i
-    return out
-
-
 def collate_encoder(rows: list[dict[str, Any]], model: EncoderCTC) -> dict[str, Tensor]:
-    """Both utterances of each row → log-mel, valid frames, CTC targets (transcript tokens) and lengths."""
+    """Both utterances of each row → log-mel, valid frames, CTC targets (the transcript's tokens or
+    characters) and lengths."""
     from models.collate import _column, _pad
 
     audios = [np.asarray(_column(r, f"{side}_audio")) for r in rows for side in SIDES]
     texts = [str(_column(r, f"{side}_text")) for r in rows for side in SIDES]
     feats, lengths = model.features(audios)
-    targets, target_lengths = _pad([model.chat.encode(t) for t in texts], 0)
+    targets, target_lengths = _pad([ctc_target_ids(model.adapter, model.chat, t) for t in texts], 0)
     return {"input_features": feats.cpu(), "audio_lengths": lengths.cpu(), "ctc_targets": targets,
             "ctc_lengths": target_lengths}
 
@@ -143,11 +136,7 @@ def build_encoder_ctc(preset: ModelPreset, llm_dir: Path, *, load_weights: bool 
     chat = ChatFormat(load_tokenizer(llm_dir), preset.audio_token)
     hidden, vocab = _llm_shape(llm_dir)
     encoder = build_encoder(preset, load_weights=load_weights, seed=seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1)
-        adapter = SpeechAdapter(encoder.config.d_model, hidden, vocab, chat.audio_id,
-                                num_heads=preset.adapter_heads, ctc_embed=preset.adapter_ctc_embed,
-                                lookback=preset.adapter_lookback)
+    adapter = build_adapter(preset, encoder.config.d_model, hidden, vocab, chat, seed=seed + 1)
     model = EncoderCTC(encoder, adapter, chat, build_feature_extractor(encoder),
                        trim_audio_window=preset.trim_audio_window)
     model.build_info = BuildInfo("encoder", preset, str(llm_dir),

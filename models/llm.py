@@ -203,7 +203,7 @@ def _build_random(preset: ModelPreset, texts: list[str], seed: int, out: Path) -
     tokenizer.save_pretrained(str(out))
 
 
-def _llm_key(preset: ModelPreset) -> dict[str, Any]:
+def base_llm_key(preset: ModelPreset) -> dict[str, Any]:
     """The preset fields that shape the base LLM directory."""
     fields = preset_to_dict(preset)
     keep = ("llm", "llm_path", "llm_dim", "llm_layers", "llm_heads", "llm_kv_heads", "llm_ffn",
@@ -284,7 +284,7 @@ def _prepare_local(preset: ModelPreset, cache_dir: Path) -> Path:
     tokenizer = load_tokenizer(src)
     if preset.audio_token in tokenizer.get_vocab() and getattr(tokenizer, "chat_template", None):
         return src
-    key = {**_llm_key(preset), "src": str(src.resolve())}
+    key = {**base_llm_key(preset), "src": str(src.resolve())}
     return _cached_dir(cache_dir, f"base-{preset.name}", key, lambda out: _build_local(preset, src, out))
 
 
@@ -299,12 +299,12 @@ def prepare_base_llm(
         if not texts:
             raise ConfigError(f"preset {preset.name!r}: corpus_texts is empty")
         text_hash = hashlib.sha256("\x00".join(texts).encode()).hexdigest()
-        key = {**_llm_key(preset), "seed": seed, "texts": text_hash}
+        key = {**base_llm_key(preset), "seed": seed, "texts": text_hash}
         build = lambda out: _build_random(preset, texts, seed, out)  # noqa: E731
         return _cached_dir(cache_dir, f"base-{preset.name}", key, build)
     if preset.llm == "smollm2":
         size = (smollm2_folder() / SMOLLM2_GGUF).stat().st_size
-        key = {**_llm_key(preset), "gguf": SMOLLM2_GGUF, "size": size}
+        key = {**base_llm_key(preset), "gguf": SMOLLM2_GGUF, "size": size}
         return _cached_dir(cache_dir, f"base-{preset.name}", key, lambda out: _build_smollm2(preset, out))
     return _prepare_local(preset, Path(cache_dir))
 

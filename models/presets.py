@@ -14,6 +14,7 @@ from core.errors import ConfigError
 
 LlmSource = Literal["random", "smollm2", "path"]
 EncoderSource = Literal["random", "path"]
+CtcTarget = Literal["tokens", "chars"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,15 @@ class ModelPreset:
     what checkpoints saved before the field existed were trained with; every named preset sets "kept"."""
     adapter_ctc_embed: bool = False
     """Feed the LLM the CTC posteriors' expected token embeddings of the kept frames (blanks dropped) plus
-    a gated acoustic part (models/speech.py: SpeechAdapter); off: the acoustic frames alone."""
+    a gated acoustic part (models/speech.py: SpeechAdapter); off: the acoustic frames alone. Required with
+    ctc_target "chars", where the LLM reads its embeddings of the heard transcript's tokens."""
+    ctc_target: CtcTarget = "tokens"
+    """What the speech CTC (encoder pretraining and stage I's auxiliary loss) predicts: "tokens", the LLM's
+    vocabulary at the adapter's 25 Hz frames (the reference adapter); "chars", a fixed character alphabet
+    at the encoder's 50 Hz frames through a BiLSTM (models/speech.py: CharAdapter) — learnable from a few
+    hours of synthetic speech on a CPU, where a 49k-token CTC head is neither learnable nor affordable."""
+    char_rnn_layers: int = 1
+    """BiLSTM layers between the encoder and the character CTC head (ctc_target "chars")."""
 
     # --- LLM ---
     llm: LlmSource = "random"
@@ -176,7 +185,7 @@ _POSITIVE = (
     "num_mel_bins", "encoder_dim", "encoder_layers", "encoder_heads", "encoder_ffn", "max_audio_seconds",
     "adapter_heads", "llm_dim", "llm_layers", "llm_heads", "llm_kv_heads", "llm_ffn",
     "tokenizer_vocab_size", "lora_alpha", "t2c_layers", "t2c_dim", "t2c_heads", "t2c_ffn",
-    "t2c_max_positions", "online_max_units",
+    "t2c_max_positions", "online_max_units", "char_rnn_layers",
 )
 
 
@@ -202,6 +211,14 @@ def validate_preset(preset: ModelPreset) -> ModelPreset:
         raise ConfigError(f"{where}: lora_rank must be an integer >= 0, not {preset.lora_rank!r}")
     if preset.adapter_lookback not in ("kept", "all"):
         raise ConfigError(f"{where}: adapter_lookback must be kept or all, not {preset.adapter_lookback!r}")
+    if preset.ctc_target not in ("tokens", "chars"):
+        raise ConfigError(f"{where}: ctc_target must be tokens or chars, not {preset.ctc_target!r}")
+    if preset.ctc_target == "chars" and not preset.adapter_ctc_embed:
+        raise ConfigError(f"{where}: ctc_target chars feeds the LLM the embeddings of the heard transcript's "
+                          "tokens: set adapter_ctc_embed true")
+    if preset.ctc_target == "chars" and preset.train_encoder and not preset.ctc_weight > 0.0:
+        raise ConfigError(f"{where}: with ctc_target chars the encoder learns from the CTC loss alone: "
+                          "ctc_weight must be > 0 while train_encoder is true")
     if not preset.ctc_weight >= 0.0:
         raise ConfigError(f"{where}: ctc_weight must be >= 0, not {preset.ctc_weight!r}")
     if preset.llm_dim % preset.llm_heads or preset.t2c_dim % preset.t2c_heads:

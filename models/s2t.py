@@ -1,7 +1,8 @@
 """Stage I: speech → text. Whisper encoder + speech adapter whose frames replace the one audio placeholder
 token of the chat prompt, fed to an HF causal LM (LoRA or fully trained).
 
-Loss = CE(answer tokens) + ctc_weight · CTC(question transcript over the adapter's 25 Hz frames).
+Loss = CE(answer tokens) + ctc_weight · CTC(question transcript over the adapter's 25 Hz frames, or over
+characters at 50 Hz with the character adapter).
 
 Hidden-state convention (used by echo labels, echo training and streaming alike): `hidden[:, t]` is the
 last-layer (final-norm) state at the position *before* answer token t, i.e. the state that PREDICTS
@@ -24,9 +25,10 @@ from models.llm import ChatFormat, apply_lora, decoder_and_head, load_llm, load_
 from models.presets import ModelPreset
 from models.speech import (
     AdapterOutput,
-    SpeechAdapter,
+    build_adapter,
     build_encoder,
     build_feature_extractor,
+    ctc_decode,
     ctc_loss,
     encoder_frames,
     log_mel,
@@ -70,7 +72,7 @@ class S2TModel(nn.Module):
     def __init__(
         self,
         encoder: nn.Module,
-        adapter: SpeechAdapter,
+        adapter: nn.Module,
         llm: nn.Module,
         chat: ChatFormat,
         feature_extractor: Any,
@@ -141,7 +143,7 @@ class S2TModel(nn.Module):
         _, head = decoder_and_head(self.llm)
         logits = head(hidden[valid])  # (N, V) only at label positions
         ce = F.cross_entropy(logits.float(), tokens[valid])
-        ctc = ctc_loss(speech, batch["ctc_targets"], batch["ctc_lengths"], self.chat.audio_id)
+        ctc = ctc_loss(speech, batch["ctc_targets"], batch["ctc_lengths"], self.adapter.blank_id)
         out = {"loss": ce + self.ctc_weight * ctc, "ce": ce.detach(), "ctc": ctc.detach(),
                "num_tokens": valid.sum().detach()}
         a = int(batch["answer_lengths"].max())
@@ -176,12 +178,10 @@ class S2TModel(nn.Module):
     @torch.no_grad()
     def transcribe(self, audio: np.ndarray) -> str:
         """What the adapter's CTC head hears in one clip: greedy (argmax, repeats merged, blanks dropped)."""
-        from models.encoder_ctc import collapse
-
         feats, lengths = self.audio_features(audio)
         out = self.encode_speech(feats, lengths)
         best = out.ctc_log_probs[0, : int(out.ctc_lengths[0])].argmax(-1)  # (T',)
-        return self.chat.decode(collapse(best.tolist(), self.chat.audio_id))
+        return ctc_decode(self.adapter, self.chat, best.tolist())
 
     def prompt_embeddings(self, audio: np.ndarray) -> Tensor:
         """(1, P', H) embeddings of the chat prompt with the speech frames spliced in."""
@@ -276,17 +276,10 @@ def build_s2t(preset: ModelPreset, llm_dir: Path, *, load_weights: bool = True, 
     chat = ChatFormat(tokenizer, preset.audio_token)
     llm = load_llm(llm_dir, load_weights=load_weights, dtype=dtype)
     encoder = build_encoder(preset, load_weights=load_weights, seed=seed)
+    adapter = build_adapter(preset, encoder.config.d_model, llm.config.hidden_size,
+                            llm.get_input_embeddings().num_embeddings, chat, seed=seed + 1)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1)
-        adapter = SpeechAdapter(
-            encoder.config.d_model,
-            llm.config.hidden_size,
-            llm.get_input_embeddings().num_embeddings,
-            chat.audio_id,
-            num_heads=preset.adapter_heads,
-            ctc_embed=preset.adapter_ctc_embed,
-            lookback=preset.adapter_lookback,
-        )
+        torch.manual_seed(seed + 2)
         llm = apply_lora(llm, preset)
     if encoder_init is not None:
         from models.encoder_ctc import load_pretrained_speech

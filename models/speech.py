@@ -282,6 +282,121 @@ class SpeechAdapter(nn.Module):
         return AdapterOutput(frames, mask, log_probs, lengths)
 
 
+# ----------------------------------------------------------------------------- character CTC
+
+
+CHAR_ALPHABET = " abcdefghijklmnopqrstuvwxyz0123456789'-.,?!"
+"""Labels of the character CTC (ids 1..); id 0 is its blank."""
+CHAR_BLANK = 0
+_CHAR_IDS = {c: i + 1 for i, c in enumerate(CHAR_ALPHABET)}
+
+
+def char_ids(text: str) -> list[int]:
+    """Character CTC targets of a transcript: lower-cased, accents stripped, characters outside the alphabet
+    dropped, whitespace runs as one space, trimmed."""
+    import unicodedata
+
+    plain = unicodedata.normalize("NFKD", text.lower())
+    kept = "".join(c if c in _CHAR_IDS else " " if c.isspace() else "" for c in plain)
+    return [_CHAR_IDS[c] for c in " ".join(kept.split())]
+
+
+def char_text(ids: list[int]) -> str:
+    """Text of character ids (blank and unknown ids skipped)."""
+    return "".join(CHAR_ALPHABET[i - 1] for i in ids if 0 < i <= len(CHAR_ALPHABET))
+
+
+class CharAdapter(nn.Module):
+    """Character CTC front end: 50 Hz encoder states → BiLSTM (residual) → CTC head over CHAR_ALPHABET; the
+    LLM reads its own input embeddings of the tokens of the greedy transcript (no acoustic frames).
+
+    The transcript is not differentiable: the LLM's loss trains the LLM (or its LoRA) on what the encoder
+    hears, and the encoder learns from the CTC loss alone. The same modules are what encoder pretraining
+    trains, so stage I starts hearing as well as the pretrained encoder did."""
+
+    ctc_embed = True  # the LLM reads token embeddings of what the CTC head hears
+
+    def __init__(self, enc_dim: int, tokenize: Any, *, rnn_layers: int = 1, dropout: float = 0.1) -> None:
+        super().__init__()
+        if enc_dim % 2:
+            raise ValueError(f"the character adapter needs an even encoder width, not {enc_dim}")
+        self.blank_id = CHAR_BLANK
+        self.tokenize = tokenize  # str → LLM token ids (ChatFormat.encode)
+        self.rnn = nn.LSTM(enc_dim, enc_dim // 2, num_layers=rnn_layers, batch_first=True, bidirectional=True,
+                           dropout=dropout if rnn_layers > 1 else 0.0)
+        self.ctc_head = nn.Linear(enc_dim, len(CHAR_ALPHABET) + 1)
+
+    def ctc_frames(self, enc: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """50 Hz states (B, T, C), character CTC logits (B, T, K), valid lengths (B,) and mask (B, T) from
+        encoder states (B, T, C) with `lengths` (B,) valid frames (padding never enters the LSTM)."""
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        T = enc.shape[1]
+        lengths = lengths.clamp(1, T)
+        packed = pack_padded_sequence(enc, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # (B, T, C)
+        x = enc + out  # (B, T, C)
+        valid = torch.arange(T, device=enc.device)[None, :] < lengths[:, None]  # (B, T)
+        return x, self.ctc_head(x), lengths, valid
+
+    def transcripts(self, logits: Tensor, lengths: Tensor) -> list[str]:
+        """Greedy CTC transcripts (argmax, repeats merged, blanks dropped) of logits (B, T, K)."""
+        best = logits.argmax(-1).tolist()  # (B, T)
+        return [char_text(collapse(row[: int(n)], CHAR_BLANK)) for row, n in zip(best, lengths.tolist(),
+                                                                                 strict=True)]
+
+    def forward(self, enc: Tensor, lengths: Tensor, embed: Tensor | None = None) -> AdapterOutput:
+        """enc (B, T, C) 50 Hz encoder states with `lengths` (B,) valid frames → AdapterOutput whose frames
+        are the LLM's embeddings `embed` (V, H) of the heard transcripts' tokens (at least one per row)."""
+        if embed is None:
+            raise ValueError("the character adapter needs the LLM's embedding table")
+        _, logits, lengths, _ = self.ctc_frames(enc, lengths)
+        ids = [self.tokenize(text) or self.tokenize(".") for text in self.transcripts(logits, lengths)]
+        size = max(len(i) for i in ids)
+        idx = torch.zeros(len(ids), size, dtype=torch.long, device=enc.device)  # (B, S)
+        for row, seq in enumerate(ids):
+            idx[row, : len(seq)] = torch.as_tensor(seq, device=enc.device)
+        mask = torch.arange(size, device=enc.device)[None, :] < torch.tensor(
+            [len(i) for i in ids], device=enc.device)[:, None]  # (B, S)
+        frames = embed[idx] * mask[:, :, None].to(embed.dtype)  # (B, S, H)
+        return AdapterOutput(frames, mask, F.log_softmax(logits.float(), dim=-1), lengths)
+
+
+def collapse(ids: list[int], blank: int) -> list[int]:
+    """Greedy CTC decoding of frame argmaxes: merge repeats, then drop blanks."""
+    out: list[int] = []
+    prev = None
+    for i in ids:
+        if i != prev and i != blank:
+            out.append(i)
+        prev = i
+    return out
+
+
+def build_adapter(preset: ModelPreset, enc_dim: int, llm_dim: int, vocab_size: int, chat: Any, *,
+                  seed: int) -> SpeechAdapter | CharAdapter:
+    """The preset's speech adapter (token CTC, or character CTC), initialised from `seed`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if preset.ctc_target == "chars":
+            return CharAdapter(enc_dim, chat.encode, rnn_layers=preset.char_rnn_layers)
+        return SpeechAdapter(enc_dim, llm_dim, vocab_size, chat.audio_id, num_heads=preset.adapter_heads,
+                             ctc_embed=preset.adapter_ctc_embed, lookback=preset.adapter_lookback)
+
+
+def ctc_target_ids(adapter: nn.Module, chat: Any, text: str) -> list[int]:
+    """CTC targets of a transcript for this adapter: characters, or the LLM's tokens."""
+    return char_ids(text) if isinstance(adapter, CharAdapter) else chat.encode(text)
+
+
+def ctc_decode(adapter: nn.Module, chat: Any, ids: list[int]) -> str:
+    """Text of greedy CTC frame argmaxes (repeats merged, blanks dropped) for this adapter."""
+    if isinstance(adapter, CharAdapter):
+        return char_text(collapse(ids, CHAR_BLANK))
+    return chat.decode(collapse(ids, chat.audio_id))
+
+
 def ctc_loss(out: AdapterOutput, targets: Tensor, target_lengths: Tensor, blank_id: int) -> Tensor:
     """Mean CTC loss (per-target-length normalised, as torch's 'mean') of the question transcript."""
     return F.ctc_loss(

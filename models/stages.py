@@ -191,7 +191,7 @@ def _length_vocoder(row: dict[str, Any]) -> int:
 
 
 def _build_encoder(preset: ModelPreset, llm_dir: Path, inputs: StageInputs) -> nn.Module:
-    """Encoder pretraining: stage I's encoder and adapter, CTC over the base LLM's tokens."""
+    """Encoder pretraining: stage I's encoder and adapter, CTC over the base LLM's tokens or characters."""
     from models.encoder_ctc import build_encoder_ctc
 
     return build_encoder_ctc(preset, llm_dir, seed=inputs.seed)
@@ -295,7 +295,8 @@ VOCODER = StageSpec(
     loss_keys=("loss", "mel", "duration"), needs=frozenset({"num_units"}), holdout=holdout_ids)
 
 ENCODER = StageSpec(
-    name="encoder", description="encoder pretraining: speech encoder + adapter, CTC over the LLM's tokens",
+    name="encoder",
+    description="encoder pretraining: speech encoder + adapter, CTC over the LLM's tokens or characters",
     build=_build_encoder, rebuild=_rebuild_encoder, collate=_collate_encoder, example_length=_length_encoder,
     loss_keys=("loss",), needs=frozenset({"base_llm"}), holdout=holdout_ids)
 

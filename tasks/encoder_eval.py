@@ -1,8 +1,8 @@
 """How well the pretrained encoder hears: greedy CTC transcripts of the rows the encoder stage held out.
 
 Each held-out row (`models/holdout.py`, the `encoder` StageSpec's `holdout`) gives two utterances, its
-question and its answer audio; the transcript (argmax per 25 Hz frame, repeats merged, blanks dropped,
-detokenised by the LLM's tokenizer) is scored against the spoken text the TTS read: word error rate with
+question and its answer audio; the transcript (argmax per CTC frame, repeats merged, blanks dropped, as
+text: detokenised, or the characters) is scored against the spoken text the TTS read: word error rate with
 the ASR normaliser (tasks/asr.py) and character error rate on the same normalised text. The summary keeps
 the question side apart (`question_wer`): stage I hears questions.
 """

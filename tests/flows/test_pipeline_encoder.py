@@ -60,6 +60,12 @@ CASES = [
     ({"encoder.lr": 0.01}, expect(redo=AFTER_ENCODER)),
     ({"encoder.max_steps": 20}, expect(resume="encoder", redo="s2t echo-labels echo evaluate")),
     ({"encoder": None}, expect(redo="s2t echo-labels echo evaluate", absent="pretrain-corpus encoder")),
+    # the pretraining speech reads the preset only through the base LLM's tokenizer: other preset fields
+    # retrain every model but keep it; a field that shapes the base LLM rebuilds it
+    ({"preset_overrides": FIXED["preset_overrides"] | {"encoder_dim": 32}},
+     expect(redo=AFTER_ENCODER + " t2c vocoder")),
+    ({"preset_overrides": FIXED["preset_overrides"] | {"audio_token": "<speech>"}},
+     expect(redo="pretrain-corpus " + AFTER_ENCODER + " t2c vocoder")),
 ]
 
 

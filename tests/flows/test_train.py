@@ -121,10 +121,12 @@ def test_vocoder_stage_trains_from_the_cli_and_vocodes_a_row(tiny_corpus: Path, 
     assert sf.info(str(wav)).samplerate == 16_000 and sf.info(str(wav)).frames > 0
 
 
-def test_encoder_pretraining_then_stage_one_starts_from_it(tiny_corpus: Path, tmp_path: Path,
+@pytest.mark.parametrize("ctc", ["tokens", "chars"])
+def test_encoder_pretraining_then_stage_one_starts_from_it(tiny_corpus: Path, tmp_path: Path, ctc: str,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """`--stage encoder` on a real corpus (a fixed tokenizer: the tiny sizes over a local LLM directory),
-    its held-out greedy-CTC check, then stage I from `--encoder-init`; a random-init LLM is refused."""
+    its held-out greedy-CTC check, then stage I from `--encoder-init`; a random-init LLM is refused. Over
+    the LLM's tokens and over characters (the character adapter)."""
     from echox.cli import main
     from models.llm import prepare_base_llm
     from models.presets import resolve_preset
@@ -132,7 +134,8 @@ def test_encoder_pretraining_then_stage_one_starts_from_it(tiny_corpus: Path, tm
 
     base = prepare_base_llm(resolve_preset("tiny"), corpus_texts=corpus_texts(tiny_corpus),
                             cache_dir=tmp_path / "llm-cache")
-    fixed = ["--set", "llm=path", "--set", f"llm_path={base}", "--set", "trim_audio_window=true"]
+    fixed = ["--set", "llm=path", "--set", f"llm_path={base}", "--set", "trim_audio_window=true",
+             "--set", f"ctc_target={ctc}", "--set", f"adapter_ctc_embed={ctc == 'chars'}"]
     common = ["--corpus", str(tiny_corpus), "--batch-size", "4", "--warmup-steps", "1", "--log-every", "2",
               "--ckpt-every", "4", "--workers", "1", "--launcher", "local", "--cache-dir", str(tmp_path)]
     enc = tmp_path / "encoder"

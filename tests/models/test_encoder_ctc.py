@@ -8,10 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import CheckpointError
-from models.encoder_ctc import build_encoder_ctc, collapse, collate_encoder
+from core.errors import CheckpointError, ConfigError
+from models.encoder_ctc import build_encoder_ctc, collate_encoder
 from models.presets import resolve_preset
-from models.speech import SpeechAdapter, build_encoder, run_encoder, shrink_indices
+from models.speech import (
+    CHAR_BLANK,
+    CharAdapter,
+    SpeechAdapter,
+    build_encoder,
+    char_ids,
+    char_text,
+    collapse,
+    run_encoder,
+    shrink_indices,
+)
 from tests.models.conftest import make_rows
 
 
@@ -126,3 +136,100 @@ def test_stage_one_refuses_an_encoder_of_other_sizes(tiny_base: Path, tmp_path: 
     saved = save_model(build_encoder_ctc(_preset(tiny_base, encoder_dim=32), tiny_base), tmp_path / "enc")
     with pytest.raises(CheckpointError, match="does not fit"):
         build_s2t(_preset(tiny_base), tiny_base, encoder_init=load_model(saved, expect_stage="encoder"))
+
+
+# ----------------------------------------------------------------------------- character CTC
+
+
+def test_char_targets_normalise_case_accents_and_unknown_characters() -> None:
+    assert char_text(char_ids("  Café,\tit's 4 O'Clock!  ")) == "cafe, it's 4 o'clock!"
+    assert char_text(char_ids("naïve — über")) == "naive uber"  # the dash is outside the alphabet
+    assert CHAR_BLANK not in char_ids("a b")
+
+
+def test_char_preset_needs_ctc_embed_and_a_ctc_loss() -> None:
+    with pytest.raises(ConfigError, match="adapter_ctc_embed"):
+        resolve_preset("tiny", ctc_target="chars")
+    with pytest.raises(ConfigError, match="ctc_weight"):
+        resolve_preset("tiny", ctc_target="chars", adapter_ctc_embed=True, ctc_weight=0.0)
+    with pytest.raises(ConfigError, match="tokens or chars"):
+        resolve_preset("tiny", ctc_target="phones")
+
+
+def test_char_adapter_feeds_the_embeddings_of_the_heard_transcript() -> None:
+    torch.manual_seed(0)
+    words = {"ab": [3, 4], "c": [5]}
+    adapter = CharAdapter(8, lambda text: [i for w in text.split() for i in words.get(w, [6])]).eval()
+    embed = torch.randn(10, 16)
+    enc, lengths = torch.randn(2, 30, 8), torch.tensor([30, 17])
+    out = adapter(enc, lengths, embed)
+    assert out.ctc_log_probs.shape == (2, 30, 1 + len(char_ids("abcdefghijklmnopqrstuvwxyz")) + 17)
+    assert out.ctc_lengths.tolist() == [30, 17]  # 50 Hz: characters need more frames than tokens
+    _, logits, _, _ = adapter.ctc_frames(enc, lengths)
+    for row, text in enumerate(adapter.transcripts(logits, lengths)):
+        ids = adapter.tokenize(text) or adapter.tokenize(".")
+        n = int(out.mask[row].sum())
+        assert n == len(ids)
+        torch.testing.assert_close(out.frames[row, :n], embed[ids])
+        assert not out.frames[row, n:].any()
+    # padding never enters the LSTM: the short row reads the same alone as beside a longer one
+    alone, _, _, _ = adapter.ctc_frames(enc[1:, :17], lengths[1:])
+    batched, _, _, _ = adapter.ctc_frames(enc, lengths)
+    torch.testing.assert_close(batched[1, :17], alone[0])
+    with pytest.raises(ValueError, match="embedding table"):
+        adapter(enc, lengths)
+
+
+def test_char_encoder_stage_learns_and_stage_one_hears_through_it(tiny_base: Path, tmp_path: Path) -> None:
+    from models.io import load_model, save_model
+    from models.s2t import build_s2t
+
+    preset = _preset(tiny_base, ctc_target="chars", adapter_ctc_embed=True)
+    model = build_encoder_ctc(preset, tiny_base, seed=0)
+    assert isinstance(model.adapter, CharAdapter)
+    batch = collate_encoder(_rows(), model)
+    first = batch["ctc_targets"][0, : int(batch["ctc_lengths"][0])].tolist()
+    assert first == char_ids(_rows()[0]["question_text"])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss = model(**batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0]
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    heard = model.transcribe([np.asarray(r["question_audio"]) for r in _rows(2)])
+    assert all(set(t) <= set(char_text(list(range(1, 60)))) for t in heard)
+
+    saved = save_model(model, tmp_path / "enc")
+    s2t = build_s2t(preset, tiny_base, seed=5, encoder_init=load_model(saved, expect_stage="encoder"))
+    for name in ("encoder", "adapter"):
+        mine = getattr(s2t, name).state_dict()
+        for key, value in getattr(model, name).state_dict().items():
+            torch.testing.assert_close(mine[key], value)
+    s2t_batch = _s2t_batch(s2t)
+    out = s2t(**s2t_batch)
+    assert out["loss"].isfinite() and out["ctc"] > 0
+    # the transcript is not differentiable: the answer CE trains the LLM, the CTC alone trains the encoder
+    s2t.ctc_weight = 0.0
+    s2t(**s2t_batch)["loss"].backward()
+    assert not s2t.encoder.conv1.weight.grad.any() and not s2t.adapter.ctc_head.weight.grad.any()
+    assert s2t.llm.get_input_embeddings().weight.grad.abs().sum() > 0
+    s2t.ctc_weight = 0.3
+    s2t.zero_grad()
+    s2t(**s2t_batch)["loss"].backward()
+    assert s2t.encoder.conv1.weight.grad.abs().sum() > 0
+    audio = np.asarray(_rows(1)[0]["question_audio"])
+    assert s2t.transcribe(audio) == model.transcribe([audio])[0]  # the same modules hear the same
+
+
+def test_stage_one_refuses_a_token_encoder_for_a_char_preset(tiny_base: Path, tmp_path: Path) -> None:
+    from models.io import load_model, save_model
+    from models.s2t import build_s2t
+
+    saved = save_model(build_encoder_ctc(_preset(tiny_base), tiny_base), tmp_path / "enc")
+    with pytest.raises(CheckpointError, match="does not fit"):
+        build_s2t(_preset(tiny_base, ctc_target="chars", adapter_ctc_embed=True), tiny_base,
+                  encoder_init=load_model(saved, expect_stage="encoder"))
