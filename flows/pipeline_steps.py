@@ -165,8 +165,8 @@ def _run_pretrain_corpus(c: PretrainCorpusConfig) -> str:
 
 def _base_llm_only(data: dict) -> dict:
     """The pretraining corpus reads the preset only through its base LLM's tokenizer: its fingerprint keeps
-    the fields that build that LLM (models/llm.py `base_llm_key`) instead of the preset and its overrides, so a
-    change of the encoder or adapter sizes keeps the synthesized speech."""
+    the fields that build that LLM (models/llm.py `base_llm_key`) instead of the preset and its overrides,
+    so a change of the encoder or adapter sizes keeps the synthesized speech."""
     from models.llm import base_llm_key
     from models.presets import resolve_preset
 
