@@ -176,14 +176,19 @@ def test_tracker_streams_like_the_batch_function() -> None:
     )
 
 
-def _echo(tiny_base: Path):
+CHARS = {"ctc_target": "chars", "adapter_ctc_embed": True}
+"""The character CTC front end (models/speech.py CharAdapter) in place of the token adapter."""
+
+
+def _echo(tiny_base: Path, **overrides: object):
     torch.manual_seed(0)
-    preset = resolve_preset("tiny")
+    preset = resolve_preset("tiny", **overrides)
     return build_echo(build_s2t(preset, tiny_base), build_t2c(preset, tiny_base, K))
 
 
-def test_echo_forward_losses_and_gradients(tiny_base: Path, rows: list[dict]) -> None:
-    model = _echo(tiny_base)
+@pytest.mark.parametrize("front", [{}, CHARS], ids=["tokens", "chars"])
+def test_echo_forward_losses_and_gradients(tiny_base: Path, rows: list[dict], front: dict) -> None:
+    model = _echo(tiny_base, **front)
     batch = make_collator("echo", model)(rows)
     out = model(**batch)
     assert {"loss", "s2t", "echo", "denoise", "w", "num_tokens"} <= set(out)
@@ -221,8 +226,9 @@ def test_a_few_steps_overfit_four_examples(tiny_base: Path, rows: list[dict]) ->
     assert last["echo"] < 0.8 * first["echo"] and last["s2t"] < first["s2t"], (first, last)
 
 
-def test_stream_speech_covers_all_tokens(tiny_base: Path, rows: list[dict]) -> None:
-    model = _echo(tiny_base)
+@pytest.mark.parametrize("front", [{}, CHARS], ids=["tokens", "chars"])
+def test_stream_speech_covers_all_tokens(tiny_base: Path, rows: list[dict], front: dict) -> None:
+    model = _echo(tiny_base, **front)
     segments = list(
         model.stream_speech(
             rows[0]["question_audio"],
