@@ -66,7 +66,8 @@ def answer(config: EvaluateConfig, questions: str, extra: dict, report: Callable
                             t2c=Path(config.t2c) if config.t2c else None, device=config.device,
                             max_new_tokens=config.max_new_tokens, max_units=config.max_units,
                             vocoder=Path(config.vocoder) if config.vocoder else None, asr=config.asr,
-                            tts=config.tts_choice(), extra=extra, progress=report)
+                            tts=config.tts_choice(), extra=extra, progress=report,
+                            audio_cache=Path(config.audio_cache) if config.audio_cache else None)
 
 
 def overlap_with_training(config: EvaluateConfig) -> int:

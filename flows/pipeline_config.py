@@ -210,10 +210,13 @@ def baseline_labels_config(cfg: PipelineConfig, done: dict[str, str]) -> Any:
 
 def evaluate_config(cfg: PipelineConfig, done: dict[str, str], model: str = ECHO_STAGE) -> Any:
     """The evaluation step's config (options from `evaluate:`), on the `model` step's checkpoint (the echo
-    model, into eval/; the baseline, into eval-baseline/) and the T2C."""
+    model, into eval/; the baseline, into eval-baseline/) and the T2C. Every evaluation reads the spoken
+    questions and reference answers of eval/'s TTS cache (unless `evaluate.audio_cache` names another), so
+    the knowledge table's rows hear the same audio and share one ASR ceiling."""
     folder = "eval" if model == ECHO_STAGE else f"eval-{model}"
     data = {"model": done[model], "t2c": done["t2c"], "eval_set": cfg.eval_set,
             "out": str(Path(cfg.out) / folder / "report.json"), "train_source": cfg.source,
+            "audio_cache": str(Path(cfg.out) / "eval" / "tts-cache"),
             **({"vocoder": done["vocoder"]} if "vocoder" in done else {}), **given(cfg.evaluate)}
     return build(EvaluateConfig, data, "pipeline.evaluate")
 

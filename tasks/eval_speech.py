@@ -8,6 +8,10 @@ Recognisers make mistakes of their own, so every item also gets the **ASR ceilin
 spoken by the same TTS engine and voice as the question, recognised and matched the same way
 (`ceiling_correct`). The share of ceiling hits bounds what any spoken answer can score through this ASR;
 the gap between text accuracy and s2s accuracy that the ceiling does not explain is the model's.
+
+Piper's VITS noise is not seeded, so the reference speech is cached like the questions (content-keyed
+WAVs in the evaluation's audio cache): every evaluation that shares the cache — the echo model, the
+no-echo baseline, a rerun — scores its answers against the same ceiling.
 """
 
 from __future__ import annotations
@@ -28,15 +32,20 @@ class SpeechScorer:
     """A vocoder, a recogniser and a TTS engine, loaded once; scores spoken answers and their ceiling."""
 
     def __init__(self, vocoder_path: Path, unit_model: Any, *, asr: str = "pocketsphinx", tts: Any = None,
-                 wav_dir: Path | None = None) -> None:
+                 wav_dir: Path | None = None, audio_cache: Path | None = None) -> None:
         from tasks.asr import make_asr
+        from tasks.backends import TTS_ENGINES, Choice
         from tasks.vocode import check_codebook, codebook_of, load_vocoder
 
         self.vocoder = load_vocoder(vocoder_path)
         check_codebook(self.vocoder, codebook_of(unit_model), "the echo checkpoint")
         self.asr = make_asr(asr)
-        self.tts_choice, self._tts = tts, None
+        self.tts_choice = tts if tts is None or not isinstance(tts, str) else Choice(tts,
+                                                                                       TTS_ENGINES.options(tts))
+        self._tts = None
         self.wav_dir = wav_dir
+        self.audio_cache = audio_cache
+        self.reference_hits = 0
 
     def answer_audio(self, segments: list[list[int]]) -> np.ndarray:
         """int16 16 kHz speech of an answer: each non-empty segment's units vocoded, in order."""
@@ -46,17 +55,30 @@ class SpeechScorer:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
 
     def _speak_reference(self, text: str, voice: str) -> np.ndarray:
-        """The reference answer spoken by the evaluation's TTS engine and the question's voice."""
+        """The reference answer spoken by the evaluation's TTS engine and the question's voice (from the
+        audio cache when it holds it; synthesized and cached otherwise)."""
         from tasks.backends import TTS_ENGINES
+        from tasks.eval_questions import audio_key
 
+        wav = None
+        if self.audio_cache is not None:
+            key = audio_key(TTS_ENGINES.identity(self.tts_choice), [voice], 0, "reference", text)
+            wav = Path(self.audio_cache) / f"reference-{key}.wav"
+            if wav.is_file():
+                import soundfile
+
+                self.reference_hits += 1
+                return soundfile.read(str(wav), dtype="int16")[0]
         if self._tts is None:
-            choice = self.tts_choice
-            if isinstance(choice, str):  # an engine name with its default options
-                from tasks.backends import Choice
+            self._tts = TTS_ENGINES.create(self.tts_choice)
+        audio = np.asarray(self._tts.synthesize(text, voice))
+        if wav is not None:
+            from tasks.shards import atomic_write
+            from tasks.tts import write_wav
 
-                choice = Choice(choice, TTS_ENGINES.options(choice))
-            self._tts = TTS_ENGINES.create(choice)
-        return np.asarray(self._tts.synthesize(text, voice))
+            wav.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(wav, lambda p: write_wav(p, audio))
+        return audio
 
     def score(self, item_id: str, segments: list[list[int]], gold: list[str], reference: str,
               voice: str) -> dict[str, Any]:

@@ -251,17 +251,20 @@ class Answerer:
 def answer_questions(questions: Path, model: Path, out: Path, *, t2c: Path | None = None, device: str = "cpu",
                      max_new_tokens: int = 64, max_units: int = 1000, vocoder: Path | None = None,
                      asr: str = "pocketsphinx", tts: Any = None, extra: dict[str, Any] | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                     progress: Callable[[int, int], None] | None = None,
+                     audio_cache: Path | None = None) -> dict[str, Any]:
     """Answer every question of a manifest with the checkpoint; write the JSON report to `out`, return it.
 
     With a `vocoder` (echo checkpoints): the spoken answers are vocoded, written as WAVs to a folder beside
     the report (`<report>.answers/`) and recognised by `asr`; `tts` (the question's engine choice) speaks
-    the reference answers for the ASR ceiling. `extra`: more report fields (the flow's train_overlap)."""
+    the reference answers for the ASR ceiling, cached in `audio_cache` (default: the questions' default
+    cache beside the report). `extra`: more report fields (the flow's train_overlap)."""
     start = time.perf_counter()
     manifest = json.loads(Path(questions).read_text())
     speech = None if vocoder is None else {
         "vocoder_path": Path(vocoder), "asr": asr, "tts": tts if tts is not None else manifest["tts"],
-        "wav_dir": Path(out).with_name(Path(out).stem + ".answers")}
+        "wav_dir": Path(out).with_name(Path(out).stem + ".answers"),
+        "audio_cache": Path(audio_cache) if audio_cache else Path(out).parent / "tts-cache"}
     answerer = Answerer(Path(model), t2c_path=t2c, device=device, max_new_tokens=max_new_tokens,
                         max_units=max_units, speech=speech)
     items, rejects = [], list(manifest["rejects"])

@@ -601,6 +601,13 @@ def test_the_s2t_evaluation_shares_the_spoken_questions_of_the_evaluation(tmp_pa
                                                                     "espeak", None, None)
     assert s2t.audio_cache == str(tmp_path / "eval" / "tts-cache")  # evaluate's default cache
     assert s2t.out == str(tmp_path / "eval-s2t" / "report.json")
+    from flows.pipeline_config import evaluate_config
+
+    done = {"echo": "E", "baseline": "B", "t2c": "T"}
+    for model in ("echo", "baseline"):  # the baseline hears the same questions, against the same ceiling
+        assert evaluate_config(cfg, done, model).audio_cache == str(tmp_path / "eval" / "tts-cache")
+    mine = tiny_cfg(tmp_path, **SMOLLM2_TEXT, evaluate={"audio_cache": str(tmp_path / "mine")})
+    assert evaluate_config(mine, done, "baseline").audio_cache == str(tmp_path / "mine")
 
 
 def test_the_knowledge_step_is_redone_when_a_report_changed_behind_it(tmp_path: Path) -> None:

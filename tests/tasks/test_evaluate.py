@@ -389,6 +389,34 @@ def test_vocoder_adds_speech_to_speech_accuracy_and_the_asr_ceiling(tiny_models:
     assert "listen:" in ev.answer_wav_line(out, report) or report["summary"]["mean_first_units_s"] is None
 
 
+def test_reference_speech_is_cached_so_every_evaluation_shares_one_ceiling(
+        tiny_models: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Piper's noise is unseeded: the reference answers are spoken once into the audio cache and read back
+    by every later evaluation (the baseline's, a rerun's), which then never builds a TTS engine."""
+    from tasks.backends import TTS_ENGINES
+
+    echo, _, _ = tiny_models
+    src = _eval_set(tmp_path, [
+        {"id": "q1", "question": "What is the capital of France?", "answer": "Paris"},
+        {"id": "q2", "question": "Who wrote Hamlet?", "answers": ["Shakespeare"]},
+    ])
+    cache, vocoder = tmp_path / "cache", _tiny_vocoder(tmp_path / "vocoder", K)
+    first = tmp_path / "a" / "report.json"
+    kw = {"max_new_tokens": 4, "max_units": 6, "vocoder": vocoder, "audio_cache": cache}
+    questions = ev.prepare_questions(src, first, tts="espeak", cache_dir=cache)
+    one = ev.answer_questions(questions, echo, first, **kw)
+    assert len(list(cache.glob("reference-*.wav"))) == 2
+
+    def no_engine(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the reference speech was synthesized again")
+
+    monkeypatch.setattr(TTS_ENGINES, "create", no_engine)
+    second = tmp_path / "b" / "report.json"
+    two = ev.answer_questions(ev.prepare_questions(src, second, tts="espeak", cache_dir=cache), echo, second,
+                              **kw)
+    assert [r["ceiling_response"] for r in two["items"]] == [r["ceiling_response"] for r in one["items"]]
+
+
 def test_vocoder_of_another_codebook_or_a_text_checkpoint_is_refused(tiny_models: tuple[Path, Path, Path],
                                                                      tmp_path: Path) -> None:
     from core.errors import InputError as UserInputError
