@@ -322,22 +322,31 @@ class CharAdapter(nn.Module):
             raise ValueError(f"the character adapter needs an even encoder width, not {enc_dim}")
         self.blank_id = CHAR_BLANK
         self.tokenize = tokenize  # str → LLM token ids (ChatFormat.encode)
-        self.rnn = nn.LSTM(enc_dim, enc_dim // 2, num_layers=rnn_layers, batch_first=True, bidirectional=True,
-                           dropout=dropout if rnn_layers > 1 else 0.0)
+        half = enc_dim // 2
+        # A BiLSTM as two unidirectional stacks: the backward one reads each row reversed within its valid
+        # length, so padding never reaches a valid frame in either direction, without packed sequences
+        # (which run 4-5x slower on CPU than the fused padded kernel).
+        self.forward_rnn = nn.ModuleList(nn.LSTM(enc_dim, half, batch_first=True) for _ in range(rnn_layers))
+        self.backward_rnn = nn.ModuleList(nn.LSTM(enc_dim, half, batch_first=True) for _ in range(rnn_layers))
+        self.dropout = nn.Dropout(dropout)
         self.ctc_head = nn.Linear(enc_dim, len(CHAR_ALPHABET) + 1)
 
     def ctc_frames(self, enc: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """50 Hz states (B, T, C), character CTC logits (B, T, K), valid lengths (B,) and mask (B, T) from
-        encoder states (B, T, C) with `lengths` (B,) valid frames (padding never enters the LSTM)."""
-        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
+        encoder states (B, T, C) with `lengths` (B,) valid frames (padding never reaches a valid frame)."""
         T = enc.shape[1]
         lengths = lengths.clamp(1, T)
-        packed = pack_padded_sequence(enc, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # (B, T, C)
-        x = enc + out  # (B, T, C)
-        valid = torch.arange(T, device=enc.device)[None, :] < lengths[:, None]  # (B, T)
+        t = torch.arange(T, device=enc.device)[None, :]  # (1, T)
+        valid = t < lengths[:, None]  # (B, T)
+        flip = torch.where(valid, lengths[:, None] - 1 - t, t)  # (B, T) reverses the valid part (an involution)
+        x = enc
+        for i, (fwd, bwd) in enumerate(zip(self.forward_rnn, self.backward_rnn, strict=True)):
+            if i:
+                x = self.dropout(x)
+            ahead, _ = fwd(x)  # (B, T, C/2)
+            behind, _ = bwd(_gather_time(x, flip))  # (B, T, C/2) in reversed time
+            x = torch.cat([ahead, _gather_time(behind, flip)], dim=-1)  # (B, T, C)
+        x = enc + x  # (B, T, C)
         return x, self.ctc_head(x), lengths, valid
 
     def transcripts(self, logits: Tensor, lengths: Tensor) -> list[str]:
@@ -361,6 +370,11 @@ class CharAdapter(nn.Module):
             [len(i) for i in ids], device=enc.device)[:, None]  # (B, S)
         frames = embed[idx] * mask[:, :, None].to(embed.dtype)  # (B, S, H)
         return AdapterOutput(frames, mask, F.log_softmax(logits.float(), dim=-1), lengths)
+
+
+def _gather_time(x: Tensor, index: Tensor) -> Tensor:
+    """x (B, T, C) reordered along time by index (B, T)."""
+    return x.gather(1, index[:, :, None].expand(-1, -1, x.shape[-1]))
 
 
 def collapse(ids: list[int], blank: int) -> list[int]:
