@@ -338,7 +338,7 @@ class CharAdapter(nn.Module):
         lengths = lengths.clamp(1, T)
         t = torch.arange(T, device=enc.device)[None, :]  # (1, T)
         valid = t < lengths[:, None]  # (B, T)
-        flip = torch.where(valid, lengths[:, None] - 1 - t, t)  # (B, T) reverses the valid part (an involution)
+        flip = torch.where(valid, lengths[:, None] - 1 - t, t)  # (B, T) reverses the valid part; self-inverse
         x = enc
         for i, (fwd, bwd) in enumerate(zip(self.forward_rnn, self.backward_rnn, strict=True)):
             if i:
