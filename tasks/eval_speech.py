@@ -10,8 +10,9 @@ spoken by the same TTS engine and voice as the question, recognised and matched 
 the gap between text accuracy and s2s accuracy that the ceiling does not explain is the model's.
 
 Piper's VITS noise is not seeded, so the reference speech is cached like the questions (content-keyed
-WAVs in the evaluation's audio cache): every evaluation that shares the cache — the echo model, the
-no-echo baseline, a rerun — scores its answers against the same ceiling.
+WAVs in the evaluation's audio cache), and heard by a recogniser of their own (PocketSphinx carries state
+from one utterance to the next): every evaluation that shares the cache — the echo model, the no-echo
+baseline, a rerun — scores its answers against the same ceiling.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ class SpeechScorer:
 
         self.vocoder = load_vocoder(vocoder_path)
         check_codebook(self.vocoder, codebook_of(unit_model), "the echo checkpoint")
-        self.asr = make_asr(asr)
+        # Two recognisers: PocketSphinx carries state from one utterance to the next, so the references are
+        # heard by their own, in item order, and the ceiling does not depend on the answers heard before.
+        self.asr, self.reference_asr = make_asr(asr), make_asr(asr)
         self.tts_choice = tts if tts is None or not isinstance(tts, str) else Choice(tts,
                                                                                        TTS_ENGINES.options(tts))
         self._tts = None
@@ -91,7 +94,8 @@ class SpeechScorer:
             self.wav_dir.mkdir(parents=True, exist_ok=True)
             write_wav_atomic(self.wav_dir / f"{wav_stem(item_id)}.wav", audio)
         try:
-            ceiling: str | None = self.asr.transcribe(self._speak_reference(spoken_form(reference), voice))
+            ceiling: str | None = self.reference_asr.transcribe(
+                self._speak_reference(spoken_form(reference), voice))
         except RecordRejected:  # a reference with nothing to say has no ceiling
             ceiling = None
         return {"s2s_response": heard, "s2s_correct": match_answer(heard, gold) is not None,
