@@ -137,6 +137,11 @@ class QuestionSynth:
                 "question_seconds": frames / SAMPLE_RATE}
 
 
+def default_audio_cache(out: Path) -> Path:
+    """Where an evaluation whose report is `out` caches its spoken questions and references by default."""
+    return Path(out).parent / "tts-cache"
+
+
 def questions_path(out: Path) -> Path:
     """Where the questions manifest of report `out` goes (beside it)."""
     return Path(out).with_name(Path(out).stem + ".questions.json")
@@ -154,7 +159,7 @@ def prepare_questions(eval_set: Path, out: Path, *, tts: str | Choice = "piper",
     if limit is not None and len(items) > limit:  # the part of the set in play: up to the last item asked
         items = items[:limit]
         rejects = [r for r in rejects if r.line < items[-1].line]
-    synth = QuestionSynth(tts, voices, seed, cache_dir or Path(out).parent / "tts-cache")
+    synth = QuestionSynth(tts, voices, seed, cache_dir or default_audio_cache(out))
     rows = []
     for item in items:
         try:

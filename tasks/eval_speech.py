@@ -43,12 +43,10 @@ class SpeechScorer:
         # Two recognisers: PocketSphinx carries state from one utterance to the next, so the references are
         # heard by their own, in item order, and the ceiling does not depend on the answers heard before.
         self.asr, self.reference_asr = make_asr(asr), make_asr(asr)
-        self.tts_choice = tts if tts is None or not isinstance(tts, str) else Choice(tts,
-                                                                                       TTS_ENGINES.options(tts))
+        self.tts_choice = Choice(tts, TTS_ENGINES.options(tts)) if isinstance(tts, str) else tts
         self._tts = None
         self.wav_dir = wav_dir
         self.audio_cache = audio_cache
-        self.reference_hits = 0
 
     def answer_audio(self, segments: list[list[int]]) -> np.ndarray:
         """int16 16 kHz speech of an answer: each non-empty segment's units vocoded, in order."""
@@ -70,7 +68,6 @@ class SpeechScorer:
             if wav.is_file():
                 import soundfile
 
-                self.reference_hits += 1
                 return soundfile.read(str(wav), dtype="int16")[0]
         if self._tts is None:
             self._tts = TTS_ENGINES.create(self.tts_choice)

@@ -43,6 +43,7 @@ from tasks.eval_questions import (  # noqa: F401 - re-exported: the flow and tes
     QuestionSynth,
     audio_key,
     check_eval_rejects,
+    default_audio_cache,
     parse_eval_record,
     prepare_questions,
     questions_path,
@@ -264,7 +265,7 @@ def answer_questions(questions: Path, model: Path, out: Path, *, t2c: Path | Non
     speech = None if vocoder is None else {
         "vocoder_path": Path(vocoder), "asr": asr, "tts": tts if tts is not None else manifest["tts"],
         "wav_dir": Path(out).with_name(Path(out).stem + ".answers"),
-        "audio_cache": Path(audio_cache) if audio_cache else Path(out).parent / "tts-cache"}
+        "audio_cache": Path(audio_cache) if audio_cache else default_audio_cache(out)}
     answerer = Answerer(Path(model), t2c_path=t2c, device=device, max_new_tokens=max_new_tokens,
                         max_units=max_units, speech=speech)
     items, rejects = [], list(manifest["rejects"])
