@@ -18,6 +18,7 @@ from tasks.configs import (
     EvaluateConfig,
     KnowledgeConfig,
     KnowledgeTableConfig,
+    LLMAnswersConfig,
     PretrainCorpusConfig,
     TrainFlowConfig,
     TrainStep,
@@ -57,6 +58,9 @@ PretrainOptions = section(PretrainCorpusConfig, {"source", "qa_source", "out", "
                           "PretrainOptions", "The encoder-pretraining corpus: its text and build options.")
 EchoLabelsOptions = section(EchoLabelsConfig, {"corpus", "s2t", "t2c", "out", "ray_address"},
                             "EchoLabelsOptions", "echo-labels options of the pipeline's echo-labels step.")
+LLMAnswersOptions = section(LLMAnswersConfig, {"source", "out", "preset", "preset_overrides"},
+                            "LLMAnswersOptions", "The llm-answers step: how the base LLM answers the "
+                            "training questions (prompt and length default to the evaluation's).")
 EvaluateOptions = section(EvaluateConfig, {"mode", "model", "preset", "preset_overrides", "t2c", "eval_set",
                                            "out", "train_source"},
                           "EvaluateOptions", "Evaluation options of the pipeline's evaluate steps.")
@@ -95,6 +99,10 @@ class PipelineConfig(Frozen):
                                        "instead of echo pseudo-labels; set the same steps as `echo`. "
                                        "Evaluated into eval-baseline/ like the echo model. None: no baseline "
                                        "steps.")
+    llm_answers: LLMAnswersOptions | None = Field(  # type: ignore[valid-type]
+        None, description="Self-distillation: the preset's base LLM answers the source's written questions "
+        "(step llm-answers) and the corpus is built from its answers instead of the source's, so stage I "
+        "learns to answer a spoken question as the LLM answers the written one. None: the source's answers.")
     echo_labels: EchoLabelsOptions = Field(default_factory=EchoLabelsOptions,  # type: ignore[valid-type]
                                            description="echo-labels options (workers, batch_size, "
                                            "max_units, ...).")
@@ -126,14 +134,50 @@ def planned_outputs(cfg: PipelineConfig) -> dict[str, str]:
     """Where each step will write its output under `cfg.out` (the input paths `validate` checks with,
     before any step has run; a running pipeline uses what each step returned instead)."""
     out = Path(cfg.out)
-    return {"corpus": str(out / "corpus"), "pretrain-corpus": str(out / "pretrain-corpus"),
+    return {"llm-answers": str(out / LLM_ANSWERS / LLM_ANSWERS_SOURCE),
+            "corpus": str(out / "corpus"), "pretrain-corpus": str(out / "pretrain-corpus"),
             **{s: str(out / s / "model") for s in training_sections(cfg)},
             "echo-labels": str(out / "echo-labels"), "baseline-labels": str(out / "baseline-labels")}
 
 
-def corpus_config(cfg: PipelineConfig) -> BuildCorpusConfig:
-    """The corpus step's config (options from `corpus:`)."""
-    data = {"source": cfg.source, "out": str(Path(cfg.out) / "corpus"), "seed": cfg.seed,
+LLM_ANSWERS = "llm-answers"
+"""The llm-answers step's folder (and name)."""
+LLM_ANSWERS_SOURCE = "source.jsonl"
+"""Its output: the QA source with the base LLM's answers (tasks/llm_answers.py SOURCE_FILE)."""
+
+
+def corpus_source(cfg: PipelineConfig, done: dict[str, str]) -> str:
+    """The QA source the corpus speaks: the llm-answers step's output when the pipeline has one."""
+    return done.get(LLM_ANSWERS, str(Path(cfg.out) / LLM_ANSWERS / LLM_ANSWERS_SOURCE)) \
+        if cfg.llm_answers is not None else cfg.source
+
+
+def is_llm_answers_source(path: str) -> bool:
+    """A corpus source that the llm-answers step wrote (its fingerprint, not the file's sha, stands for it:
+    the file does not exist yet when the pipeline plans)."""
+    return Path(path).parent.name == LLM_ANSWERS and Path(path).name == LLM_ANSWERS_SOURCE
+
+
+def llm_answers_config(cfg: PipelineConfig, done: dict[str, str]) -> LLMAnswersConfig:
+    """The llm-answers step's config: the pipeline's preset (and overrides) answer the source's questions
+    with the evaluation's system prompt and length unless `llm_answers:` sets its own."""
+    from tasks.eval_text import check_text_llm
+
+    data = {"source": cfg.source, "out": str(Path(cfg.out) / LLM_ANSWERS), "preset": cfg.preset,
+            "preset_overrides": cfg.preset_overrides,
+            **_options(cfg, ("system_prompt", "max_new_tokens", "device", "cache_dir")),
+            **given(cfg.llm_answers or LLMAnswersOptions())}
+    config = build(LLMAnswersConfig, data, "pipeline.llm_answers")
+    try:
+        check_text_llm(model=None, preset=cfg.preset, overrides=cfg.preset_overrides)
+    except ConfigError as e:
+        raise ConfigError(f"pipeline.llm_answers: {e}") from e
+    return config  # type: ignore[return-value]
+
+
+def corpus_config(cfg: PipelineConfig, done: dict[str, str] | None = None) -> BuildCorpusConfig:
+    """The corpus step's config (options from `corpus:`; its source from `corpus_source`)."""
+    data = {"source": corpus_source(cfg, done or {}), "out": str(Path(cfg.out) / "corpus"), "seed": cfg.seed,
             "ray_address": cfg.ray_address, "codebook": cfg.codebook, **given(cfg.corpus)}
     return build(BuildCorpusConfig, data, "pipeline.corpus")  # type: ignore[return-value]
 
@@ -268,7 +312,9 @@ def knowledge_config(cfg: PipelineConfig, done: dict[str, str]) -> KnowledgeTabl
 def validate(cfg: PipelineConfig) -> None:
     """Build every step's config up front, so a bad field fails before any work (naming the field)."""
     planned = planned_outputs(cfg)
-    corpus_config(cfg)
+    if cfg.llm_answers is not None:
+        llm_answers_config(cfg, planned)
+    corpus_config(cfg, planned)
     if cfg.encoder is not None:
         from models.presets import resolve_preset
         from tasks.train_stage import check_encoder_preset

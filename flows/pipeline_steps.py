@@ -27,7 +27,9 @@ from flows.pipeline_config import (
     evaluate_config,
     evaluate_s2t_config,
     evaluate_text_config,
+    is_llm_answers_source,
     knowledge_config,
+    llm_answers_config,
     pretrain_corpus_config,
     stage_config,
 )
@@ -119,6 +121,13 @@ def labels_done(out: Path) -> bool:
     return manifest is not None and not verify_manifest(out, manifest)
 
 
+def llm_answers_done(out: Path) -> bool:
+    """The LLM's answers exist and are the file their summary was written with."""
+    from tasks.llm_answers import llm_answers_done as done
+
+    return done(out)
+
+
 def report_done(out: Path) -> bool:
     """The evaluation report exists and is a finished JSON report."""
     try:
@@ -141,6 +150,25 @@ def _run_corpus(c: BuildCorpusConfig) -> str:
     from flows.build_corpus import build_corpus
 
     return build_corpus(config=c)
+
+
+def _run_llm_answers(c: Any) -> str:
+    from flows.llm_answers import llm_answers
+
+    return llm_answers(config=c)
+
+
+def _llm_answers_version() -> str:
+    from tasks.llm_answers import FORMAT_VERSION
+
+    return f"llm answers {FORMAT_VERSION}"
+
+
+def _corpus_files(c: BuildCorpusConfig) -> dict[str, str | None]:
+    """The corpus's input files: the QA source (unless the llm-answers step wrote it: that step's
+    fingerprint stands for it) and the codebook."""
+    source = None if is_llm_answers_source(c.source) else _sha(c.source)
+    return {"source": source, "codebook": _sha(c.codebook)}
 
 
 def _run_pretrain_corpus(c: PretrainCorpusConfig) -> str:
@@ -271,6 +299,13 @@ TRAIN_IGNORED = frozenset({
 })
 """Training fields that decide how a run is carried out, not the model it ends with."""
 
+LLM_ANSWERS_IGNORED = frozenset({
+    "source",  # a path: its sha256 is an input
+    "out", "cache_dir",  # where it writes, and where the base LLM is cached (built deterministically)
+    "batch_size", "device",  # how the questions are batched and run (greedy answers, up to float sums)
+})
+"""llm-answers fields that do not change the answers (the preset, the prompt and the length do)."""
+
 LABELS_IGNORED = frozenset({
     "out", "corpus", "s2t", "t2c",  # paths: their steps' fingerprints stand for them
     "workers", "cpus_per_actor", "num_gpus_per_actor", "ray_address",  # scheduling of the actors
@@ -318,8 +353,12 @@ def training_step(stage: str, depends_on: tuple[str, ...],
 
 
 STEPS: tuple[Step, ...] = (
-    Step("corpus", (), lambda cfg, done: corpus_config(cfg), _run_corpus, corpus_done, CORPUS_IGNORED,
-         _schema("corpus"), files=lambda c: {"source": _sha(c.source), "codebook": _sha(c.codebook)}),
+    # Self-distillation (optional): the base LLM's answers to the training questions become the targets.
+    Step("llm-answers", (), llm_answers_config, _run_llm_answers, lambda c: llm_answers_done(Path(c.out)),
+         LLM_ANSWERS_IGNORED, _llm_answers_version, files=lambda c: {"source": _sha(c.source)},
+         output="source.jsonl", enabled=lambda cfg: cfg.llm_answers is not None),
+    Step("corpus", ("llm-answers",), corpus_config, _run_corpus, corpus_done, CORPUS_IGNORED,
+         _schema("corpus"), files=_corpus_files),
     Step("pretrain-corpus", (), lambda cfg, done: pretrain_corpus_config(cfg), _run_pretrain_corpus,
          lambda c: corpus_done(c.corpus_config()), PRETRAIN_IGNORED, _pretrain_version,
          files=lambda c: {"qa_source": _sha(c.qa_source)}, enabled=lambda cfg: cfg.encoder is not None,

@@ -150,6 +150,33 @@ class PretrainCorpusConfig(BuildCorpusConfig):
         return BuildCorpusConfig(**self.model_dump(include=set(BuildCorpusConfig.model_fields)))
 
 
+SYSTEM_PROMPT = "Answer the question in one short sentence."
+"""The system turn the text LLM answers under (its knowledge row, and its own answers as training targets)."""
+
+
+class LLMAnswersConfig(Frozen):
+    """Self-distillation targets: the base LLM of `preset` answers the training source's written questions,
+    greedily, and its answers replace the source's (tasks/llm_answers.py); the corpus is built from them."""
+
+    source: str = Field(description="The QA source whose questions the LLM answers.")
+    out: str = Field(description="Folder of source.jsonl (the source with the LLM's answers), rejects.jsonl "
+                     "and summary.json.")
+    preset: str = Field("tiny", description="Model preset whose base instruct LLM answers (a real LLM).")
+    preset_overrides: dict = Field(default_factory=dict, description="Preset fields to override.")
+    system_prompt: str | None = Field(SYSTEM_PROMPT, description="System turn of the chat prompt (empty: "
+                                      "none); by default the evaluation's, so the targets are what the "
+                                      "knowledge table's text-LLM row measures.")
+    max_new_tokens: int = Field(64, ge=1, description="Longest answer (text tokens); by default the "
+                                "evaluation's.")
+    first_sentence: bool = Field(True, description="Keep each answer's first sentence (what the prompt asks "
+                                 "for; a small LLM often goes on, and every word is speech to synthesize and "
+                                 "sequence to train on).")
+    batch_size: int = Field(16, ge=1, description="Questions generated together (left-padded).")
+    device: str = Field("cpu", description="Torch device of the LLM (cpu, cuda, cuda:1).")
+    cache_dir: str | None = Field(None, description="Where base LLM directories are built and cached "
+                                  "(default: the state folder).")
+
+
 class TrainStep(Frozen):
     """Training options of one pipeline stage."""
 
@@ -330,7 +357,7 @@ class EvaluateConfig(Frozen):
                                "(e.g. smollm2-135m), built as training builds it.")
     preset_overrides: dict[str, Any] = Field(default_factory=dict, description="Preset fields to override "
                                              "(--mode text --preset).")
-    system_prompt: str | None = Field("Answer the question in one short sentence.", description="With --mode "
+    system_prompt: str | None = Field(SYSTEM_PROMPT, description="With --mode "
                                       "text: the system turn of the chat prompt (empty: none).")
     cache_dir: str | None = Field(None, description="With --mode text --preset: where base LLM directories "
                                   "are built and cached (default: the state folder).")

@@ -119,6 +119,23 @@ class TextAnswerer:
                 "num_tokens": len(new), "latency_s": time.perf_counter() - start}
 
 
+    def answer_batch(self, questions: list[str]) -> list[str]:
+        """Greedy response texts of several questions generated together (prompts left-padded; the
+        attention mask keeps the padding out, so each answer is the one `answer` gives, up to float sums)."""
+        import torch
+
+        prompts = [self.prompt_ids(q) for q in questions]
+        pad = self.tokenizer.pad_token_id
+        pad = self.tokenizer.eos_token_id if pad is None else pad
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        with torch.inference_mode():
+            out = self.model.generate(ids, attention_mask=mask, do_sample=False,
+                                      max_new_tokens=self.max_new_tokens, pad_token_id=pad)
+        return [self.tokenizer.decode(row[width:].tolist(), skip_special_tokens=True).strip() for row in out]
+
+
 def text_item(item: EvalItem, answered: dict[str, Any], matched: str | None) -> dict[str, Any]:
     """The report's row of one written question (no voice, no audio, no units)."""
     row = {k: v for k, v in asdict(item).items() if k in ("id", "line", "question", "category", "reference")}
