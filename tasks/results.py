@@ -118,10 +118,32 @@ def training_lines(run: Path, figures: Path, link: str) -> list[str]:
     return [*markdown_table(rows), "", *images]
 
 
+def targets_lines(run: Path) -> list[str]:
+    """What stage I and the steps after it learned: the base LLM's own answers (the llm-answers step's
+    summary) or the source's reference answers."""
+    from tasks.llm_answers import SUMMARY_FILE
+
+    summary = _json(Path(run) / "llm-answers" / SUMMARY_FILE)
+    if summary is None:
+        return ["The QA source's reference answers (this run has no `llm-answers` step)."]
+    first = ", first sentence kept" if summary.get("first_sentence") else ""
+    return [f"The base LLM's own answers to the training questions (`llm-answers/`, self-distillation): "
+            f"{summary['answered']} of {summary['source_records']} source records answered, "
+            f"{summary['rejected']} rejected; greedy, at most {summary['max_new_tokens']} tokens{first}, "
+            f"system prompt {json.dumps(summary.get('system_prompt'))}. "
+            f"{summary['agree_with_reference']} of the {summary['with_aliases']} answers to questions with "
+            "aliases hold one of the reference's (the LLM's own accuracy on the training questions, as "
+            "learned)."]
+
+
 def wall_times(run: Path, table: dict[str, Any]) -> list[dict[str, str]]:
     """The times the steps recorded: training (summary.json elapsed_s), echo-label generation (its
     manifest), answering the eval questions (each report's answer_wall_s)."""
     out = []
+    answers = _json(Path(run) / "llm-answers" / "summary.json") or {}
+    if answers.get("answer_wall_s") is not None:
+        out.append({"step": "llm-answers", "seconds": f"{answers['answer_wall_s']:.0f}",
+                    "what": "the base LLM answering the training questions (summary.json answer_wall_s)"})
     for folder in training_folders(run):
         s = _json(folder / "summary.json") or {}
         if s.get("elapsed_s") is not None:
@@ -226,7 +248,8 @@ def results_markdown(run: Path, results: Path, table: dict[str, Any], config: Pa
              "Same eval set, normaliser and whole-word alias match for every row; accuracy k/n, its "
              f"percentage and its Wilson 95 % interval; `vs text LLM` is the row's accuracy over {text}.", "",
              *markdown_table(table_rows(table)), "", "## Goals", "", *goal_lines(table), "",
-             "## Reading", "", *reading(table), "", "## Encoder pretraining", "", encoder, "",
+             "## Reading", "", *reading(table), "", "## Training targets", "", *targets_lines(run), "",
+             "## Encoder pretraining", "", encoder, "",
              "## Training", "", *training_lines(run, figures, "results"), "",
              "## Wall time per step (as recorded)", ""]
     times = wall_times(run, table)

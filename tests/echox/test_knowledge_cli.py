@@ -66,6 +66,25 @@ def test_results_md_from_the_run_folder(tmp_path: Path, capsys: pytest.CaptureFi
     assert f"echox pipeline --config {config}" in text and "sha256" in text
     assert "logical CPUs" in text and "torch " in text
     assert "fingerprint (sha256)" in text and "| s2t | s2t | `" in text
+    assert "## Training targets\n\nThe QA source's reference answers" in text
+
+
+def test_results_md_names_the_llm_answers_as_targets(tmp_path: Path) -> None:
+    from tasks.knowledge import write_knowledge
+    from tasks.results import results_markdown
+
+    run = complete_run(tmp_path / "run")
+    (run / "llm-answers").mkdir()
+    (run / "llm-answers" / "summary.json").write_text(json.dumps({
+        "answered": 419, "source_records": 421, "rejected": 2, "max_new_tokens": 40, "first_sentence": True,
+        "system_prompt": "Be brief.", "agree_with_reference": 156, "with_aliases": 419,
+        "answer_wall_s": 131.6}))
+    table = write_knowledge(run, tmp_path / "k")
+    text = results_markdown(run, tmp_path / "RESULTS.md", table)
+    targets = text.split("## Training targets")[1].split("##")[0]
+    assert "419 of 421 source records answered, 2 rejected" in targets and "first sentence kept" in targets
+    assert "156 of the 419 answers" in targets and '"Be brief."' in targets
+    assert "| llm-answers | 132 | the base LLM answering the training questions" in text
 
 
 def test_imports_neither_prefect_nor_ray(tmp_path: Path) -> None:

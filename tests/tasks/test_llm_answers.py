@@ -32,7 +32,8 @@ def _records(tmp_path: Path, rows: list) -> list:
 def test_answers_replace_the_reference_and_empty_ones_are_rejected(tmp_path: Path) -> None:
     rows = [qa(0, aliases=["Paris"], category="general"), qa(1), qa(2, voice="v", aliases=None)]
     records = _records(tmp_path, rows)
-    replies = dict(zip([r.question for r in records], ["It is Paris. Really.", "  ", "No idea."], strict=True))
+    said = ["It is Paris. Really.", "  ", "No idea."]
+    replies = dict(zip([r.question for r in records], said, strict=True))
     batches: list[int] = []
 
     def answer(questions: list[str]) -> list[str]:
