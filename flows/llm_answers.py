@@ -31,15 +31,12 @@ def _samples_markdown(source: Path) -> str:
 @flow(name="llm-answers", flow_run_name="llm-answers", on_running=[record_process])
 def llm_answers(config: LLMAnswersConfig) -> str:
     """Write `config.out`/source.jsonl (the source with the base LLM's answers); returns its path."""
-    from models.llm import prepare_base_llm
-    from models.presets import resolve_preset
-    from tasks.eval_text import check_text_llm
+    from tasks.eval_text import text_llm_dir
     from tasks.llm_answers import SOURCE_FILE, AnswerOptions, write_llm_answers
 
-    check_text_llm(model=None, preset=config.preset, overrides=config.preset_overrides)
-    preset = resolve_preset(config.preset, **config.preset_overrides)
     cache = Path(config.cache_dir) if config.cache_dir else runtime.state_dir() / "models"
-    llm_dir = prepare_base_llm(preset, corpus_texts=None, cache_dir=cache)
+    llm_dir = text_llm_dir(model=None, preset=config.preset, overrides=config.preset_overrides,
+                           cache_dir=cache)
     options = AnswerOptions(system_prompt=config.system_prompt or None, max_new_tokens=config.max_new_tokens,
                             batch_size=config.batch_size, first_sentence=config.first_sentence)
     out = Path(config.out)

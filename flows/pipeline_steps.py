@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.pipeline_config import (
+    LLM_ANSWERS_SOURCE,
     PipelineConfig,
     baseline_labels_config,
     corpus_config,
@@ -356,7 +357,7 @@ STEPS: tuple[Step, ...] = (
     # Self-distillation (optional): the base LLM's answers to the training questions become the targets.
     Step("llm-answers", (), llm_answers_config, _run_llm_answers, lambda c: llm_answers_done(Path(c.out)),
          LLM_ANSWERS_IGNORED, _llm_answers_version, files=lambda c: {"source": _sha(c.source)},
-         output="source.jsonl", enabled=lambda cfg: cfg.llm_answers is not None),
+         output=LLM_ANSWERS_SOURCE, enabled=lambda cfg: cfg.llm_answers is not None),
     Step("corpus", ("llm-answers",), corpus_config, _run_corpus, corpus_done, CORPUS_IGNORED,
          _schema("corpus"), files=_corpus_files),
     Step("pretrain-corpus", (), lambda cfg, done: pretrain_corpus_config(cfg), _run_pretrain_corpus,

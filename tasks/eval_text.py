@@ -109,15 +109,19 @@ class TextAnswerer:
 
         start = time.perf_counter()
         ids = torch.tensor([self.prompt_ids(question)], device=self.device)
-        pad = self.tokenizer.pad_token_id
         with torch.inference_mode():
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                       max_new_tokens=self.max_new_tokens,
-                                      pad_token_id=pad if pad is not None else self.tokenizer.eos_token_id)
+                                      pad_token_id=self.pad_id)
         new = out[0, ids.shape[1]:].tolist()
         return {"response": self.tokenizer.decode(new, skip_special_tokens=True).strip(),
                 "num_tokens": len(new), "latency_s": time.perf_counter() - start}
 
+    @property
+    def pad_id(self) -> int:
+        """The id generation pads finished answers (and left-padded prompts) with: pad, else end of text."""
+        pad = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if pad is None else pad
 
     def answer_batch(self, questions: list[str]) -> list[str]:
         """Greedy response texts of several questions generated together (prompts left-padded; the
@@ -125,8 +129,7 @@ class TextAnswerer:
         import torch
 
         prompts = [self.prompt_ids(q) for q in questions]
-        pad = self.tokenizer.pad_token_id
-        pad = self.tokenizer.eos_token_id if pad is None else pad
+        pad = self.pad_id
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)

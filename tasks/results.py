@@ -118,12 +118,17 @@ def training_lines(run: Path, figures: Path, link: str) -> list[str]:
     return [*markdown_table(rows), "", *images]
 
 
+def _llm_answers(run: Path) -> dict[str, Any] | None:
+    """The llm-answers step's summary.json (None: the run has no such step)."""
+    from tasks.llm_answers import SUMMARY_FILE
+
+    return _json(Path(run) / "llm-answers" / SUMMARY_FILE)
+
+
 def targets_lines(run: Path) -> list[str]:
     """What stage I and the steps after it learned: the base LLM's own answers (the llm-answers step's
     summary) or the source's reference answers."""
-    from tasks.llm_answers import SUMMARY_FILE
-
-    summary = _json(Path(run) / "llm-answers" / SUMMARY_FILE)
+    summary = _llm_answers(run)
     if summary is None:
         return ["The QA source's reference answers (this run has no `llm-answers` step)."]
     first = ", first sentence kept" if summary.get("first_sentence") else ""
@@ -140,7 +145,7 @@ def wall_times(run: Path, table: dict[str, Any]) -> list[dict[str, str]]:
     """The times the steps recorded: training (summary.json elapsed_s), echo-label generation (its
     manifest), answering the eval questions (each report's answer_wall_s)."""
     out = []
-    answers = _json(Path(run) / "llm-answers" / "summary.json") or {}
+    answers = _llm_answers(run) or {}
     if answers.get("answer_wall_s") is not None:
         out.append({"step": "llm-answers", "seconds": f"{answers['answer_wall_s']:.0f}",
                     "what": "the base LLM answering the training questions (summary.json answer_wall_s)"})
