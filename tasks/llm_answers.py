@@ -130,7 +130,7 @@ def write_llm_answers(source: Path, llm_dir: Path, out: Path, options: AnswerOpt
     write_jsonl(out / SOURCE_FILE, rows)
     rejects = sorted([*source_rejects, *empty], key=lambda r: r.line)
     write_jsonl(out / REJECTS_FILE, [r.to_dict() for r in rejects])
-    with_aliases = sum(1 for r in records if r.aliases)
+    with_aliases = sum(1 for r in rows if r.get("aliases"))  # agree's denominator: answered rows
     summary = {"format": FORMAT_VERSION, "source": str(source), "llm": str(llm_dir),
                "system_prompt": options.system_prompt, "max_new_tokens": options.max_new_tokens,
                "first_sentence": options.first_sentence,

@@ -33,6 +33,7 @@ def test_flow_answers_with_a_local_llm_and_publishes(tmp_path: Path, prefect_ser
     assert len(rows) + len(rejects) == 5 and any(r["id"] == "q9" and r["stage"] == "source" for r in rejects)
     summary = json.loads((tmp_path / "answers" / "summary.json").read_text())
     assert summary["answered"] == len(rows) and summary["max_new_tokens"] == 5
+    assert summary["with_aliases"] == sum(1 for r in rows if r.aliases)  # the answered rows, not the source's
     with get_client(sync_client=True) as client:
         found = {}
         for key in ("llm-answers", "llm-answers-samples"):
