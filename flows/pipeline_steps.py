@@ -203,6 +203,18 @@ def _base_llm_only(data: dict) -> dict:
     return {**data, "base_llm": base_llm_key(preset)}
 
 
+def _without_decoding(data: dict) -> dict:
+    """Steps that never run a speech model's LLM input (encoder pretraining, T2C, the vocoder, the base
+    LLM's answers) leave the preset's decoding fields (models/presets.py DECODE_FIELDS) out of their
+    fingerprints: switching the character CTC's decoder redoes stage I and what reads it, not them."""
+    from models.presets import DECODE_FIELDS
+
+    overrides = data.get("preset_overrides")
+    if isinstance(overrides, dict):
+        data = {**data, "preset_overrides": {k: v for k, v in overrides.items() if k not in DECODE_FIELDS}}
+    return data
+
+
 def _pretrain_version() -> str:
     from data_specs.corpus import SCHEMA_VERSION
     from tasks.pretrain_text import FORMAT_VERSION
@@ -344,30 +356,34 @@ def _knowledge_on(cfg: PipelineConfig) -> bool:
 
 
 def training_step(stage: str, depends_on: tuple[str, ...],
-                  enabled: Callable[[PipelineConfig], bool] = lambda cfg: True) -> Step:
+                  enabled: Callable[[PipelineConfig], bool] = lambda cfg: True,
+                  reduce: Callable[[dict], dict] = lambda data: data) -> Step:
     """The entry of a training stage (a registered stage with a `TrainStep` field of its name in
     PipelineConfig, or a section that SECTION_STAGE maps to one; its inputs come from `stage_inputs`, by
     what the stage registry says it needs)."""
     return Step(stage, depends_on, lambda cfg, done: stage_config(cfg, stage, done), _run_training,
                 training_done, TRAIN_IGNORED, _model_version, output="model", training=True,
-                enabled=enabled)
+                enabled=enabled, reduce=reduce)
 
 
 STEPS: tuple[Step, ...] = (
     # Self-distillation (optional): the base LLM's answers to the training questions become the targets.
     Step("llm-answers", (), llm_answers_config, _run_llm_answers, lambda c: llm_answers_done(Path(c.out)),
          LLM_ANSWERS_IGNORED, _llm_answers_version, files=lambda c: {"source": _sha(c.source)},
-         output=LLM_ANSWERS_SOURCE, enabled=lambda cfg: cfg.llm_answers is not None),
+         output=LLM_ANSWERS_SOURCE, enabled=lambda cfg: cfg.llm_answers is not None,
+         reduce=_without_decoding),
     Step("corpus", ("llm-answers",), corpus_config, _run_corpus, corpus_done, CORPUS_IGNORED,
          _schema("corpus"), files=_corpus_files),
     Step("pretrain-corpus", (), lambda cfg, done: pretrain_corpus_config(cfg), _run_pretrain_corpus,
          lambda c: corpus_done(c.corpus_config()), PRETRAIN_IGNORED, _pretrain_version,
          files=lambda c: {"qa_source": _sha(c.qa_source)}, enabled=lambda cfg: cfg.encoder is not None,
          reduce=_base_llm_only),
-    training_step("encoder", ("pretrain-corpus",), enabled=lambda cfg: cfg.encoder is not None),
+    training_step("encoder", ("pretrain-corpus",), enabled=lambda cfg: cfg.encoder is not None,
+                  reduce=_without_decoding),
     training_step("s2t", ("corpus", "encoder")),
-    training_step("t2c", ("corpus",)),
-    training_step("vocoder", ("corpus",), enabled=lambda cfg: cfg.vocoder is not None),
+    training_step("t2c", ("corpus",), reduce=_without_decoding),
+    training_step("vocoder", ("corpus",), enabled=lambda cfg: cfg.vocoder is not None,
+                  reduce=_without_decoding),
     Step("echo-labels", ("corpus", "s2t", "t2c"), echo_labels_config, _run_labels,
          lambda c: labels_done(Path(c.out)), LABELS_IGNORED, _schema("echo_labels"),
          enabled=lambda cfg: cfg.echo.targets == "offline"),  # online targets are made in the echo step
@@ -389,7 +405,7 @@ STEPS: tuple[Step, ...] = (
          enabled=lambda cfg: cfg.baseline is not None and bool(cfg.eval_set)),
     Step("evaluate-text", (), evaluate_text_config, _run_evaluate, lambda c: report_done(Path(c.out)),
          TEXT_EVALUATE_IGNORED, _schema("eval_results"), files=lambda c: {"eval_set": _sha(c.eval_set)},
-         output="report.json", beside=False, enabled=_knowledge_on),
+         output="report.json", beside=False, enabled=_knowledge_on, reduce=_without_decoding),
     Step("evaluate-s2t", ("s2t",), evaluate_s2t_config, _run_evaluate, lambda c: report_done(Path(c.out)),
          EVALUATE_IGNORED, _schema("eval_results"), files=lambda c: {"eval_set": _sha(c.eval_set)},
          output="report.json", beside=False,

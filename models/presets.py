@@ -15,6 +15,7 @@ from core.errors import ConfigError
 LlmSource = Literal["random", "smollm2", "path"]
 EncoderSource = Literal["random", "path"]
 CtcTarget = Literal["tokens", "chars"]
+CtcDecoder = Literal["greedy", "lexicon"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,21 @@ class ModelPreset:
     hours of synthetic speech on a CPU, where a 49k-token CTC head is neither learnable nor affordable."""
     char_rnn_layers: int = 1
     """BiLSTM layers between the encoder and the character CTC head (ctc_target "chars")."""
+    ctc_decoder: CtcDecoder = "greedy"
+    """How the character CTC's transcript, what the LLM reads, is decoded (ctc_target "chars"): "greedy"
+    (frame argmaxes), or "lexicon", a beam search whose words come from the base tokenizer's whole-word
+    tokens with a Zipf prior (models/ctc_lexicon.py). Decoding only: the encoder step's training and its
+    held-out WER (greedy, the issue's measure) do not read it."""
+    lexicon_words: int = 50000
+    """Lexicon decoding: the tokenizer's commonest whole words it knows (SmolLM2 has about 30.6k)."""
+    lexicon_beam: int = 16
+    """Lexicon decoding: prefixes kept per frame."""
+    lexicon_weight: float = 0.4
+    """Lexicon decoding: weight of the word log-priors against the CTC log-probabilities."""
+    lexicon_word_bonus: float = -1.0
+    """Lexicon decoding: log-score added per word (negative: fewer, longer words)."""
+    lexicon_oov_penalty: float = 16.0
+    """Lexicon decoding: log-score a word pays once it leaves the lexicon."""
 
     # --- LLM ---
     llm: LlmSource = "random"
@@ -119,6 +135,13 @@ class ModelPreset:
     self_contained_checkpoints: bool = False
     """Save every weight in a checkpoint; else frozen weights loaded from the base LLM directory or
     `encoder_path` are referenced by path (small checkpoints for LoRA presets)."""
+
+
+DECODE_FIELDS = frozenset({"ctc_decoder", "lexicon_words", "lexicon_beam", "lexicon_weight",
+                           "lexicon_word_bonus", "lexicon_oov_penalty"})
+"""Preset fields that only decide how the character CTC is decoded into what the LLM reads: steps that
+never run a speech model's LLM input (encoder pretraining, T2C, the vocoder, the base LLM's own answers)
+leave them out of their fingerprints."""
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -185,7 +208,7 @@ _POSITIVE = (
     "num_mel_bins", "encoder_dim", "encoder_layers", "encoder_heads", "encoder_ffn", "max_audio_seconds",
     "adapter_heads", "llm_dim", "llm_layers", "llm_heads", "llm_kv_heads", "llm_ffn",
     "tokenizer_vocab_size", "lora_alpha", "t2c_layers", "t2c_dim", "t2c_heads", "t2c_ffn",
-    "t2c_max_positions", "online_max_units", "char_rnn_layers",
+    "t2c_max_positions", "online_max_units", "char_rnn_layers", "lexicon_words", "lexicon_beam",
 )
 
 
@@ -219,6 +242,13 @@ def validate_preset(preset: ModelPreset) -> ModelPreset:
     if preset.ctc_target == "chars" and preset.train_encoder and not preset.ctc_weight > 0.0:
         raise ConfigError(f"{where}: with ctc_target chars the encoder learns from the CTC loss alone: "
                           "ctc_weight must be > 0 while train_encoder is true")
+    if preset.ctc_decoder not in ("greedy", "lexicon"):
+        raise ConfigError(f"{where}: ctc_decoder must be greedy or lexicon, not {preset.ctc_decoder!r}")
+    if preset.ctc_decoder == "lexicon" and preset.ctc_target != "chars":
+        raise ConfigError(f"{where}: ctc_decoder lexicon decodes the character CTC: set ctc_target chars")
+    for name in ("lexicon_weight", "lexicon_oov_penalty"):
+        if not getattr(preset, name) >= 0.0:
+            raise ConfigError(f"{where}: {name} must be >= 0, not {getattr(preset, name)!r}")
     if not preset.ctc_weight >= 0.0:
         raise ConfigError(f"{where}: ctc_weight must be >= 0, not {preset.ctc_weight!r}")
     if preset.llm_dim % preset.llm_heads or preset.t2c_dim % preset.t2c_heads:

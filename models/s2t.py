@@ -25,6 +25,7 @@ from models.llm import ChatFormat, apply_lora, decoder_and_head, load_llm, load_
 from models.presets import ModelPreset
 from models.speech import (
     AdapterOutput,
+    CharAdapter,
     build_adapter,
     build_encoder,
     build_feature_extractor,
@@ -177,9 +178,13 @@ class S2TModel(nn.Module):
 
     @torch.no_grad()
     def transcribe(self, audio: np.ndarray) -> str:
-        """What the adapter's CTC head hears in one clip: greedy (argmax, repeats merged, blanks dropped)."""
+        """What the adapter's CTC head hears in one clip: the transcript the LLM reads (character adapter:
+        greedy or the lexicon decoder's, as the preset says), else greedy (argmax, repeats merged, blanks
+        dropped) over the LLM's tokens."""
         feats, lengths = self.audio_features(audio)
         out = self.encode_speech(feats, lengths)
+        if isinstance(self.adapter, CharAdapter):
+            return self.adapter.transcripts(out.ctc_log_probs, out.ctc_lengths)[0]
         best = out.ctc_log_probs[0, : int(out.ctc_lengths[0])].argmax(-1)  # (T',)
         return ctc_decode(self.adapter, self.chat, best.tolist())
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.errors import CheckpointError
+from models.ctc_lexicon import DecoderOptions, LexiconDecoder, build_decoder
 from models.presets import ModelPreset
 
 SAMPLE_RATE = 16_000
@@ -316,12 +317,14 @@ class CharAdapter(nn.Module):
 
     ctc_embed = True  # the LLM reads token embeddings of what the CTC head hears
 
-    def __init__(self, enc_dim: int, tokenize: Any, *, rnn_layers: int = 1, dropout: float = 0.1) -> None:
+    def __init__(self, enc_dim: int, tokenize: Any, *, rnn_layers: int = 1, dropout: float = 0.1,
+                 decoder: LexiconDecoder | None = None) -> None:
         super().__init__()
         if enc_dim % 2:
             raise ValueError(f"the character adapter needs an even encoder width, not {enc_dim}")
         self.blank_id = CHAR_BLANK
         self.tokenize = tokenize  # str → LLM token ids (ChatFormat.encode)
+        self.decoder = decoder  # None: greedy transcripts; else a lexicon beam search (no weights)
         half = enc_dim // 2
         # A BiLSTM as two unidirectional stacks: the backward one reads each row reversed within its valid
         # length, so padding never reaches a valid frame in either direction, without packed sequences
@@ -350,7 +353,11 @@ class CharAdapter(nn.Module):
         return x, self.ctc_head(x), lengths, valid
 
     def transcripts(self, logits: Tensor, lengths: Tensor) -> list[str]:
-        """Greedy CTC transcripts (argmax, repeats merged, blanks dropped) of logits (B, T, K)."""
+        """CTC transcripts of logits (B, T, K): the lexicon decoder's when there is one, else greedy (argmax,
+        repeats merged, blanks dropped)."""
+        if self.decoder is not None:
+            log_probs = F.log_softmax(logits.detach().float(), dim=-1).cpu().numpy()  # (B, T, K)
+            return [self.decoder.decode(log_probs[row, : int(n)]) for row, n in enumerate(lengths.tolist())]
         best = logits.argmax(-1).tolist()  # (B, T)
         return [char_text(collapse(row[: int(n)], CHAR_BLANK)) for row, n in zip(best, lengths.tolist(),
                                                                                  strict=True)]
@@ -394,9 +401,20 @@ def build_adapter(preset: ModelPreset, enc_dim: int, llm_dim: int, vocab_size: i
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if preset.ctc_target == "chars":
-            return CharAdapter(enc_dim, chat.encode, rnn_layers=preset.char_rnn_layers)
+            return CharAdapter(enc_dim, chat.encode, rnn_layers=preset.char_rnn_layers,
+                               decoder=lexicon_decoder(preset, chat.tokenizer))
         return SpeechAdapter(enc_dim, llm_dim, vocab_size, chat.audio_id, num_heads=preset.adapter_heads,
                              ctc_embed=preset.adapter_ctc_embed, lookback=preset.adapter_lookback)
+
+
+def lexicon_decoder(preset: ModelPreset, tokenizer: Any) -> LexiconDecoder | None:
+    """The preset's lexicon beam search over the tokenizer's whole words (None: greedy decoding)."""
+    if preset.ctc_decoder != "lexicon":
+        return None
+    options = DecoderOptions(beam=preset.lexicon_beam, weight=preset.lexicon_weight,
+                             word_bonus=preset.lexicon_word_bonus, oov_penalty=preset.lexicon_oov_penalty)
+    return build_decoder(tokenizer, CHAR_ALPHABET, blank=CHAR_BLANK, max_words=preset.lexicon_words,
+                         options=options)
 
 
 def ctc_target_ids(adapter: nn.Module, chat: Any, text: str) -> list[int]:

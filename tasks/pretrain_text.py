@@ -14,7 +14,6 @@ record's question and answer are two utterances for the encoder.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +21,6 @@ from typing import Any
 
 FORMAT_VERSION = 1
 """Bump when the generated text changes for the same inputs (it enters the step's fingerprint)."""
-
-WORD_MARKS = ("Ġ", "▁")
-"""How byte-level BPE (GPT-2 style) and SentencePiece tokenizers mark a token that starts a word."""
-SHORT_WORDS = frozenset({"a", "i", "an", "as", "at", "be", "by", "do", "go", "he", "if", "in", "is", "it",
-                         "me", "my", "no", "of", "on", "or", "so", "to", "up", "us", "we"})
-"""Two-letter (or shorter) tokens kept: real words, unlike most short BPE pieces ("th", "re")."""
-WORD = re.compile(r"[A-Za-z]+")
 
 
 @dataclass(frozen=True)
@@ -49,15 +41,9 @@ class TextOptions:
 
 def common_words(tokenizer: Any, count: int) -> list[str]:
     """The first `count` whole-word tokens of the tokenizer's vocabulary, in id order, as plain words."""
-    found: list[tuple[int, str]] = []
-    for token, idx in tokenizer.get_vocab().items():
-        if token[:1] not in WORD_MARKS:
-            continue
-        word = token[1:]
-        if WORD.fullmatch(word) and (len(word) > 2 or word.lower() in SHORT_WORDS):
-            found.append((idx, word))
-    found.sort()
-    return [w for _, w in found[:count]]
+    from models.ctc_lexicon import whole_words
+
+    return whole_words(tokenizer)[:count]
 
 
 def word_sentences(words: list[str], options: TextOptions) -> list[str]:
