@@ -113,3 +113,25 @@ def test_an_interrupted_training_without_a_checkpoint_starts_over_and_says_why(t
     assert (again.action, again.reason) == ("run", "its interrupted run left no checkpoint: start over")
     other = next(p for p in make_plan(cfg_of(tmp_path, **{"encoder.lr": 0.5})) if p.step == "encoder")
     assert other.reason == "its folder holds an unfinished run of another config: start over"
+
+
+def test_the_ctc_decoder_redoes_stage_one_and_what_reads_it_only(tmp_path: Path) -> None:
+    """Decoding fields (models/presets.py DECODE_FIELDS) change what the LLM reads: stage I and everything
+    that runs it. Encoder pretraining, T2C, the vocoder, the base LLM's answers and the text LLM's row keep
+    their fingerprints, and a config without them fingerprints as before they existed."""
+    from flows.pipeline_plan import make_plan
+
+    chars = FIXED["preset_overrides"] | {"ctc_target": "chars", "adapter_ctc_embed": True}
+    smol = {"preset": "smollm2-135m", "llm_answers": {}, "knowledge": {}}
+
+    def digests(**overrides: object) -> dict[str, str]:
+        plan = make_plan(cfg_of(tmp_path, **smol, preset_overrides=chars | overrides))
+        return {p.step: p.fingerprint["digest"] for p in plan}
+
+    greedy = digests()
+    for decoding in ({"ctc_decoder": "lexicon"}, {"ctc_decoder": "lexicon", "lexicon_beam": 4}):
+        lexicon = digests(**decoding)
+        assert {s for s in greedy if lexicon[s] != greedy[s]} == {
+            "s2t", "echo-labels", "echo", "evaluate", "evaluate-s2t", "knowledge"}
+    assert digests(lexicon_beam=4) != greedy  # a decoding field is still the trained models' business
+    assert digests(encoder_dim=32)["encoder"] != greedy["encoder"]  # other preset fields still count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,31 @@ def test_stage_one_refuses_a_token_encoder_for_a_char_preset(tiny_base: Path, tm
     with pytest.raises(CheckpointError, match="does not fit"):
         build_s2t(_preset(tiny_base, ctc_target="chars", adapter_ctc_embed=True), tiny_base,
                   encoder_init=load_model(saved, expect_stage="encoder"))
+
+
+def test_lexicon_decoding_is_a_preset_choice_a_saved_model_keeps(tiny_base: Path, tmp_path: Path) -> None:
+    from models.ctc_lexicon import LexiconDecoder, whole_words
+    from models.io import load_model, save_model
+    from models.s2t import build_s2t
+
+    with pytest.raises(ConfigError, match="set ctc_target chars"):
+        _preset(tiny_base, ctc_decoder="lexicon")
+    with pytest.raises(ConfigError, match="greedy or lexicon"):
+        _preset(tiny_base, ctc_target="chars", adapter_ctc_embed=True, ctc_decoder="beam")
+    preset = _preset(tiny_base, ctc_target="chars", adapter_ctc_embed=True, ctc_decoder="lexicon",
+                     lexicon_oov_penalty=100.0)
+    s2t = build_s2t(preset, tiny_base, seed=3).eval()
+    assert isinstance(s2t.adapter.decoder, LexiconDecoder)
+    assert s2t(**_s2t_batch(s2t))["loss"].isfinite()  # stage I trains on what the lexicon decoder hears
+    loaded = load_model(save_model(s2t, tmp_path / "s2t"), expect_stage="s2t").eval()
+    assert loaded.build_info.preset.ctc_decoder == "lexicon"
+    assert isinstance(loaded.adapter.decoder, LexiconDecoder)
+    audio = np.asarray(_rows(1)[0]["question_audio"])
+    heard = loaded.transcribe(audio)
+    assert heard == s2t.transcribe(audio)
+    known = {w.lower() for w in whole_words(loaded.chat.tokenizer)}
+    # an unknown word costs more than any spelling of known ones can gain here: every word is known
+    words = [w for w in heard.replace("-", " ").split() if w.strip(".,?!")]
+    assert all(w.strip(".,?!") in known or w.strip(".,?!").isdigit() for w in words), heard
+    greedy = build_s2t(dataclasses.replace(preset, ctc_decoder="greedy"), tiny_base, seed=3).eval()
+    assert greedy.adapter.decoder is None
