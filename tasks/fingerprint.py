@@ -45,8 +45,14 @@ def write(folder: Path, fingerprint: dict, name: str = NAME) -> None:
 
 def _show(value: Any) -> str:
     """A config value as the plan prints it (short)."""
+    if value is _ABSENT:
+        return "(unset)"
     text = json.dumps(value, sort_keys=True, default=str) if isinstance(value, dict | list) else str(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+_ABSENT = object()
+"""A dict key one side of `changes` does not have (shown as "(unset)")."""
 
 
 def changes(old: dict, new: dict) -> list[str]:
@@ -60,9 +66,16 @@ def changes(old: dict, new: dict) -> list[str]:
     step = new.get("step", "")
     o_cfg, n_cfg = old.get("config", {}), new.get("config", {})
     for key in sorted(set(o_cfg) | set(n_cfg)):
-        if o_cfg.get(key) != n_cfg.get(key):
-            name = key if key.startswith("preset") else f"{step}.{key}"
-            out.append(f"{name} {_show(o_cfg.get(key))} → {_show(n_cfg.get(key))}")
+        o_val, n_val = o_cfg.get(key), n_cfg.get(key)
+        if o_val == n_val:
+            continue
+        name = key if key.startswith("preset") else f"{step}.{key}"
+        if isinstance(o_val, dict) and isinstance(n_val, dict):  # the keys that differ, not two long dicts
+            keys = sorted(set(o_val) | set(n_val))
+            pairs = {k: (o_val.get(k, _ABSENT), n_val.get(k, _ABSENT)) for k in keys}
+            out += [f"{name}.{k} {_show(a)} → {_show(b)}" for k, (a, b) in pairs.items() if a != b]
+        else:
+            out.append(f"{name} {_show(o_val)} → {_show(n_val)}")
     o_in, n_in = old.get("inputs", {}), new.get("inputs", {})
     out += [f"input {name}" for name in sorted(set(o_in) | set(n_in))
             if o_in.get(name) != n_in.get(name)]

@@ -139,6 +139,10 @@ def test_reasons_name_the_change_and_the_changed_input(tmp_path: Path, verified:
     assert lines["echo-labels"] == "echo-labels: redo (input t2c changed)"
     assert lines["echo"] == "echo: redo (echo.lr 0.003 → 0.01, input echo-labels, input t2c changed)"
     assert lines["corpus"] == "corpus: skip (unchanged, outputs verify)"
+    # a dict field names the keys that differ, not two truncated dicts
+    overrides = make_plan(tiny_cfg(tmp_path, preset_overrides={"lora_rank": 4}))
+    assert next(p for p in overrides if p.step == "s2t").line() == (
+        "s2t: redo (preset_overrides.lora_rank (unset) → 4 changed)")
 
 
 def test_a_training_redo_goes_beside_the_old_run_and_continues_an_interrupted_one(
