@@ -83,3 +83,58 @@ def table_rows(result: dict[str, Any], limit: int = 40) -> list[dict[str, Any]]:
                  "heard": f"question WER {s['question_wer']}, CER {s['question_cer']}",
                  "wer": s["wer"], "cer": s["cer"]})
     return rows
+
+
+def heldout_log_probs(model: Any, rows: list[dict], batch_size: int = 8) -> list[tuple[str, str, np.ndarray]]:
+    """(side, spoken text, (T, K) CTC log-probabilities) of both utterances of each held-out row."""
+    import torch
+
+    utterances = [(side, str(r[f"{side}_text"]), np.asarray(r[f"{side}_audio"], dtype=np.int16))
+                  for r in rows for side in SIDES]
+    out: list[tuple[str, str, np.ndarray]] = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(utterances), batch_size):
+            chunk = utterances[i: i + batch_size]
+            feats, lengths = model.features([u[2] for u in chunk])
+            log_probs, valid = model.ctc_log_probs(feats, lengths)
+            out += [(side, text, log_probs[j, : int(valid[j])].numpy()) for j, (side, text, _) in
+                    enumerate(chunk)]
+    return out
+
+
+def lexicon_sweep(model_dir: str | Path, corpus_dir: str | Path, grid: list[dict[str, Any]], *,
+                  limit: int = DEFAULT_LIMIT) -> list[dict[str, Any]]:
+    """WER of a character-CTC encoder's held-out rows, greedy and with the lexicon decoder at each point
+    of `grid` (preset field → value, models/presets.py DECODE_FIELDS): how its defaults were chosen, on
+    rows no model trained on and no eval question. One row per decoder: its settings, wer, question_wer,
+    ms per clip."""
+    import dataclasses
+    import time
+
+    from models.speech import CharAdapter, ctc_decode, lexicon_decoder
+    from tasks.inference import load_checkpoint_model
+    from tasks.vocoder_eval import heldout_rows
+
+    model = load_checkpoint_model(model_dir, "encoder")
+    if not isinstance(model.adapter, CharAdapter):
+        raise ValueError(f"{model_dir}: the lexicon decoder reads a character CTC (ctc_target chars)")
+    clips = heldout_log_probs(model, heldout_rows(corpus_dir, limit, stage="encoder"))
+
+    def scored(name: dict[str, Any], decode: Any) -> dict[str, Any]:
+        start = time.perf_counter()
+        heard = [decode(lp) for _, _, lp in clips]
+        ms = (time.perf_counter() - start) * 1000 / max(1, len(clips))
+        wers = [(side, word_error_rate(text, h)) for (side, text, _), h in zip(clips, heard, strict=True)]
+        return {**name, "wer": round(float(np.mean([w for _, w in wers])), 4),
+                "question_wer": round(float(np.mean([w for s, w in wers if s == "question"])), 4),
+                "ms_per_clip": round(ms, 1)}
+
+    rows = [scored({"ctc_decoder": "greedy"},
+                   lambda lp: ctc_decode(model.adapter, model.chat, lp.argmax(-1).tolist()))]
+    preset = model.build_info.preset
+    for point in grid:
+        decoder = lexicon_decoder(dataclasses.replace(preset, ctc_decoder="lexicon", **point),
+                                  model.chat.tokenizer)
+        rows.append(scored({"ctc_decoder": "lexicon", **point}, decoder.decode))  # type: ignore[union-attr]
+    return rows
