@@ -96,15 +96,16 @@ class Lexicon:
 
 @dataclass(frozen=True)
 class DecoderOptions:
-    """Search width and the weights of the lexicon's scores."""
+    """Search width and the weights of the lexicon's scores (the defaults are the preset's lexicon_* ones,
+    chosen with tools/lexicon_sweep.py)."""
 
     beam: int = 16
     """Prefixes kept per frame."""
-    weight: float = 0.5
+    weight: float = 0.4
     """Weight of the word log-priors against the acoustic log-probabilities."""
-    word_bonus: float = 2.0
+    word_bonus: float = -1.0
     """Log-score added per word."""
-    oov_penalty: float = 8.0
+    oov_penalty: float = 16.0
     """Log-score paid once by a word that leaves the lexicon."""
     prune: float = 8.0
     """Characters more than this below the frame's best log-probability are not tried."""

@@ -98,3 +98,11 @@ def test_whole_words_are_the_marked_letter_tokens_in_id_order() -> None:
             return {"Ġthe": 5, "th": 1, "Ġof": 6, "Ġ12": 7, "Ġxy": 8, "▁Paris": 9, "Ġcat": 3, "Ġa": 10}
 
     assert whole_words(Vocab()) == ["cat", "the", "of", "Paris", "a"]
+
+
+def test_the_preset_defaults_are_the_decoders() -> None:
+    from models.presets import resolve_preset
+
+    p, o = resolve_preset("smollm2-135m"), DecoderOptions()
+    assert (p.lexicon_beam, p.lexicon_weight, p.lexicon_word_bonus, p.lexicon_oov_penalty) == (
+        o.beam, o.weight, o.word_bonus, o.oov_penalty)
