@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.errors import CheckpointError
+from core.errors import CheckpointError, ConfigError
 from models.ctc_lexicon import DecoderOptions, LexiconDecoder, build_decoder
 from models.presets import ModelPreset
 
@@ -413,8 +413,12 @@ def lexicon_decoder(preset: ModelPreset, tokenizer: Any) -> LexiconDecoder | Non
         return None
     options = DecoderOptions(beam=preset.lexicon_beam, weight=preset.lexicon_weight,
                              word_bonus=preset.lexicon_word_bonus, oov_penalty=preset.lexicon_oov_penalty)
-    return build_decoder(tokenizer, CHAR_ALPHABET, blank=CHAR_BLANK, max_words=preset.lexicon_words,
-                         options=options)
+    try:
+        return build_decoder(tokenizer, CHAR_ALPHABET, blank=CHAR_BLANK, max_words=preset.lexicon_words,
+                             options=options)
+    except ValueError as err:  # no whole-word tokens: a character-level or unmarked vocabulary
+        raise ConfigError(f"model preset {preset.name!r}: ctc_decoder lexicon needs whole-word tokens "
+                          f"(Ġ or ▁ marked) in the base tokenizer: {err}; use ctc_decoder greedy") from err
 
 
 def ctc_target_ids(adapter: nn.Module, chat: Any, text: str) -> list[int]:

@@ -106,3 +106,18 @@ def test_the_preset_defaults_are_the_decoders() -> None:
     p, o = resolve_preset("smollm2-135m"), DecoderOptions()
     assert (p.lexicon_beam, p.lexicon_weight, p.lexicon_word_bonus, p.lexicon_oov_penalty) == (
         o.beam, o.weight, o.word_bonus, o.oov_penalty)
+
+
+def test_a_tokenizer_without_whole_words_is_a_config_error() -> None:
+    from core.errors import ConfigError
+    from models.presets import resolve_preset
+    from models.speech import lexicon_decoder
+
+    class Pieces:
+        def get_vocab(self) -> dict[str, int]:
+            return {"a": 0, "b": 1, "ab": 2}
+
+    preset = resolve_preset("smollm2-135m", ctc_target="chars", adapter_ctc_embed=True, ctc_decoder="lexicon")
+    with pytest.raises(ConfigError, match="needs whole-word tokens"):
+        lexicon_decoder(preset, Pieces())
+    assert lexicon_decoder(resolve_preset("smollm2-135m"), Pieces()) is None  # greedy: no lexicon read
