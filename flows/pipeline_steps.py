@@ -203,16 +203,28 @@ def _base_llm_only(data: dict) -> dict:
     return {**data, "base_llm": base_llm_key(preset)}
 
 
-def _without_decoding(data: dict) -> dict:
-    """Steps that never run a speech model's LLM input (encoder pretraining, T2C, the vocoder, the base
-    LLM's answers) leave the preset's decoding fields (models/presets.py DECODE_FIELDS) out of their
-    fingerprints: switching the character CTC's decoder redoes stage I and what reads it, not them."""
-    from models.presets import DECODE_FIELDS
+def _without_preset_fields(*groups: str) -> Callable[[dict], dict]:
+    """A fingerprint reduction that leaves the named groups of preset fields (models/presets.py
+    DECODE_FIELDS, STAGE_THREE_FIELDS) out of the config's preset_overrides: a step that never reads them
+    keeps its output when only they change."""
 
-    overrides = data.get("preset_overrides")
-    if isinstance(overrides, dict):
-        data = {**data, "preset_overrides": {k: v for k, v in overrides.items() if k not in DECODE_FIELDS}}
-    return data
+    def reduce(data: dict) -> dict:
+        import models.presets as presets
+
+        dropped = frozenset().union(*(getattr(presets, g) for g in groups))
+        overrides = data.get("preset_overrides")
+        if isinstance(overrides, dict):
+            data = {**data, "preset_overrides": {k: v for k, v in overrides.items() if k not in dropped}}
+        return data
+
+    return reduce
+
+
+_NO_SPEECH_LLM = _without_preset_fields("DECODE_FIELDS", "STAGE_THREE_FIELDS")
+"""Steps that never run a speech model's LLM input (encoder pretraining, T2C, the vocoder, the base LLM's
+answers, the text row): switching the character CTC's decoder or stage III's options keeps them."""
+_STAGE_ONE = _without_preset_fields("STAGE_THREE_FIELDS")
+"""Stage I: stage III's options keep it (and what reads it alone: echo labels, its evaluation)."""
 
 
 def _pretrain_version() -> str:
@@ -371,7 +383,7 @@ STEPS: tuple[Step, ...] = (
     Step("llm-answers", (), llm_answers_config, _run_llm_answers, lambda c: llm_answers_done(Path(c.out)),
          LLM_ANSWERS_IGNORED, _llm_answers_version, files=lambda c: {"source": _sha(c.source)},
          output=LLM_ANSWERS_SOURCE, enabled=lambda cfg: cfg.llm_answers is not None,
-         reduce=_without_decoding),
+         reduce=_NO_SPEECH_LLM),
     Step("corpus", ("llm-answers",), corpus_config, _run_corpus, corpus_done, CORPUS_IGNORED,
          _schema("corpus"), files=_corpus_files),
     Step("pretrain-corpus", (), lambda cfg, done: pretrain_corpus_config(cfg), _run_pretrain_corpus,
@@ -379,11 +391,11 @@ STEPS: tuple[Step, ...] = (
          files=lambda c: {"qa_source": _sha(c.qa_source)}, enabled=lambda cfg: cfg.encoder is not None,
          reduce=_base_llm_only),
     training_step("encoder", ("pretrain-corpus",), enabled=lambda cfg: cfg.encoder is not None,
-                  reduce=_without_decoding),
-    training_step("s2t", ("corpus", "encoder")),
-    training_step("t2c", ("corpus",), reduce=_without_decoding),
+                  reduce=_NO_SPEECH_LLM),
+    training_step("s2t", ("corpus", "encoder"), reduce=_STAGE_ONE),
+    training_step("t2c", ("corpus",), reduce=_NO_SPEECH_LLM),
     training_step("vocoder", ("corpus",), enabled=lambda cfg: cfg.vocoder is not None,
-                  reduce=_without_decoding),
+                  reduce=_NO_SPEECH_LLM),
     Step("echo-labels", ("corpus", "s2t", "t2c"), echo_labels_config, _run_labels,
          lambda c: labels_done(Path(c.out)), LABELS_IGNORED, _schema("echo_labels"),
          enabled=lambda cfg: cfg.echo.targets == "offline"),  # online targets are made in the echo step
@@ -405,7 +417,7 @@ STEPS: tuple[Step, ...] = (
          enabled=lambda cfg: cfg.baseline is not None and bool(cfg.eval_set)),
     Step("evaluate-text", (), evaluate_text_config, _run_evaluate, lambda c: report_done(Path(c.out)),
          TEXT_EVALUATE_IGNORED, _schema("eval_results"), files=lambda c: {"eval_set": _sha(c.eval_set)},
-         output="report.json", beside=False, enabled=_knowledge_on, reduce=_without_decoding),
+         output="report.json", beside=False, enabled=_knowledge_on, reduce=_NO_SPEECH_LLM),
     Step("evaluate-s2t", ("s2t",), evaluate_s2t_config, _run_evaluate, lambda c: report_done(Path(c.out)),
          EVALUATE_IGNORED, _schema("eval_results"), files=lambda c: {"eval_set": _sha(c.eval_set)},
          output="report.json", beside=False,

@@ -407,12 +407,16 @@ def segments_from_boundaries(ends: Sequence[int], length: int) -> list[tuple[int
 # ----------------------------------------------------------------------------- build
 
 
-def build_echo(s2t: S2TModel, t2c: T2CModel, *, seed: int = 0, online: bool = False) -> EchoModel:
+def build_echo(s2t: S2TModel, t2c: T2CModel, *, seed: int = 0, online: bool = False,
+               train_hearing: bool = True) -> EchoModel:
     """Stage-III model from a stage-I model and a stage-II model (its decoder becomes the Echo decoder);
-    `online` keeps a frozen copy of the stage-II model as the teacher of online echo targets."""
+    `online` keeps a frozen copy of the stage-II model as the teacher of online echo targets;
+    `train_hearing` False freezes what stage I hears (S2TModel.freeze_hearing)."""
     if s2t.build_info is None or t2c.build_info is None:
         raise ValueError("build_echo needs models made by build_s2t / build_t2c or load_model")
     preset = s2t.build_info.preset
+    if not train_hearing:
+        s2t.freeze_hearing()
     hidden = s2t.llm.get_input_embeddings().embedding_dim
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 3)

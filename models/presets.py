@@ -128,6 +128,11 @@ class ModelPreset:
     # --- echo training ---
     echo_reweight: bool = True
     """Once L_S2T < 1, weight S2T by 0.2 and echo by 2.0 (the reference recipe)."""
+    echo_train_hearing: bool = True
+    """Stage III (echo training and the no-echo baseline) goes on training the speech encoder and a
+    character adapter, when the preset trains them (train_encoder). False: they stay as stage I left
+    them (frozen, eval mode), as the paper's frozen encoder does, so stage III changes what the model
+    says, not what it hears."""
     online_max_units: int = 1000
     """Online echo targets: the teacher's length guard per segment (greedy steps; echo-labels' max_units)."""
 
@@ -136,6 +141,10 @@ class ModelPreset:
     """Save every weight in a checkpoint; else frozen weights loaded from the base LLM directory or
     `encoder_path` are referenced by path (small checkpoints for LoRA presets)."""
 
+
+STAGE_THREE_FIELDS = frozenset({"echo_train_hearing"})
+"""Preset fields that only stage III (echo training, the no-echo baseline) reads: the other steps leave
+them out of their fingerprints."""
 
 DECODE_FIELDS = frozenset({"ctc_decoder", "lexicon_words", "lexicon_beam", "lexicon_weight",
                            "lexicon_word_bonus", "lexicon_oov_penalty"})

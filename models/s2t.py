@@ -96,11 +96,25 @@ class S2TModel(nn.Module):
         self.build_info: BuildInfo | None = None
 
     def train(self, mode: bool = True) -> S2TModel:
-        """Switch train/eval mode; a frozen encoder always stays in eval mode (no dropout)."""
+        """Switch train/eval mode; a frozen encoder (and a frozen character adapter) always stays in eval
+        mode (no dropout)."""
         super().train(mode)
         if not self.train_encoder:
             self.encoder.eval()
+            if isinstance(self.adapter, CharAdapter) and not any(p.requires_grad for p in
+                                                                 self.adapter.parameters()):
+                self.adapter.eval()
         return self
+
+    def freeze_hearing(self) -> None:
+        """Keep what the model hears as it is: the encoder, and a character adapter (BiLSTM + CTC head,
+        which only hears), frozen and in eval mode. The token adapter maps speech into the LLM's space
+        and stays trainable."""
+        self.train_encoder = False
+        self.encoder.requires_grad_(False)
+        if isinstance(self.adapter, CharAdapter):
+            self.adapter.requires_grad_(False)
+        self.train(self.training)
 
     # ------------------------------------------------------------------ pieces
 

@@ -138,10 +138,11 @@ def _rebuild_t2c(preset: ModelPreset, llm_dir: Path, extra: dict[str, Any], load
 
 
 def _build_echo(preset: ModelPreset, llm_dir: Path, inputs: StageInputs) -> nn.Module:
-    """Stage III from the loaded stage-I and stage-II models (the preset is theirs)."""
+    """Stage III from the loaded stage-I and stage-II models (the preset is theirs, but for this stage's
+    echo_train_hearing)."""
     from models.echo import build_echo
 
-    return build_echo(inputs.s2t, inputs.t2c, seed=inputs.seed)
+    return build_echo(inputs.s2t, inputs.t2c, seed=inputs.seed, train_hearing=preset.echo_train_hearing)
 
 
 def _rebuild_echo(preset: ModelPreset, llm_dir: Path, extra: dict[str, Any], load_weights: bool) -> nn.Module:
@@ -156,7 +157,8 @@ def _build_echo_online(preset: ModelPreset, llm_dir: Path, inputs: StageInputs) 
     """Stage III with online targets: the echo model plus a frozen copy of stage II as the teacher."""
     from models.echo import build_echo
 
-    return build_echo(inputs.s2t, inputs.t2c, seed=inputs.seed, online=True)
+    return build_echo(inputs.s2t, inputs.t2c, seed=inputs.seed, online=True,
+                      train_hearing=preset.echo_train_hearing)
 
 
 def _build_vocoder(preset: ModelPreset, llm_dir: Path, inputs: StageInputs) -> nn.Module:

@@ -118,20 +118,25 @@ def test_an_interrupted_training_without_a_checkpoint_starts_over_and_says_why(t
 def test_the_ctc_decoder_redoes_stage_one_and_what_reads_it_only(tmp_path: Path) -> None:
     """Decoding fields (models/presets.py DECODE_FIELDS) change what the LLM reads: stage I and everything
     that runs it. Encoder pretraining, T2C, the vocoder, the base LLM's answers and the text LLM's row keep
-    their fingerprints, and a config without them fingerprints as before they existed."""
+    their fingerprints, and a config without them fingerprints as before they existed. Stage III's own
+    field (STAGE_THREE_FIELDS) redoes stage III and its evaluations only."""
     from flows.pipeline_plan import make_plan
+    from tests.flows.test_pipeline_incremental import BASELINE
 
     chars = FIXED["preset_overrides"] | {"ctc_target": "chars", "adapter_ctc_embed": True}
-    smol = {"preset": "smollm2-135m", "llm_answers": {}, "knowledge": {}}
+    smol = {"preset": "smollm2-135m", "llm_answers": {}, "knowledge": {}, **BASELINE}
 
     def digests(**overrides: object) -> dict[str, str]:
         plan = make_plan(cfg_of(tmp_path, **smol, preset_overrides=chars | overrides))
         return {p.step: p.fingerprint["digest"] for p in plan}
 
     greedy = digests()
+    stage_three = {"echo", "evaluate", "baseline", "evaluate-baseline", "knowledge"}
     for decoding in ({"ctc_decoder": "lexicon"}, {"ctc_decoder": "lexicon", "lexicon_beam": 4}):
         lexicon = digests(**decoding)
         assert {s for s in greedy if lexicon[s] != greedy[s]} == {
-            "s2t", "echo-labels", "echo", "evaluate", "evaluate-s2t", "knowledge"}
+            "s2t", "echo-labels", "evaluate-s2t", "baseline-labels", *stage_three}
+    frozen = digests(echo_train_hearing=False)  # stage III's own option: stage I and its labels stay
+    assert {s for s in greedy if frozen[s] != greedy[s]} == stage_three
     assert digests(lexicon_beam=4) != greedy  # a decoding field is still the trained models' business
     assert digests(encoder_dim=32)["encoder"] != greedy["encoder"]  # other preset fields still count

@@ -203,6 +203,31 @@ def test_echo_forward_losses_and_gradients(tiny_base: Path, rows: list[dict], fr
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
 
 
+@pytest.mark.parametrize("front", [{}, CHARS], ids=["tokens", "chars"])
+def test_stage_three_can_keep_what_stage_one_hears(tiny_base: Path, rows: list[dict], front: dict) -> None:
+    """train_hearing=False (the preset's echo_train_hearing): the encoder, and a character adapter, are
+    frozen and stay in eval mode; the token adapter, the LLM and the echo parts still train."""
+    torch.manual_seed(0)
+    preset = resolve_preset("tiny", **front)
+    assert preset.train_encoder and preset.echo_train_hearing  # tiny trains its encoder in every stage
+    model = build_echo(build_s2t(preset, tiny_base), build_t2c(preset, tiny_base, K), train_hearing=False)
+    model.train()
+    s2t = model.s2t
+    assert not s2t.train_encoder and not s2t.encoder.training
+    assert not any(p.requires_grad for p in s2t.encoder.parameters())
+    hearing_adapter = "ctc_target" in front
+    assert s2t.adapter.training is not hearing_adapter
+    assert all(p.requires_grad is not hearing_adapter for p in s2t.adapter.parameters())
+    before = {k: v.clone() for k, v in s2t.encoder.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model(**make_collator("echo", model)(rows))["loss"].backward()
+    opt.step()
+    assert all(torch.equal(v, s2t.encoder.state_dict()[k]) for k, v in before.items())
+    assert model.adapter.fc1.weight.grad is not None
+    trained = build_echo(build_s2t(preset, tiny_base), build_t2c(preset, tiny_base, K))
+    assert trained.s2t.train_encoder and trained.s2t.encoder.conv1.weight.requires_grad
+
+
 def test_reweighting_once_s2t_is_low(tiny_base: Path, rows: list[dict]) -> None:
     model = _echo(tiny_base).eval()
     model.low_s2t = 1e9  # pretend L_S2T is already below the threshold
