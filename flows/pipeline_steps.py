@@ -34,6 +34,7 @@ from flows.pipeline_config import (
     pretrain_corpus_config,
     stage_config,
 )
+from models.presets import DECODE_FIELDS, STAGE_THREE_FIELDS
 from tasks.configs import EXECUTION_FIELDS, BuildCorpusConfig, PretrainCorpusConfig, TrainFlowConfig
 from tasks.train_config import resolve_load_dtype
 
@@ -203,27 +204,24 @@ def _base_llm_only(data: dict) -> dict:
     return {**data, "base_llm": base_llm_key(preset)}
 
 
-def _without_preset_fields(*groups: str) -> Callable[[dict], dict]:
-    """A fingerprint reduction that leaves the named groups of preset fields (models/presets.py
-    DECODE_FIELDS, STAGE_THREE_FIELDS) out of the config's preset_overrides: a step that never reads them
-    keeps its output when only they change."""
+def _without_preset_fields(fields: frozenset[str]) -> Callable[[dict], dict]:
+    """A fingerprint reduction that leaves `fields` (preset fields, models/presets.py DECODE_FIELDS,
+    STAGE_THREE_FIELDS) out of the config's preset_overrides: a step that never reads them keeps its
+    output when only they change."""
 
     def reduce(data: dict) -> dict:
-        import models.presets as presets
-
-        dropped = frozenset().union(*(getattr(presets, g) for g in groups))
         overrides = data.get("preset_overrides")
         if isinstance(overrides, dict):
-            data = {**data, "preset_overrides": {k: v for k, v in overrides.items() if k not in dropped}}
+            data = {**data, "preset_overrides": {k: v for k, v in overrides.items() if k not in fields}}
         return data
 
     return reduce
 
 
-_NO_SPEECH_LLM = _without_preset_fields("DECODE_FIELDS", "STAGE_THREE_FIELDS")
+_NO_SPEECH_LLM = _without_preset_fields(DECODE_FIELDS | STAGE_THREE_FIELDS)
 """Steps that never run a speech model's LLM input (encoder pretraining, T2C, the vocoder, the base LLM's
 answers, the text row): switching the character CTC's decoder or stage III's options keeps them."""
-_STAGE_ONE = _without_preset_fields("STAGE_THREE_FIELDS")
+_STAGE_ONE = _without_preset_fields(STAGE_THREE_FIELDS)
 """Stage I: stage III's options keep it (and what reads it alone: echo labels, its evaluation)."""
 
 

@@ -31,13 +31,18 @@ def char_error_rate(reference: str, hypothesis: str) -> float:
     return levenshtein(ref, hyp) / len(ref)
 
 
+def utterances(rows: list[dict]) -> list[tuple[str, str, str, np.ndarray]]:
+    """(id, side, spoken text, int16 audio) of both utterances of each row, question first."""
+    return [(r["id"], side, str(r[f"{side}_text"]), np.asarray(r[f"{side}_audio"], dtype=np.int16))
+            for r in rows for side in SIDES]
+
+
 def score_rows(model: Any, rows: list[dict], batch_size: int = 8) -> list[dict[str, Any]]:
     """One scored item per utterance: id, side, text, transcript, wer, cer."""
-    utterances = [(r["id"], side, str(r[f"{side}_text"]), np.asarray(r[f"{side}_audio"], dtype=np.int16))
-                  for r in rows for side in SIDES]
+    clips = utterances(rows)
     out: list[dict[str, Any]] = []
-    for i in range(0, len(utterances), batch_size):
-        chunk = utterances[i: i + batch_size]
+    for i in range(0, len(clips), batch_size):
+        chunk = clips[i: i + batch_size]
         for (rid, side, text, _), heard in zip(chunk, model.transcribe([u[3] for u in chunk]), strict=True):
             out.append({"id": rid, "side": side, "text": text, "transcript": heard,
                         "wer": word_error_rate(text, heard), "cer": char_error_rate(text, heard)})
@@ -89,16 +94,15 @@ def heldout_log_probs(model: Any, rows: list[dict], batch_size: int = 8) -> list
     """(side, spoken text, (T, K) CTC log-probabilities) of both utterances of each held-out row."""
     import torch
 
-    utterances = [(side, str(r[f"{side}_text"]), np.asarray(r[f"{side}_audio"], dtype=np.int16))
-                  for r in rows for side in SIDES]
+    clips = utterances(rows)
     out: list[tuple[str, str, np.ndarray]] = []
     model.eval()
     with torch.no_grad():
-        for i in range(0, len(utterances), batch_size):
-            chunk = utterances[i: i + batch_size]
-            feats, lengths = model.features([u[2] for u in chunk])
+        for i in range(0, len(clips), batch_size):
+            chunk = clips[i: i + batch_size]
+            feats, lengths = model.features([u[3] for u in chunk])
             log_probs, valid = model.ctc_log_probs(feats, lengths)
-            out += [(side, text, log_probs[j, : int(valid[j])].numpy()) for j, (side, text, _) in
+            out += [(side, text, log_probs[j, : int(valid[j])].numpy()) for j, (_, side, text, _) in
                     enumerate(chunk)]
     return out
 
@@ -112,10 +116,16 @@ def lexicon_sweep(model_dir: str | Path, corpus_dir: str | Path, grid: list[dict
     import dataclasses
     import time
 
+    from core.errors import ConfigError
+    from models.presets import DECODE_FIELDS, validate_preset
     from models.speech import CharAdapter, ctc_decode, lexicon_decoder
     from tasks.inference import load_checkpoint_model
     from tasks.vocoder_eval import heldout_rows
 
+    settable = DECODE_FIELDS - {"ctc_decoder"}  # the sweep is of the lexicon decoder's settings
+    unknown = sorted({k for point in grid for k in point} - settable)
+    if unknown:
+        raise ConfigError(f"lexicon sweep: {unknown} are not lexicon settings ({sorted(settable)})")
     model = load_checkpoint_model(model_dir, "encoder")
     if not isinstance(model.adapter, CharAdapter):
         raise ValueError(f"{model_dir}: the lexicon decoder reads a character CTC (ctc_target chars)")
@@ -134,7 +144,7 @@ def lexicon_sweep(model_dir: str | Path, corpus_dir: str | Path, grid: list[dict
                    lambda lp: ctc_decode(model.adapter, model.chat, lp.argmax(-1).tolist()))]
     preset = model.build_info.preset
     for point in grid:
-        decoder = lexicon_decoder(dataclasses.replace(preset, ctc_decoder="lexicon", **point),
-                                  model.chat.tokenizer)
+        tried = validate_preset(dataclasses.replace(preset, ctc_decoder="lexicon", **point))
+        decoder = lexicon_decoder(tried, model.chat.tokenizer)
         rows.append(scored({"ctc_decoder": "lexicon", **point}, decoder.decode))  # type: ignore[union-attr]
     return rows

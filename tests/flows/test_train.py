@@ -147,6 +147,7 @@ def test_encoder_pretraining_then_stage_one_starts_from_it(tiny_corpus: Path, tm
     summary = json.loads((enc / "summary.json").read_text())
     assert summary["heldout_rows"] == 4 and check["summary"]["rows"] == 4 and len(check["items"]) == 8
     assert summary["asr_eval"] == check["summary"] and check["summary"]["wer"] >= 0
+    from core.errors import ConfigError
     from tasks.encoder_eval import lexicon_sweep  # tools/lexicon_sweep.py: greedy against lexicon settings
 
     if ctc == "chars":
@@ -154,6 +155,9 @@ def test_encoder_pretraining_then_stage_one_starts_from_it(tiny_corpus: Path, tm
         assert rows[0]["ctc_decoder"] == "greedy" and rows[0]["wer"] == check["summary"]["wer"]
         assert [(r["ctc_decoder"], r.get("lexicon_beam")) for r in rows[1:]] == [("lexicon", None),
                                                                                 ("lexicon", 2)]
+        for bad, needle in (({"lr": 1e-3}, "not lexicon settings"), ({"lexicon_weight": -1.0}, ">= 0")):
+            with pytest.raises(ConfigError, match=needle):
+                lexicon_sweep(enc / "model", tiny_corpus, [bad])
     else:
         with pytest.raises(ValueError, match="reads a character CTC"):
             lexicon_sweep(enc / "model", tiny_corpus, [{}])
