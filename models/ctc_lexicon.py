@@ -9,6 +9,11 @@ lexicon's trie (look-ahead), so spellings that lead to known words survive the b
 leaves the trie pays `oov_penalty` once and goes on unconstrained (names the tokenizer splits still come
 out, at a price). Digit strings are numbers, scored as known words.
 
+The search runs on lower-case characters (what the character CTC hears); the transcript it returns writes
+each lexicon word as the tokenizer spells it most often ("egypt" → "Egypt", "the" stays "the") and
+capitalises its first letter, so the LLM reads a sentence like the written question rather than a
+lower-case one (`DecoderOptions.cased`).
+
 Scores are natural-log: acoustic log-probabilities plus `weight` × word log-priors plus `word_bonus` per
 word (which offsets the prior's cost per word, so the search does not prefer fewer, longer words).
 """
@@ -29,6 +34,8 @@ SHORT_WORDS = frozenset({"a", "i", "an", "as", "at", "be", "by", "do", "go", "he
                          "me", "my", "no", "of", "on", "or", "so", "to", "up", "us", "we"})
 """Two-letter (or shorter) tokens kept: real words, unlike most short BPE pieces ("th", "re")."""
 WORD = re.compile(r"[A-Za-z]+")
+HEARD_WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")
+"""A word of a lower-case transcript (an apostrophe joins its parts: "don't" is not recased as "don")."""
 SEPARATORS = frozenset(" .,?!-")
 """Characters that end a word (a hyphen joins two words, each scored on its own)."""
 NEG = -1e30
@@ -58,15 +65,16 @@ class _Node:
 
 
 class Lexicon:
-    """A trie of lower-cased words with Zipf log-priors by rank (the first word is the commonest)."""
+    """A trie of lower-cased words with Zipf log-priors by rank (the first word is the commonest), and each
+    word's commonest spelling (the first seen: "Egypt", "the")."""
 
     def __init__(self, words: Iterable[str]) -> None:
         ranked: list[str] = []
-        seen: set[str] = set()
-        for w in words:
-            w = w.lower()
-            if w and w not in seen:
-                seen.add(w)
+        self.spelling: dict[str, str] = {}
+        for word in words:
+            w = word.lower()
+            if w and w not in self.spelling:
+                self.spelling[w] = word
                 ranked.append(w)
         if not ranked:
             raise ValueError("a lexicon needs at least one word")
@@ -85,6 +93,11 @@ class Lexicon:
     def __contains__(self, word: str) -> bool:
         node = self.walk(word)
         return node is not None and node.prior > NEG
+
+    def cased(self, text: str) -> str:
+        """Lower-case `text` with each lexicon word in its commonest spelling and the first letter capital."""
+        out = HEARD_WORD.sub(lambda m: self.spelling.get(m.group(0), m.group(0)), text)
+        return out[:1].upper() + out[1:]
 
     def walk(self, word: str) -> _Node | None:
         """The trie node of `word` as a prefix, or None when no lexicon word starts so."""
@@ -109,6 +122,8 @@ class DecoderOptions:
     """Log-score paid once by a word that leaves the lexicon."""
     prune: float = 8.0
     """Characters more than this below the frame's best log-probability are not tried."""
+    cased: bool = True
+    """Write the transcript's words as the tokenizer spells them and capitalise its first letter."""
 
 
 @dataclass
@@ -218,8 +233,8 @@ class LexiconDecoder:
                     ext.char = _logadd(ext.char, gain)
             ranked = sorted(nxt.items(), key=lambda kv: self._total(kv[1]), reverse=True)
             beams = dict(ranked[: o.beam])
-        best = max(beams.items(), key=lambda kv: self._final(kv[1]))[0]
-        return best.strip()
+        best = max(beams.items(), key=lambda kv: self._final(kv[1]))[0].strip()
+        return self.lexicon.cased(best) if o.cased else best
 
     def _final(self, beam: _Beam) -> float:
         """A beam's score once its last word is finished."""

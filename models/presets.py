@@ -81,6 +81,9 @@ class ModelPreset:
     """Lexicon decoding: log-score added per word (negative: fewer, longer words)."""
     lexicon_oov_penalty: float = 16.0
     """Lexicon decoding: log-score a word pays once it leaves the lexicon."""
+    lexicon_cased: bool = True
+    """Lexicon decoding: write each heard word as the tokenizer spells it most often ("Egypt") and capitalise
+    the transcript's first letter, so the LLM reads a sentence as written; off: lower case, as heard."""
 
     # --- LLM ---
     llm: LlmSource = "random"
@@ -147,7 +150,7 @@ STAGE_THREE_FIELDS = frozenset({"echo_train_hearing"})
 them out of their fingerprints."""
 
 DECODE_FIELDS = frozenset({"ctc_decoder", "lexicon_words", "lexicon_beam", "lexicon_weight",
-                           "lexicon_word_bonus", "lexicon_oov_penalty"})
+                           "lexicon_word_bonus", "lexicon_oov_penalty", "lexicon_cased"})
 """Preset fields that only decide how the character CTC is decoded into what the LLM reads: steps that
 never run a speech model's LLM input (encoder pretraining, T2C, the vocoder, the base LLM's own answers)
 leave them out of their fingerprints."""

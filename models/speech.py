@@ -412,7 +412,8 @@ def lexicon_decoder(preset: ModelPreset, tokenizer: Any) -> LexiconDecoder | Non
     if preset.ctc_decoder != "lexicon":
         return None
     options = DecoderOptions(beam=preset.lexicon_beam, weight=preset.lexicon_weight,
-                             word_bonus=preset.lexicon_word_bonus, oov_penalty=preset.lexicon_oov_penalty)
+                             word_bonus=preset.lexicon_word_bonus, oov_penalty=preset.lexicon_oov_penalty,
+                             cased=preset.lexicon_cased)
     try:
         return build_decoder(tokenizer, CHAR_ALPHABET, blank=CHAR_BLANK, max_words=preset.lexicon_words,
                              options=options)

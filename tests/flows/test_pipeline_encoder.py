@@ -132,7 +132,8 @@ def test_the_ctc_decoder_redoes_stage_one_and_what_reads_it_only(tmp_path: Path)
 
     greedy = digests()
     stage_three = {"echo", "evaluate", "baseline", "evaluate-baseline", "knowledge"}
-    for decoding in ({"ctc_decoder": "lexicon"}, {"ctc_decoder": "lexicon", "lexicon_beam": 4}):
+    for decoding in ({"ctc_decoder": "lexicon"}, {"ctc_decoder": "lexicon", "lexicon_beam": 4},
+                     {"ctc_decoder": "lexicon", "lexicon_cased": False}):
         lexicon = digests(**decoding)
         assert {s for s in greedy if lexicon[s] != greedy[s]} == {
             "s2t", "echo-labels", "evaluate-s2t", "baseline-labels", *stage_three}

@@ -40,7 +40,9 @@ def greedy(log_probs: np.ndarray) -> str:
 
 
 def decoder(words: list[str], **options: float) -> LexiconDecoder:
-    return LexiconDecoder(Lexicon(words), CHAR_ALPHABET, blank=CHAR_BLANK, options=DecoderOptions(**options))
+    """A decoder over `words` that returns what it heard in lower case (the search's own output)."""
+    return LexiconDecoder(Lexicon(words), CHAR_ALPHABET, blank=CHAR_BLANK,
+                          options=DecoderOptions(**{"cased": False, **options}))
 
 
 WORDS = ["the", "is", "what", "of", "capital", "city", "cat", "egypt", "cairo", "book"]
@@ -81,6 +83,17 @@ def test_the_prior_prefers_the_commoner_word_when_the_sound_is_even() -> None:
     assert decoder(["the", "bat", "cat"]).decode(lp) == "the bat"
 
 
+def test_the_transcript_is_written_as_the_tokenizer_spells_its_words() -> None:
+    lex = Lexicon(["the", "The", "What", "what", "Egypt", "capital", "of", "don", "I"])
+    lp = spell("what is the capital of egypt?")
+    cased = LexiconDecoder(lex, CHAR_ALPHABET, blank=CHAR_BLANK).decode(lp)
+    assert cased == "What is the capital of Egypt?"  # "What" ranks first; the sentence starts capital anyway
+    assert lex.cased("i think the zorblax don't know egypt") == "I think the zorblax don't know Egypt"
+    assert lex.cased("") == "" and lex.cased("42 is it") == "42 is it"
+    lower = LexiconDecoder(lex, CHAR_ALPHABET, blank=CHAR_BLANK, options=DecoderOptions(cased=False))
+    assert lower.decode(lp) == "what is the capital of egypt?"
+
+
 def test_zipf_priors_follow_rank_and_sum_to_one() -> None:
     lex = Lexicon(["The", "the", "of", "cat"])
     assert lex.size == 3 and "the" in lex and "ca" not in lex and lex.walk("ca") is not None
@@ -104,8 +117,8 @@ def test_the_preset_defaults_are_the_decoders() -> None:
     from models.presets import resolve_preset
 
     p, o = resolve_preset("smollm2-135m"), DecoderOptions()
-    assert (p.lexicon_beam, p.lexicon_weight, p.lexicon_word_bonus, p.lexicon_oov_penalty) == (
-        o.beam, o.weight, o.word_bonus, o.oov_penalty)
+    assert (p.lexicon_beam, p.lexicon_weight, p.lexicon_word_bonus, p.lexicon_oov_penalty,
+            p.lexicon_cased) == (o.beam, o.weight, o.word_bonus, o.oov_penalty, o.cased)
 
 
 def test_a_tokenizer_without_whole_words_is_a_config_error() -> None:
