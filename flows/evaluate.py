@@ -60,7 +60,7 @@ def answer(config: EvaluateConfig, questions: str, extra: dict, report: Callable
                                  limit=config.limit, device=config.device,
                                  max_reject_fraction=config.max_reject_fraction,
                                  model_name=config.model or f"preset {config.preset}",
-                                 extra=extra, progress=report)
+                                 batch_size=config.batch_size, extra=extra, progress=report)
     else:
         ev.answer_questions(Path(questions), Path(config.model), Path(config.out),  # type: ignore[arg-type]
                             t2c=Path(config.t2c) if config.t2c else None, device=config.device,

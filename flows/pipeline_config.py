@@ -286,7 +286,7 @@ def evaluate_text_config(cfg: PipelineConfig, done: dict[str, str]) -> Any:
     overrides = cfg.preset_overrides if preset == cfg.preset else {}
     data = {"mode": "text", "preset": preset, "preset_overrides": overrides, "eval_set": cfg.eval_set,
             "out": str(Path(cfg.out) / "eval-text" / "report.json"), "train_source": cfg.source,
-            **_options(cfg, TEXT_OPTIONS)}
+            "batch_size": knowledge.text_batch_size, **_options(cfg, TEXT_OPTIONS)}
     config = build(EvaluateConfig, data, "pipeline.knowledge")
     try:
         check_text_llm(model=None, preset=preset, overrides=overrides)

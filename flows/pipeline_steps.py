@@ -225,6 +225,13 @@ _STAGE_ONE = _without_preset_fields(STAGE_THREE_FIELDS)
 """Stage I: stage III's options keep it (and what reads it alone: echo labels, its evaluation)."""
 
 
+def _text_row(data: dict) -> dict:
+    """The text LLM's evaluation: `_NO_SPEECH_LLM`, and one-at-a-time answering (batch_size 1) left out, so
+    a report made before the option existed is kept."""
+    data = _NO_SPEECH_LLM(data)
+    return {k: v for k, v in data.items() if not (k == "batch_size" and v == 1)}
+
+
 def _pretrain_version() -> str:
     from data_specs.corpus import SCHEMA_VERSION
     from tasks.pretrain_text import FORMAT_VERSION
@@ -350,10 +357,11 @@ EVALUATE_IGNORED = frozenset({
     "eval_set",  # a path: its sha256 is an input
     "audio_cache",  # a content-keyed cache of the spoken questions
     "max_reject_fraction",  # decides only whether the evaluation fails
+    "batch_size",  # text mode's alone (speech mode refuses any but 1); evaluate-text keeps it unless 1
 })
 """Evaluation fields that do not change the report."""
 
-TEXT_EVALUATE_IGNORED = EVALUATE_IGNORED | {"cache_dir"}  # where the base LLM is built and cached
+TEXT_EVALUATE_IGNORED = (EVALUATE_IGNORED - {"batch_size"}) | {"cache_dir"}  # where the base LLM is cached
 """The text LLM's evaluation: also where its base LLM is cached (built deterministically from the preset)."""
 
 KNOWLEDGE_IGNORED = frozenset({"run", "out"})  # paths; the table's inputs are the evaluate steps
@@ -415,7 +423,7 @@ STEPS: tuple[Step, ...] = (
          enabled=lambda cfg: cfg.baseline is not None and bool(cfg.eval_set)),
     Step("evaluate-text", (), evaluate_text_config, _run_evaluate, lambda c: report_done(Path(c.out)),
          TEXT_EVALUATE_IGNORED, _schema("eval_results"), files=lambda c: {"eval_set": _sha(c.eval_set)},
-         output="report.json", beside=False, enabled=_knowledge_on, reduce=_NO_SPEECH_LLM),
+         output="report.json", beside=False, enabled=_knowledge_on, reduce=_text_row),
     Step("evaluate-s2t", ("s2t",), evaluate_s2t_config, _run_evaluate, lambda c: report_done(Path(c.out)),
          EVALUATE_IGNORED, _schema("eval_results"), files=lambda c: {"eval_set": _sha(c.eval_set)},
          output="report.json", beside=False,

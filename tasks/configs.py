@@ -380,6 +380,9 @@ class EvaluateConfig(Frozen):
     seed: int = Field(0, description="Seed of the per-question voice choice.")
     max_new_tokens: int = Field(64, ge=1, description="Longest generated answer (text tokens).")
     max_units: int = Field(1000, ge=1, description="Longest unit sequence per segment (length guard).")
+    batch_size: int = Field(1, ge=1, description="With --mode text: written questions answered together "
+                            "(prompts left-padded, one greedy generation; each item's latency is its batch's "
+                            "time over its size). 1: one at a time, each timed alone.")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N valid questions.")
     device: str = Field("cpu", description="Torch device of the model (cpu, cuda, cuda:1).")
     audio_cache: str | None = Field(None, description="Folder of cached question audio (default: "
@@ -406,6 +409,9 @@ class EvaluateConfig(Frozen):
             if self.preset:
                 raise ValueError("--preset selects a base LLM for --mode text; speech mode reads the "
                                  "checkpoint's own")
+            if self.batch_size != 1:
+                raise ValueError("--batch-size batches the written questions of --mode text; speech mode "
+                                 "answers one spoken question at a time")
         else:
             if bool(self.model) == bool(self.preset):
                 raise ValueError("--mode text takes exactly one of --model (a local HF LLM directory) "
@@ -457,6 +463,9 @@ class KnowledgeConfig(Frozen):
                                     "the table then says the two are different LLMs.")
     s2t: bool = Field(True, description="Also evaluate the stage-I (S2T) checkpoint on the spoken questions "
                       "(step evaluate-s2t): the knowledge kept before echo training.")
+    text_batch_size: int = Field(1, ge=1, description="Written questions the text LLM answers together "
+                                 "(evaluate-text's batch_size: faster; batched greedy answers can differ "
+                                 "from one-at-a-time ones by float sums). 1: one at a time.")
 
 
 class KnowledgeTableConfig(Frozen):

@@ -123,9 +123,10 @@ class TextAnswerer:
         pad = self.tokenizer.pad_token_id
         return self.tokenizer.eos_token_id if pad is None else pad
 
-    def answer_batch(self, questions: list[str]) -> list[str]:
-        """Greedy response texts of several questions generated together (prompts left-padded; the
-        attention mask keeps the padding out, so each answer is the one `answer` gives, up to float sums)."""
+    def generate_batch(self, questions: list[str]) -> list[list[int]]:
+        """Greedy new token ids of several questions generated together (prompts left-padded; the attention
+        mask keeps the padding out, so each answer is the one `answer` gives, up to float sums); each list
+        ends at its first end-of-text token, as a lone generation stops there."""
         import torch
 
         prompts = [self.prompt_ids(q) for q in questions]
@@ -136,7 +137,26 @@ class TextAnswerer:
         with torch.inference_mode():
             out = self.model.generate(ids, attention_mask=mask, do_sample=False,
                                       max_new_tokens=self.max_new_tokens, pad_token_id=pad)
-        return [self.tokenizer.decode(row[width:].tolist(), skip_special_tokens=True).strip() for row in out]
+        stops = {pad, self.tokenizer.eos_token_id}
+        new = []
+        for row in out[:, width:].tolist():
+            end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+            new.append(row[:end])
+        return new
+
+    def answer_batch(self, questions: list[str]) -> list[str]:
+        """Greedy response texts of several questions generated together (`generate_batch`)."""
+        return [self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                for ids in self.generate_batch(questions)]
+
+    def answer_many(self, questions: list[str]) -> list[dict[str, Any]]:
+        """`answer`'s dicts for several questions generated together; each latency is the batch's time over
+        its size."""
+        start = time.perf_counter()
+        new = self.generate_batch(questions)
+        each = (time.perf_counter() - start) / len(questions)
+        return [{"response": self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                 "num_tokens": len(ids), "latency_s": each} for ids in new]
 
 
 def text_item(item: EvalItem, answered: dict[str, Any], matched: str | None) -> dict[str, Any]:
@@ -153,9 +173,10 @@ def text_item(item: EvalItem, answered: dict[str, Any], matched: str | None) -> 
 
 
 def answer_written(eval_set: Path, llm_dir: Path, *, system_prompt: str | None, max_new_tokens: int,
-                   limit: int | None, device: str, max_reject_fraction: float,
+                   limit: int | None, device: str, max_reject_fraction: float, batch_size: int = 1,
                    progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], list[dict]]:
-    """(items, rejects) of the eval set's written questions answered by the LLM in `llm_dir`."""
+    """(items, rejects) of the eval set's written questions answered by the LLM in `llm_dir`, one at a time
+    or `batch_size` together."""
     from tasks.text_norm import match_answer
 
     items, rejects = read_eval_set(Path(eval_set))
@@ -167,10 +188,13 @@ def answer_written(eval_set: Path, llm_dir: Path, *, system_prompt: str | None, 
     check_eval_rejects(Path(eval_set), len(items), rejects, max_reject_fraction)
     answerer = TextAnswerer(llm_dir, system_prompt=system_prompt, max_new_tokens=max_new_tokens,
                             device=device)
-    rows = []
-    for i, item in enumerate(items, start=1):
-        answered = answerer.answer(item.question)
-        rows.append(text_item(item, answered, match_answer(answered["response"], item.gold)))
+    rows: list[dict] = []
+    for first in range(0, len(items), batch_size):
+        batch = items[first: first + batch_size]
+        answers = ([answerer.answer(batch[0].question)] if batch_size == 1
+                   else answerer.answer_many([item.question for item in batch]))
+        rows += [text_item(item, a, match_answer(a["response"], item.gold)) for item, a in zip(batch, answers,
+                                                                                              strict=True)]
         if progress is not None:
-            progress(i, len(items))
+            progress(len(rows), len(items))
     return rows, [r.to_dict() for r in rejects]

@@ -312,7 +312,7 @@ def write_report(out: Path, params: dict[str, Any], items: list[dict[str, Any]],
 def answer_text_questions(eval_set: Path, llm_dir: Path, out: Path, *, system_prompt: str | None,
                           max_new_tokens: int = 64, limit: int | None = None, device: str = "cpu",
                           max_reject_fraction: float = 1.0, model_name: str | None = None,
-                          extra: dict[str, Any] | None = None,
+                          batch_size: int = 1, extra: dict[str, Any] | None = None,
                           progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Text mode: the LLM in `llm_dir` answers the written questions; write the JSON report, return it."""
     from tasks.eval_text import TEXT_STAGE, answer_written
@@ -320,11 +320,12 @@ def answer_text_questions(eval_set: Path, llm_dir: Path, out: Path, *, system_pr
     start = time.perf_counter()
     items, rejects = answer_written(Path(eval_set), Path(llm_dir), system_prompt=system_prompt,
                                     max_new_tokens=max_new_tokens, limit=limit, device=device,
-                                    max_reject_fraction=max_reject_fraction, progress=progress)
+                                    max_reject_fraction=max_reject_fraction, batch_size=batch_size,
+                                    progress=progress)
     params = {"model": model_name or str(llm_dir), "llm_dir": str(llm_dir), "stage": TEXT_STAGE,
               "mode": "text", "t2c": None, "eval_set": str(eval_set), "tts": None, "voices": None,
               "seed": None, "limit": limit, "max_new_tokens": max_new_tokens, "device": device,
-              "system_prompt": system_prompt, **(extra or {})}
+              "system_prompt": system_prompt, "batch_size": batch_size, **(extra or {})}
     return write_report(out, params, items, rejects, time.perf_counter() - start)
 
 

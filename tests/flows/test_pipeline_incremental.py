@@ -561,6 +561,8 @@ KNOWLEDGE_CASES = [
     ({"preset_overrides": {"lora_rank": 4}},  # trained models only: the text LLM is another preset
      "s2t t2c vocoder echo-labels echo evaluate evaluate-s2t knowledge"),
     ({"knowledge": {"text_preset": "smollm2-135m", "s2t": True}}, ""),  # the default, written out
+    ({"knowledge": {"text_preset": "smollm2-135m", "text_batch_size": 16}}, "evaluate-text knowledge"),
+    ({"knowledge": {"text_preset": "smollm2-135m", "text_batch_size": 1}}, ""),  # the default, written out
 ]
 
 
@@ -594,6 +596,22 @@ def test_the_pipeline_preset_is_the_text_llm_unless_one_is_named(tmp_path: Path,
     record(tiny_cfg(tmp_path, **smol))
     got = actions(tiny_cfg(tmp_path, **smol, preset_overrides={"lora_rank": 4}))
     assert got["evaluate-text"] == "redo" and got["corpus"] == "skip"
+
+
+def test_the_text_row_is_batched_only_when_asked(tmp_path: Path) -> None:
+    """knowledge.text_batch_size reaches evaluate-text alone; at 1 it is left out of the fingerprint, so a
+    report made before the option existed is kept."""
+    from flows.pipeline_config import evaluate_config, evaluate_text_config
+    from flows.pipeline_steps import get_step
+
+    step = get_step("evaluate-text")
+    one = evaluate_text_config(tiny_cfg(tmp_path, **SMOLLM2_TEXT), {})
+    many_cfg = tiny_cfg(tmp_path, knowledge={"text_preset": "smollm2-135m", "text_batch_size": 16})
+    many = evaluate_text_config(many_cfg, {})
+    assert one.batch_size == 1 and "batch_size" not in step.normalised(one)
+    assert many.batch_size == 16 and step.normalised(many)["batch_size"] == 16
+    spoken = evaluate_config(many_cfg, {"echo": "e", "t2c": "t"})
+    assert spoken.batch_size == 1  # the spoken evaluations answer one question at a time
 
 
 def test_the_s2t_evaluation_shares_the_spoken_questions_of_the_evaluation(tmp_path: Path) -> None:

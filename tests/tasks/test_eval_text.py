@@ -49,6 +49,7 @@ def test_summary_has_intervals_overall_and_per_category() -> None:
     ({"mode": "text"}, "exactly one of --model"),
     ({"mode": "text", "model": "m", "preset": "smollm2-135m"}, "exactly one of --model"),
     ({"mode": "text", "preset": "smollm2-135m", "t2c": "t"}, "--t2c and --vocoder score an echo checkpoint"),
+    ({"model": "m", "batch_size": 4}, "--batch-size batches the written questions of --mode text"),
 ])
 def test_mode_needs_its_inputs(fields: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=re.escape(message)):
@@ -97,3 +98,31 @@ def test_cli_refuses_text_mode_on_a_random_preset(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err
     assert code == 2 and "random-init LLM" in err and "Traceback" not in err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_batched_answers_are_the_lone_answers_in_order(tmp_path: Path) -> None:
+    """--batch-size N: the written questions are answered N at a time (left-padded prompts); each item holds
+    the answer, token count and (shared) latency a lone generation gives, in the eval set's order."""
+    from models.llm import prepare_base_llm
+    from models.presets import resolve_preset
+    from tasks.eval_text import TextAnswerer, answer_written
+    from tests.models.conftest import TEXTS
+
+    llm = prepare_base_llm(resolve_preset("tiny"), corpus_texts=TEXTS * 3, cache_dir=tmp_path, seed=0)
+    questions = ["Who wrote Hamlet?", "What is " + " and ".join(["one"] * 7) + "?", "Why?"]
+    eval_set = tmp_path / "e.jsonl"
+    eval_set.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "answers": ["Paris"]}) + "\n"
+                                for i, q in enumerate(questions)))
+    answerer = TextAnswerer(llm, system_prompt="Be brief.", max_new_tokens=5)
+    lone = [answerer.answer(q) for q in questions]
+    together = answerer.answer_many(questions)
+    assert [(a["response"], a["num_tokens"]) for a in together] == [(a["response"], a["num_tokens"])
+                                                                    for a in lone]
+    assert len({a["latency_s"] for a in together}) == 1 and together[0]["latency_s"] > 0
+    seen: list[tuple[int, int]] = []
+    rows, rejects = answer_written(eval_set, llm, system_prompt="Be brief.", max_new_tokens=5, limit=None,
+                                   device="cpu", max_reject_fraction=1.0, batch_size=2,
+                                   progress=lambda done, total: seen.append((done, total)))
+    assert [r["id"] for r in rows] == ["q0", "q1", "q2"] and not rejects
+    assert [r["response"] for r in rows] == [a["response"] for a in lone]
+    assert seen == [(2, 3), (3, 3)]  # progress per batch
