@@ -307,6 +307,13 @@ def char_text(ids: list[int]) -> str:
     return "".join(CHAR_ALPHABET[i - 1] for i in ids if 0 < i <= len(CHAR_ALPHABET))
 
 
+def heard_text(text: str, decoder: LexiconDecoder | None = None) -> str:
+    """What the LLM reads of `text` spoken and every character heard right: the character CTC's targets as
+    text, written back by the lexicon decoder's casing when it has one that writes cased transcripts."""
+    heard = char_text(char_ids(text))
+    return decoder.lexicon.cased(heard) if decoder is not None and decoder.options.cased else heard
+
+
 class CharAdapter(nn.Module):
     """Character CTC front end: 50 Hz encoder states → BiLSTM (residual) → CTC head over CHAR_ALPHABET; the
     LLM reads its own input embeddings of the tokens of the greedy transcript (no acoustic frames).

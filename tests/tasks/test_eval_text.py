@@ -14,6 +14,7 @@ from core.errors import ConfigError, InputError
 from tasks import evaluate as ev
 from tasks.configs import EvaluateConfig
 from tasks.eval_text import text_llm_dir
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize(("correct", "n", "expected"), [
@@ -126,3 +127,35 @@ def test_batched_answers_are_the_lone_answers_in_order(tmp_path: Path) -> None:
     assert [r["id"] for r in rows] == ["q0", "q1", "q2"] and not rejects
     assert [r["response"] for r in rows] == [a["response"] for a in lone]
     assert seen == [(2, 3), (3, 3)]  # progress per batch
+
+
+def test_heard_eval_set_writes_the_questions_as_the_llm_reads_them(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """tools/heard_eval_set.py: each question as the character CTC hears it without error, written back by
+    the lexicon decoder (cased by default, lower case with lexicon_cased=false); every valid record kept."""
+    import importlib.util
+
+    from models.llm import prepare_base_llm
+    from models.presets import resolve_preset
+    from tests.models.conftest import TEXTS
+
+    spec = importlib.util.spec_from_file_location("heard_eval_set", ROOT / "tools" / "heard_eval_set.py")
+    tool = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(tool)  # type: ignore[union-attr]
+    llm = prepare_base_llm(resolve_preset("tiny"), corpus_texts=TEXTS * 3, cache_dir=tmp_path, seed=0)
+    eval_set = tmp_path / "e.jsonl"
+    eval_set.write_text(json.dumps({"id": "a", "question": "What is the capital of France?",
+                                    "answers": ["Paris"], "category": "general"}) + "\n" + "{broken\n")
+    local = ["--preset", "tiny", "--set", "llm=path", "--set", f"llm_path={llm}", "--cache-dir",
+             str(tmp_path)]
+    assert tool.main([str(eval_set), str(tmp_path / "cased.jsonl"), *local]) == 0
+    lower_case = ["--set", "lexicon_cased=false"]
+    assert tool.main([str(eval_set), str(tmp_path / "lower.jsonl"), *local, *lower_case]) == 0
+    cased, lower = (json.loads((tmp_path / f).read_text()) for f in ("cased.jsonl", "lower.jsonl"))
+    assert lower["question"] == "what is the capital of france?" and lower["answers"] == ["Paris"]
+    assert cased["question"].startswith("What is the capital of ") and cased["written_question"] == (
+        "What is the capital of France?")
+    out = capsys.readouterr()
+    assert "1 questions written" in out.out and "1 records of" in out.err  # the broken line, as evaluated
+    assert tool.main([str(eval_set), str(tmp_path / "x.jsonl"), "--preset", "tiny"]) == 1  # random: no words
+    assert "random-init LLM" in capsys.readouterr().err
