@@ -34,7 +34,7 @@ from flows.pipeline_config import (
     pretrain_corpus_config,
     stage_config,
 )
-from models.presets import DECODE_FIELDS, STAGE_THREE_FIELDS
+from models.presets import DECODE_FIELDS, PROMPT_FIELDS, STAGE_THREE_FIELDS
 from tasks.configs import EXECUTION_FIELDS, BuildCorpusConfig, PretrainCorpusConfig, TrainFlowConfig
 from tasks.train_config import resolve_load_dtype
 
@@ -206,8 +206,8 @@ def _base_llm_only(data: dict) -> dict:
 
 def _without_preset_fields(fields: frozenset[str]) -> Callable[[dict], dict]:
     """A fingerprint reduction that leaves `fields` (preset fields, models/presets.py DECODE_FIELDS,
-    STAGE_THREE_FIELDS) out of the config's preset_overrides: a step that never reads them keeps its
-    output when only they change."""
+    PROMPT_FIELDS, STAGE_THREE_FIELDS) out of the config's preset_overrides: a step that never reads them
+    keeps its output when only they change."""
 
     def reduce(data: dict) -> dict:
         overrides = data.get("preset_overrides")
@@ -218,9 +218,10 @@ def _without_preset_fields(fields: frozenset[str]) -> Callable[[dict], dict]:
     return reduce
 
 
-_NO_SPEECH_LLM = _without_preset_fields(DECODE_FIELDS | STAGE_THREE_FIELDS)
+_NO_SPEECH_LLM = _without_preset_fields(DECODE_FIELDS | PROMPT_FIELDS | STAGE_THREE_FIELDS)
 """Steps that never run a speech model's LLM input (encoder pretraining, T2C, the vocoder, the base LLM's
-answers, the text row): switching the character CTC's decoder or stage III's options keeps them."""
+answers, the text row): switching the character CTC's decoder, the speech model's system prompt or stage
+III's options keeps them."""
 _STAGE_ONE = _without_preset_fields(STAGE_THREE_FIELDS)
 """Stage I: stage III's options keep it (and what reads it alone: echo labels, its evaluation)."""
 

@@ -133,7 +133,7 @@ def _llm_shape(llm_dir: Path) -> tuple[int, int]:
 def build_encoder_ctc(preset: ModelPreset, llm_dir: Path, *, load_weights: bool = True,
                       seed: int = 0) -> EncoderCTC:
     """The pretraining model with stage I's encoder and adapter shapes (the LLM's weights are not read)."""
-    chat = ChatFormat(load_tokenizer(llm_dir), preset.audio_token)
+    chat = ChatFormat(load_tokenizer(llm_dir), preset.audio_token)  # its tokenizer only: no prompt runs
     hidden, vocab = _llm_shape(llm_dir)
     encoder = build_encoder(preset, load_weights=load_weights, seed=seed)
     adapter = build_adapter(preset, encoder.config.d_model, hidden, vocab, chat, seed=seed + 1)

@@ -43,12 +43,14 @@ BUILD_VERSION = 1  # bump when the directory-building code changes, so caches re
 
 
 class ChatFormat:
-    """Token ids of the spoken-QA chat prompt: user turn = the audio placeholder, assistant turn = answer."""
+    """Token ids of the spoken-QA chat prompt: an optional system turn, user turn = the audio placeholder,
+    assistant turn = answer."""
 
-    def __init__(self, tokenizer: Any, audio_token: str) -> None:
+    def __init__(self, tokenizer: Any, audio_token: str, system_prompt: str | None = None) -> None:
         self.tokenizer = tokenizer
         self.audio_id = _single_token_id(tokenizer, audio_token)
-        messages = [{"role": "user", "content": audio_token}]
+        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages = [*system, {"role": "user", "content": audio_token}]
         prompt = _render(tokenizer, messages, add_generation_prompt=True)
         full = _render(tokenizer, [*messages, {"role": "assistant", "content": _ANSWER_SENTINEL}], False)
         head, _, suffix = full.partition(_ANSWER_SENTINEL)

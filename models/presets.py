@@ -105,6 +105,10 @@ class ModelPreset:
     """Target BPE vocabulary size of the corpus-trained tokenizer (random init only)."""
     audio_token: str = "<audio>"
     """Placeholder token replaced by speech frames; also the CTC blank. Added when missing."""
+    system_prompt: str | None = None
+    """The system turn of the speech model's chat prompt (stages I-III, echo labels, evaluation); None: the
+    chat template's own (SmolLM2's names the assistant). The text row and the base LLM's own answers use
+    tasks/configs.py SYSTEM_PROMPT: set the same here to compare the speech model under the same prompt."""
     lora_rank: int = 0
     """LoRA rank on the LLM attention projections; 0 trains the whole LLM."""
     lora_alpha: int = 32
@@ -144,6 +148,10 @@ class ModelPreset:
     """Save every weight in a checkpoint; else frozen weights loaded from the base LLM directory or
     `encoder_path` are referenced by path (small checkpoints for LoRA presets)."""
 
+
+PROMPT_FIELDS = frozenset({"system_prompt"})
+"""Preset fields of the speech model's chat prompt: the steps that never run a speech model's LLM (encoder
+pretraining, T2C, the vocoder, the base LLM's answers, the text row) leave them out of their fingerprints."""
 
 STAGE_THREE_FIELDS = frozenset({"echo_train_hearing"})
 """Preset fields that only stage III (echo training, the no-echo baseline) reads: the other steps leave
@@ -267,6 +275,10 @@ def validate_preset(preset: ModelPreset) -> ModelPreset:
         raise ConfigError(f"{where}: widths must be divisible by their head counts")
     if not preset.audio_token:
         raise ConfigError(f"{where}: audio_token must not be empty")
+    if preset.system_prompt is not None and not (isinstance(preset.system_prompt, str)
+                                                 and preset.system_prompt.strip()):
+        raise ConfigError(f"{where}: system_prompt must be a non-empty string, or null for the chat "
+                          f"template's own, not {preset.system_prompt!r}")
     return preset
 
 

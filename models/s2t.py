@@ -292,7 +292,7 @@ def build_s2t(preset: ModelPreset, llm_dir: Path, *, load_weights: bool = True, 
     `dtype`: what the LLM's weights are loaded in (LoRA and a fully trained LLM are made float32 later, by
     the trainer)."""
     tokenizer = load_tokenizer(llm_dir)
-    chat = ChatFormat(tokenizer, preset.audio_token)
+    chat = ChatFormat(tokenizer, preset.audio_token, preset.system_prompt)
     llm = load_llm(llm_dir, load_weights=load_weights, dtype=dtype)
     encoder = build_encoder(preset, load_weights=load_weights, seed=seed)
     adapter = build_adapter(preset, encoder.config.d_model, llm.config.hidden_size,

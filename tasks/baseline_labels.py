@@ -54,8 +54,8 @@ class CorpusLabeler:
         from models.t2c import read_unit_language
 
         s2t = checkpoint_path(s2t_path)
-        self.chat = ChatFormat(load_tokenizer(s2t / LLM_SUBDIR),
-                               preset_from_dict(read_config(s2t)["preset"]).audio_token)
+        preset = preset_from_dict(read_config(s2t)["preset"])
+        self.chat = ChatFormat(load_tokenizer(s2t / LLM_SUBDIR), preset.audio_token, preset.system_prompt)
         t2c = read_config(checkpoint_path(t2c_path))
         self.max_positions = int(t2c["preset"]["t2c_max_positions"])  # the Echo decoder is the T2C's
         extra = t2c.get("extra", {})

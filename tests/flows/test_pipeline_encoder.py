@@ -116,10 +116,10 @@ def test_an_interrupted_training_without_a_checkpoint_starts_over_and_says_why(t
 
 
 def test_the_ctc_decoder_redoes_stage_one_and_what_reads_it_only(tmp_path: Path) -> None:
-    """Decoding fields (models/presets.py DECODE_FIELDS) change what the LLM reads: stage I and everything
-    that runs it. Encoder pretraining, T2C, the vocoder, the base LLM's answers and the text LLM's row keep
-    their fingerprints, and a config without them fingerprints as before they existed. Stage III's own
-    field (STAGE_THREE_FIELDS) redoes stage III and its evaluations only."""
+    """Decoding and prompt fields (models/presets.py DECODE_FIELDS, PROMPT_FIELDS) change what the LLM reads:
+    stage I and everything that runs it. Encoder pretraining, T2C, the vocoder, the base LLM's answers and
+    the text LLM's row keep their fingerprints, and a config without them fingerprints as before they
+    existed. Stage III's own field (STAGE_THREE_FIELDS) redoes stage III and its evaluations only."""
     from flows.pipeline_plan import make_plan
     from tests.flows.test_pipeline_incremental import BASELINE
 
@@ -133,7 +133,7 @@ def test_the_ctc_decoder_redoes_stage_one_and_what_reads_it_only(tmp_path: Path)
     greedy = digests()
     stage_three = {"echo", "evaluate", "baseline", "evaluate-baseline", "knowledge"}
     for decoding in ({"ctc_decoder": "lexicon"}, {"ctc_decoder": "lexicon", "lexicon_beam": 4},
-                     {"ctc_decoder": "lexicon", "lexicon_cased": False}):
+                     {"ctc_decoder": "lexicon", "lexicon_cased": False}, {"system_prompt": "Be brief."}):
         lexicon = digests(**decoding)
         assert {s for s in greedy if lexicon[s] != greedy[s]} == {
             "s2t", "echo-labels", "evaluate-s2t", "baseline-labels", *stage_three}

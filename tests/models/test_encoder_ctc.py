@@ -260,3 +260,23 @@ def test_lexicon_decoding_is_a_preset_choice_a_saved_model_keeps(tiny_base: Path
     assert heard[:1] == heard[:1].upper()  # written as a sentence: its first letter capital
     greedy = build_s2t(dataclasses.replace(preset, ctc_decoder="greedy"), tiny_base, seed=3).eval()
     assert greedy.adapter.decoder is None
+
+
+def test_the_speech_models_system_prompt_is_a_preset_field_a_saved_model_keeps(tiny_base: Path,
+                                                                               tmp_path: Path) -> None:
+    from models.io import load_model, save_model
+    from models.s2t import build_s2t
+
+    with pytest.raises(ConfigError, match="system_prompt must be a non-empty string"):
+        _preset(tiny_base, system_prompt="  ")
+    s2t = build_s2t(_preset(tiny_base, system_prompt="Answer in one sentence."), tiny_base, seed=3).eval()
+    prompt = s2t.chat.tokenizer.decode(s2t.chat.prompt_ids)
+    assert prompt.index("Answer in one sentence.") < prompt.index("<audio>")
+    assert s2t(**_s2t_batch(s2t))["loss"].isfinite()  # stage I trains under that prompt
+    loaded = load_model(save_model(s2t, tmp_path / "s2t"), expect_stage="s2t").eval()
+    assert loaded.build_info.preset.system_prompt == "Answer in one sentence."
+    assert loaded.chat.prompt_ids == s2t.chat.prompt_ids
+    audio = np.asarray(_rows(1)[0]["question_audio"])
+    assert loaded.generate(audio, max_new_tokens=3) == s2t.generate(audio, max_new_tokens=3)
+    default = build_s2t(_preset(tiny_base), tiny_base, seed=3)
+    assert "Answer in one sentence." not in default.chat.tokenizer.decode(default.chat.prompt_ids)

@@ -56,6 +56,16 @@ def test_chat_format_of_tiny_base(tiny_base: Path) -> None:
     assert llm.config.hidden_size == 128 and llm.config.num_hidden_layers == 2
 
 
+def test_chat_format_with_a_system_turn(tiny_base: Path) -> None:
+    tok = load_tokenizer(tiny_base)
+    plain, brief = ChatFormat(tok, "<audio>"), ChatFormat(tok, "<audio>", "Be brief.")
+    assert tok.decode(brief.prompt_ids) == ("<|im_start|>system\nBe brief.<|im_end|>\n"
+                                            "<|im_start|>user\n<audio><|im_end|>\n<|im_start|>assistant\n")
+    assert brief.prompt_ids[brief.audio_pos] == brief.audio_id and brief.audio_pos > plain.audio_pos
+    assert brief.suffix_ids == plain.suffix_ids and brief.stop_ids == plain.stop_ids
+    assert ChatFormat(tok, "<audio>", "").prompt_ids == plain.prompt_ids  # empty: no system turn
+
+
 def test_missing_inputs_raise(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="corpus_texts"):
         prepare_base_llm(resolve_preset("tiny"), corpus_texts=None, cache_dir=tmp_path)
