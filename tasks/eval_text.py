@@ -137,7 +137,8 @@ class TextAnswerer:
         with torch.inference_mode():
             out = self.model.generate(ids, attention_mask=mask, do_sample=False,
                                       max_new_tokens=self.max_new_tokens, pad_token_id=pad)
-        stops = {pad, self.tokenizer.eos_token_id}
+        ends = self.model.generation_config.eos_token_id  # what stops a lone generation: an id or a list
+        stops = {pad, self.tokenizer.eos_token_id, *(ends if isinstance(ends, list) else [ends])}
         new = []
         for row in out[:, width:].tolist():
             end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
