@@ -263,7 +263,7 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _pairs(pairs: list[str], flag: str) -> dict[str, Any]:
+def field_pairs(pairs: list[str], flag: str) -> dict[str, Any]:
     """FIELD=VALUE options as a dict (values read as YAML scalars)."""
     import yaml
 
@@ -280,7 +280,7 @@ def options(args: argparse.Namespace) -> Any:
     """The command's validated options model (ConfigError naming each bad field)."""
     data = given(args)
     if isinstance(data.get("preset_overrides"), list):
-        data["preset_overrides"] = _pairs(data["preset_overrides"], "--set")
+        data["preset_overrides"] = field_pairs(data["preset_overrides"], "--set")
     return build(args.options_model, data, args.command)
 
 

@@ -43,21 +43,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_heard_eval_set(args: argparse.Namespace) -> tuple[int, int]:
     """(questions written, questions unchanged) of the heard eval set."""
-    import yaml
-
     from core.errors import ConfigError
     from core.runtime import state_dir
+    from echox.cli import field_pairs
     from models.llm import load_tokenizer, prepare_base_llm
     from models.presets import resolve_preset
     from models.speech import heard_text, lexicon_decoder
     from tasks.eval_questions import read_eval_set
 
-    overrides = {"ctc_target": "chars", "adapter_ctc_embed": True, "ctc_decoder": "lexicon"}
-    for item in args.set:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE")
-        overrides[name] = yaml.safe_load(value)
+    overrides = {"ctc_target": "chars", "adapter_ctc_embed": True, "ctc_decoder": "lexicon",
+                 **field_pairs(args.set, "--set")}
     preset = resolve_preset(args.preset, **overrides)
     if preset.llm == "random":
         raise ConfigError(f"preset {preset.name!r} has a random-init LLM whose tokenizer is trained per "
